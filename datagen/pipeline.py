@@ -1,0 +1,218 @@
+"""Run generation: blocks made here, by local processes or by Ray tasks; one file out.
+
+- ``workers=1``: this process makes every block.
+- ``workers=K > 1``: K local processes make blocks and write their fields
+  straight into the output file at their offsets; this process keeps the HDF5
+  metadata and writes the small per-example arrays.
+- ``ray_address``: shards of blocks become Ray tasks; each task writes its own
+  shard file next to the output (the output folder must be on storage the
+  cluster's nodes share), and the shards are merged into one dataset.
+
+Every mode writes the same data for the same spec: blocks are seeded
+independently (see :mod:`datagen.generate`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from datagen.dataset import DatasetWriter, FieldsLocation, open_dataset, write_fields_direct
+from datagen.generate import Block, generate_block
+from datagen.memory import keep_freed_memory
+from datagen.spec import SamplingRanges, SplitSpec
+
+
+def _writer(spec: SplitSpec, path: Path) -> DatasetWriter:
+    return DatasetWriter(path, spec.system, spec.n_examples, spec.resolution, spec.as_attrs())
+
+
+def make_block_into(
+    spec: SplitSpec, block: int, location: FieldsLocation, offset: int = 0
+) -> Block:
+    """Generate a block, write its fields into ``location``, return it without the fields."""
+    b = generate_block(spec, block)
+    write_fields_direct(location, b.start - offset, b.sources, b.solutions)
+    return replace(b, sources=None, solutions=None)
+
+
+def _record(writer: DatasetWriter, block: Block, offset: int = 0) -> None:
+    writer.write(block.start - offset, block.coefficients, sparsity=block.sparsity, psi=block.psi)
+
+
+def _ordered(executor: Executor, fn: Callable, items: Iterable, depth: int) -> Iterator:
+    """``executor.map`` in order with at most ``depth`` tasks in flight."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(executor.submit(fn, *item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _init_worker() -> None:
+    # The processes are the parallelism: one BLAS thread each (two BLAS pools
+    # spinning on the same cores run 4x slower), and freed memory kept for reuse.
+    threadpool_limits(1)
+    keep_freed_memory()
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
+    )
+
+
+def write_split(
+    spec: SplitSpec,
+    path: str | os.PathLike,
+    *,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Generate one split and write it to ``path`` (atomically). Returns the path."""
+    path = Path(path)
+    if ray_address is not None:
+        return _write_split_ray(spec, path, ray_address, progress)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    bar = tqdm(
+        total=spec.n_examples, unit="ex", desc=f"{spec.system} {spec.split}", disable=not progress
+    )
+    try:
+        with _writer(spec, path) as writer:
+            jobs = ((spec, b, writer.fields_location) for b in range(spec.n_blocks))
+            if workers == 1:
+                blocks: Iterator[Block] = (make_block_into(*job) for job in jobs)
+                for block in blocks:
+                    _record(writer, block)
+                    bar.update(len(block.coefficients))
+            else:
+                with _process_pool(min(workers, spec.n_blocks)) as pool:
+                    try:
+                        for block in _ordered(pool, make_block_into, jobs, 2 * workers):
+                            _record(writer, block)
+                            bar.update(len(block.coefficients))
+                    except BaseException:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+    finally:
+        bar.close()
+    return path
+
+
+def _shard_ranges(spec: SplitSpec, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of block indices, ``n_shards`` of them at most."""
+    n_shards = max(1, min(n_shards, spec.n_blocks))
+    step = -(-spec.n_blocks // n_shards)
+    return [(b, min(b + step, spec.n_blocks)) for b in range(0, spec.n_blocks, step)]
+
+
+def write_shard(spec: SplitSpec, first_block: int, last_block: int, path: str) -> str:
+    """Make blocks [first_block, last_block) into a shard file (one Ray task's job)."""
+    start, _ = spec.block_bounds(first_block)
+    _, stop = spec.block_bounds(last_block - 1)
+    with _writer(replace(spec, n_examples=stop - start), Path(path)) as writer:
+        writer.attrs_update({"shard_start": start})
+        for b in range(first_block, last_block):
+            _record(
+                writer, make_block_into(spec, b, writer.fields_location, offset=start), offset=start
+            )
+    return path
+
+
+def _write_split_ray(spec: SplitSpec, path: Path, address: str, progress: bool) -> Path:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False)
+    n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    shard_dir = path.with_name(f".{path.name}.shards-{uuid.uuid4().hex[:8]}")
+    shard_dir.mkdir(parents=True)
+    task = ray.remote(num_cpus=1, max_retries=2)(write_shard)
+    bar = tqdm(
+        total=spec.n_examples,
+        unit="ex",
+        desc=f"{spec.system} {spec.split} (ray)",
+        disable=not progress,
+    )
+    try:
+        ranges = _shard_ranges(spec, 2 * n_cpus)
+        refs = [
+            task.remote(spec, a, b, str(shard_dir / f"shard-{i:05d}.h5"))
+            for i, (a, b) in enumerate(ranges)
+        ]
+        remaining = list(refs)
+        while remaining:
+            ready, remaining = ray.wait(remaining, num_returns=1)
+            for a, b in (ranges[refs.index(r)] for r in ready):
+                bar.update(spec.block_bounds(b - 1)[1] - spec.block_bounds(a)[0])
+        shards = ray.get(refs)
+        with _writer(spec, path) as writer:
+            for shard in shards:
+                with open_dataset(shard) as r:
+                    offset = int(r.attrs["shard_start"])
+                    for chunk in r.chunks(spec.block_size):
+                        writer.write(
+                            offset + chunk.start,
+                            chunk.coefficients,
+                            sources=chunk.sources,
+                            solutions=chunk.solutions,
+                            sparsity=chunk.sparsity,
+                            psi=chunk.psi,
+                        )
+    finally:
+        bar.close()
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    return path
+
+
+def write_splits(
+    system: str,
+    out_dir: str | os.PathLike,
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    resolution: int = 128,
+    ranges: SamplingRanges | None = None,
+    workers: int = 1,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Write ``out_dir/{train,val,test}.h5``, each split seeded apart (size 0: skipped)."""
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if n < 0:
+            raise ValueError(f"n_{split} must be >= 0, got {n}")
+    base = SplitSpec(
+        system=system,
+        n_examples=1,
+        resolution=resolution,
+        seed=seed,
+        ranges=ranges or SamplingRanges(),
+    )
+    out = Path(out_dir)
+    return {
+        split: write_split(
+            base.with_split(split, n),
+            out / f"{split}.h5",
+            workers=workers,
+            ray_address=ray_address,
+            progress=progress,
+        )
+        for split, n in (("train", n_train), ("val", n_val), ("test", n_test))
+        if n > 0
+    }

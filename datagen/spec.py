@@ -1,0 +1,92 @@
+"""What a dataset is: a typed, validated description shared by the CLI and the Ray tasks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from datagen.systems import System, get_system
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Examples per seeded block. Part of the data's definition: the same seed and
+#: block size give the same dataset whatever the number of workers.
+BLOCK_SIZE = 256
+
+DEFAULT_EIG = (1.0, 5.0)
+DEFAULT_RATIO = (0.2, 1.0)
+DEFAULT_OMEGA = (1, 10)
+
+
+@dataclass(frozen=True)
+class SamplingRanges:
+    """Coefficient ranges: diffusion eigenvalue e, advection/diffusion ratio Psi, Helmholtz w."""
+
+    eig: tuple[float, float] = DEFAULT_EIG
+    ratio: tuple[float, float] = DEFAULT_RATIO
+    omega: tuple[int, int] = DEFAULT_OMEGA
+
+    def __post_init__(self) -> None:
+        e1, e2 = self.eig
+        if not (0 < e1 <= e2):
+            raise ValueError(f"eigenvalue range must satisfy 0 < A <= B, got {self.eig}")
+        p1, p2 = self.ratio
+        if not (0 < p1 <= p2):
+            raise ValueError(f"ratio range must satisfy 0 < A <= B, got {self.ratio}")
+        w1, w2 = self.omega
+        if int(w1) != w1 or int(w2) != w2 or not (w1 <= w2):
+            raise ValueError(f"omega range must be integers A <= B, got {self.omega}")
+
+    def for_system(self, system: System) -> dict[str, tuple]:
+        """The ranges a system's sampler uses (written to the file's attributes)."""
+        return {
+            "poisson": {"eig": self.eig},
+            "advection_diffusion": {"eig": self.eig, "ratio": self.ratio},
+            "helmholtz": {"omega": self.omega},
+        }[system.name]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One dataset file: a system, a split, a size, a grid and a seed."""
+
+    system: str
+    n_examples: int
+    split: str = "train"
+    resolution: int = 128
+    seed: int = 0
+    ranges: SamplingRanges = field(default_factory=SamplingRanges)
+    block_size: int = BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        get_system(self.system)
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.n_examples < 1:
+            raise ValueError(f"n_examples must be >= 1, got {self.n_examples}")
+        if self.resolution < 16 or self.resolution % 2:
+            raise ValueError(f"resolution must be even and >= 16, got {self.resolution}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+
+    @property
+    def pde(self) -> System:
+        return get_system(self.system)
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_examples // self.block_size)
+
+    def block_bounds(self, block: int) -> tuple[int, int]:
+        start = block * self.block_size
+        return start, min(start + self.block_size, self.n_examples)
+
+    def with_split(self, split: str, n_examples: int) -> SplitSpec:
+        return replace(self, split=split, n_examples=n_examples)
+
+    def as_attrs(self) -> dict:
+        d = asdict(self)
+        d.pop("ranges")
+        for name, value in self.ranges.for_system(self.pde).items():
+            d[f"{name}_range"] = list(value)
+        return d

@@ -1,0 +1,205 @@
+"""The three PDE systems and the unified coefficient vector, defined once.
+
+Every system is a special case of one operator on the periodic unit square,
+
+    L u = -div(K grad u) + v . grad u - w u = f,
+
+with the unified coefficient vector ``[k11, k22, k12, v1, v2, w]`` (K is the
+effective, already scaled, diffusion tensor). A system fixes which entries are
+free and which are zero; Helmholtz carries K = 0.01 I. The authors' HDF5 files
+store a per-system ``tensor`` with fewer columns; :meth:`System.to_unified` and
+:meth:`System.from_unified` convert between the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+COEFFICIENT_NAMES: tuple[str, ...] = ("k11", "k22", "k12", "v1", "v2", "w")
+K11, K22, K12, V1, V2, W = range(6)
+N_COEFFICIENTS = len(COEFFICIENT_NAMES)
+
+#: The paper's diffusion scale: K = 0.01 * R(-t) diag(1, e) R(t); Helmholtz uses 0.01 I.
+DIFFUSION_SCALE = 0.01
+
+# Relative tolerance for "this coefficient is fixed at this value" checks; files
+# store coefficients as float32, so exact equality cannot be asked for.
+_FIXED_RTOL = 1e-6
+
+
+class CoefficientError(ValueError):
+    """Coefficients that describe no well-posed problem of the named system."""
+
+
+@dataclass(frozen=True)
+class System:
+    """One PDE system of the paper.
+
+    ``tensor_columns`` names the authors' per-system ``tensor`` columns, in
+    order; ``free`` the unified coefficients the system lets vary;
+    ``zero_mean`` whether sources and solutions have their mean removed (the
+    operator annihilates constants, so the mean mode has no solution).
+    """
+
+    name: str
+    label: str
+    equation: str
+    tensor_columns: tuple[str, ...]
+    free: tuple[str, ...]
+    zero_mean: bool
+
+    @property
+    def n_tensor_columns(self) -> int:
+        return len(self.tensor_columns)
+
+    def fixed_value(self, name: str) -> float:
+        """The value a coefficient that is not free takes in this system."""
+        if self.name == HELMHOLTZ_NAME and name in ("k11", "k22"):
+            return DIFFUSION_SCALE
+        return 0.0
+
+    def to_unified(self, tensor: np.ndarray) -> np.ndarray:
+        """Authors' ``tensor`` (N, C) -> unified coefficients (N, 6), float64."""
+        tensor = np.asarray(tensor, dtype=np.float64)
+        if tensor.ndim != 2 or tensor.shape[1] != self.n_tensor_columns:
+            raise CoefficientError(
+                f"{self.name}: tensor must have shape (N, {self.n_tensor_columns}) "
+                f"with columns {list(self.tensor_columns)}, got {tensor.shape}"
+            )
+        out = np.zeros((tensor.shape[0], N_COEFFICIENTS))
+        if self.name == HELMHOLTZ_NAME:
+            out[:, K11] = out[:, K22] = tensor[:, 0]
+            out[:, W] = tensor[:, 1]
+        else:
+            for j, col in enumerate(self.tensor_columns):
+                out[:, COEFFICIENT_NAMES.index(col)] = tensor[:, j]
+        return out
+
+    def from_unified(self, coefficients: np.ndarray) -> np.ndarray:
+        """Unified coefficients (N, 6) -> the authors' ``tensor`` (N, C)."""
+        c = _as_batch(coefficients)
+        if self.name == HELMHOLTZ_NAME:
+            return np.stack([c[:, K11], c[:, W]], axis=1)
+        return c[:, [COEFFICIENT_NAMES.index(col) for col in self.tensor_columns]]
+
+    def validate(self, coefficients: np.ndarray) -> np.ndarray:
+        """Return ``coefficients`` as a float64 (B, 6) array or raise CoefficientError.
+
+        Checks: shape, finiteness, zeros where the system has no term, K
+        symmetric positive definite (Poisson, advection-diffusion), K = 0.01 I
+        (Helmholtz).
+        """
+        c = _as_batch(coefficients)
+        bad = ~np.isfinite(c).all(axis=1)
+        if bad.any():
+            raise CoefficientError(
+                f"{self.name}: coefficients contain NaN or Inf (example {_first(bad)})"
+            )
+        for j, name in enumerate(COEFFICIENT_NAMES):
+            if name in self.free:
+                continue
+            expected = self.fixed_value(name)
+            if expected == 0.0:
+                off = c[:, j] != 0.0
+            else:
+                off = np.abs(c[:, j] - expected) > _FIXED_RTOL * expected
+            if off.any():
+                i = _first(off)
+                raise CoefficientError(
+                    f"{self.name}: coefficient {name!r} must be {expected:g} for this system "
+                    f"(example {i} has {c[i, j]:g}); free coefficients are {list(self.free)}"
+                )
+        if "k11" in self.free:
+            k11, k22, k12 = c[:, K11], c[:, K22], c[:, K12]
+            not_spd = ~((k11 > 0) & (k22 > 0) & (k11 * k22 - k12 * k12 > 0))
+            if not_spd.any():
+                i = _first(not_spd)
+                raise CoefficientError(
+                    f"{self.name}: diffusion tensor K = [[{k11[i]:g}, {k12[i]:g}], "
+                    f"[{k12[i]:g}, {k22[i]:g}]] (example {i}) is not symmetric positive "
+                    "definite: need k11 > 0, k22 > 0 and k11*k22 - k12**2 > 0"
+                )
+        return c
+
+
+def _as_batch(coefficients: np.ndarray) -> np.ndarray:
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[1] != N_COEFFICIENTS:
+        raise CoefficientError(
+            f"coefficients must have shape (6,) or (B, 6) in the order {list(COEFFICIENT_NAMES)}, "
+            f"got {np.shape(coefficients)}"
+        )
+    return c
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+HELMHOLTZ_NAME = "helmholtz"
+
+POISSON = System(
+    name="poisson",
+    label="SYS-1 Poisson",
+    equation="-div(K grad u) = f",
+    tensor_columns=("k11", "k22", "k12"),
+    free=("k11", "k22", "k12"),
+    zero_mean=True,
+)
+ADVECTION_DIFFUSION = System(
+    name="advection_diffusion",
+    label="SYS-2 advection-diffusion",
+    equation="-div(K grad u) + v . grad u = f",
+    tensor_columns=("k11", "k22", "k12", "v1", "v2"),
+    free=("k11", "k22", "k12", "v1", "v2"),
+    zero_mean=True,
+)
+HELMHOLTZ = System(
+    name=HELMHOLTZ_NAME,
+    label="SYS-3 Helmholtz",
+    equation="-0.01 lap u - w u = f",
+    tensor_columns=("k", "w"),
+    free=("w",),
+    zero_mean=False,
+)
+
+SYSTEMS: dict[str, System] = {s.name: s for s in (POISSON, ADVECTION_DIFFUSION, HELMHOLTZ)}
+
+
+def get_system(system: str | System) -> System:
+    """Look a system up by its name (``poisson``, ``advection_diffusion``, ``helmholtz``)."""
+    if isinstance(system, System):
+        return system
+    try:
+        return SYSTEMS[system]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown system {system!r}; choose one of {', '.join(SYSTEMS)}") from None
+
+
+def system_for_tensor_width(width: int) -> System:
+    """The system whose authors' ``tensor`` has ``width`` columns (3, 5 or 2)."""
+    for s in SYSTEMS.values():
+        if s.n_tensor_columns == width:
+            return s
+    raise ValueError(
+        f"no system stores {width} tensor columns (poisson 3, advection_diffusion 5, helmholtz 2)"
+    )
+
+
+def unified_coefficients(
+    k11: np.ndarray | float = 0.0,
+    k22: np.ndarray | float = 0.0,
+    k12: np.ndarray | float = 0.0,
+    v1: np.ndarray | float = 0.0,
+    v2: np.ndarray | float = 0.0,
+    w: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Stack named coefficients (scalars or arrays of one length) into (B, 6)."""
+    cols = np.broadcast_arrays(
+        *(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (k11, k22, k12, v1, v2, w))
+    )
+    return np.stack(cols, axis=1)
