@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The ``pdeserve`` command line: the one place that may reach every layer."""

@@ -1,0 +1,48 @@
+"""``pdeserve`` command: a table of subcommands, each imported only when run.
+
+Importing lazily keeps ``pdeserve datagen`` free of torch and ``pdeserve
+serve`` free of the learning stack; each subcommand parses its own arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: name -> (module, function, one-line help). The function takes argv and returns an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "datagen": ("datagen.cli", "datagen_main", "generate train/val/test HDF5 datasets"),
+    "exact": ("datagen.cli", "exact_main", "recompute a dataset's solutions with the exact solver"),
+    "preview": ("datagen.cli", "preview_main", "plot sources and solutions of a dataset (PNG)"),
+    "serve": ("pdeserve.serve_stub", "serve_main", "start the solver service"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: pdeserve COMMAND [options]   (pdeserve COMMAND --help for details)", ""]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from datagen import __version__
+
+        print(f"pdeserve {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"pdeserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
