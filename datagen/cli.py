@@ -134,8 +134,8 @@ def datagen_main(argv: Sequence[str]) -> int:
 def exact_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdeserve exact",
-        description="Recompute every solution of a dataset (pdeserve's or the authors' layout) with "
-        "the exact solver. With --check, print the relative L2 difference from the stored "
+        description="Recompute every solution of a dataset (pdeserve's or the authors' layout) "
+        "with the exact solver. With --check, print the relative L2 difference from the stored "
         "solutions as JSON and exit 1 if the largest is above the tolerance.",
     )
     p.add_argument("--input", required=True, type=Path, help="dataset to read")
@@ -145,7 +145,8 @@ def exact_parser() -> argparse.ArgumentParser:
         "--tolerance",
         type=float,
         default=DEFAULT_CHECK_TOLERANCE,
-        help=f"largest relative L2 difference --check accepts (default {DEFAULT_CHECK_TOLERANCE:g})",
+        help="largest relative L2 difference --check accepts "
+        f"(default {DEFAULT_CHECK_TOLERANCE:g})",
     )
     p.add_argument("--system", choices=list(SYSTEMS), help="override the system read from the file")
     p.add_argument("--chunk-size", type=int, default=256, help="examples per chunk (default 256)")
@@ -226,7 +227,7 @@ def exact_main(argv: Sequence[str]) -> int:
 def preview_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdeserve preview",
-        description="Plot sources and solutions side by side for a few examples of each sparsity level.",
+        description="Plot sources and solutions side by side, a few examples per sparsity level.",
     )
     p.add_argument("file", type=Path, help="dataset (pdeserve's or the authors' layout)")
     p.add_argument("--out", required=True, type=Path, help="PNG to write")

@@ -81,35 +81,39 @@ def write_split(
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
+    pool: ProcessPoolExecutor | None = None,
 ) -> Path:
-    """Generate one split and write it to ``path`` (atomically). Returns the path."""
+    """Generate one split and write it to ``path`` (atomically). Returns the path.
+
+    ``pool`` lends worker processes made by the caller (write_splits shares
+    one across splits); otherwise ``workers > 1`` starts its own.
+    """
     path = Path(path)
     if ray_address is not None:
         return _write_split_ray(spec, path, ray_address, progress)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = min(workers, spec.n_blocks)
     bar = tqdm(
         total=spec.n_examples, unit="ex", desc=f"{spec.system} {spec.split}", disable=not progress
     )
+    own_pool = pool is None and workers > 1
+    if own_pool:
+        pool = _process_pool(workers)
     try:
         with _writer(spec, path) as writer:
             jobs = ((spec, b, writer.fields_location) for b in range(spec.n_blocks))
             if workers == 1:
                 blocks: Iterator[Block] = (make_block_into(*job) for job in jobs)
-                for block in blocks:
-                    _record(writer, block)
-                    bar.update(len(block.coefficients))
             else:
-                with _process_pool(min(workers, spec.n_blocks)) as pool:
-                    try:
-                        for block in _ordered(pool, make_block_into, jobs, 2 * workers):
-                            _record(writer, block)
-                            bar.update(len(block.coefficients))
-                    except BaseException:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
+                blocks = _ordered(pool, make_block_into, jobs, 2 * workers)
+            for block in blocks:
+                _record(writer, block)
+                bar.update(len(block.coefficients))
     finally:
         bar.close()
+        if own_pool:
+            pool.shutdown(wait=True, cancel_futures=True)
     return path
 
 
@@ -194,7 +198,8 @@ def write_splits(
     progress: bool = True,
 ) -> dict[str, Path]:
     """Write ``out_dir/{train,val,test}.h5``, each split seeded apart (size 0: skipped)."""
-    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+    splits = (("train", n_train), ("val", n_val), ("test", n_test))
+    for split, n in splits:
         if n < 0:
             raise ValueError(f"n_{split} must be >= 0, got {n}")
     base = SplitSpec(
@@ -204,15 +209,23 @@ def write_splits(
         seed=seed,
         ranges=ranges or SamplingRanges(),
     )
+    specs = {split: base.with_split(split, n) for split, n in splits if n > 0}
+    n_blocks = sum(spec.n_blocks for spec in specs.values())
+    shared = ray_address is None and workers > 1 and n_blocks > 1
+    pool = _process_pool(min(workers, n_blocks)) if shared else None
     out = Path(out_dir)
-    return {
-        split: write_split(
-            base.with_split(split, n),
-            out / f"{split}.h5",
-            workers=workers,
-            ray_address=ray_address,
-            progress=progress,
-        )
-        for split, n in (("train", n_train), ("val", n_val), ("test", n_test))
-        if n > 0
-    }
+    try:
+        return {
+            split: write_split(
+                spec,
+                out / f"{split}.h5",
+                workers=workers,
+                ray_address=ray_address,
+                progress=progress,
+                pool=pool,
+            )
+            for split, spec in specs.items()
+        }
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -65,12 +65,12 @@ def plot_preview(path: str | os.PathLike, out: str | os.PathLike, *, per_level: 
                     (ax_f, ex.sources[0], "source"),
                     (ax_u, ex.solutions[0], "solution"),
                 ):
-                    im = ax.imshow(
-                        field,
-                        origin="lower",
-                        extent=(0, 1, 0, 1),
-                        cmap="RdBu_r" if name == "solution" else "viridis",
-                    )
+                    if name == "solution":  # diverging colours centred on 0
+                        lim = float(np.abs(field).max()) or 1.0
+                        style = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
+                    else:
+                        style = {"cmap": "viridis"}
+                    im = ax.imshow(field, origin="lower", extent=(0, 1, 0, 1), **style)
                     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
                     ax.set_xticks([])
                     ax.set_yticks([])
