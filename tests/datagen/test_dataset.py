@@ -1,0 +1,175 @@
+"""Dataset files: layout, round trips through the authors' layout, atomic writes, readers,
+and the same data whatever runs the generation (one process, worker processes, Ray)."""
+
+import h5py
+import numpy as np
+import pytest
+
+from datagen.dataset import DatasetWriter, open_dataset, write_authors_file
+from datagen.pipeline import write_split, write_splits
+from datagen.spec import SplitSpec
+
+
+@pytest.fixture(scope="module")
+def small_splits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ad")
+    write_splits(
+        "advection_diffusion", out, n_train=70, n_val=20, n_test=0, resolution=32, progress=False
+    )
+    return out
+
+
+def test_files_carry_the_authors_layout_and_ours(small_splits):
+    assert sorted(p.name for p in small_splits.iterdir()) == ["train.h5", "val.h5"]
+    with h5py.File(small_splits / "train.h5", "r") as f:
+        assert f["fields"].shape == (70, 2, 32, 32) and f["fields"].dtype == np.dtype("<f4")
+        assert f["tensor"].shape == (70, 5) and f["tensor"].dtype == np.dtype("<f4")
+        assert f["other"].shape == (70, 1)
+        assert np.array_equal(f["psi"][:], f["other"][:])
+        assert f["coefficients"].shape == (70, 6)
+        assert np.allclose(f["tensor"][:], f["coefficients"][:, :5])
+        attrs = dict(f.attrs)
+    assert attrs["system"] == "advection_diffusion" and attrs["split"] == "train"
+    assert attrs["seed"] == 0 and attrs["resolution"] == 32 and attrs["n_examples"] == 70
+    assert list(attrs["eig_range"]) == [1.0, 5.0] and list(attrs["ratio_range"]) == [0.2, 1.0]
+    assert attrs["code_version"].startswith("pdeserve ")
+
+
+def test_authors_loader_reads_our_files(small_splits):
+    """What the authors' loader does: fields[:, :1] as input, tensor columns as channels."""
+    with h5py.File(small_splits / "val.h5", "r") as f:
+        x = f["fields"][3, 0:1]
+        tensor = f["tensor"][3]
+        y = f["fields"][3, 1:]
+    channels = np.concatenate([x] + [np.full((1, 32, 32), t) for t in tensor])
+    assert channels.shape == (6, 32, 32) and y.shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize("system", ["poisson", "advection_diffusion", "helmholtz"])
+def test_round_trip_through_authors_layout(tmp_path, system):
+    path = tmp_path / "ours.h5"
+    write_split(SplitSpec(system=system, n_examples=12, resolution=32), path, progress=False)
+    with open_dataset(path) as r:
+        ours = r.read()
+        assert r.layout == "pdeserve" and r.system.name == system
+    authors = write_authors_file(
+        tmp_path / "authors.h5", system, ours.sources, ours.solutions, ours.coefficients, ours.psi
+    )
+    with h5py.File(authors, "r") as f:
+        assert set(f.keys()) == (
+            {"fields", "tensor", "other"}
+            if system == "advection_diffusion"
+            else {"fields", "tensor"}
+        )
+        assert len(f.attrs) == 0
+    with open_dataset(authors) as r:
+        back = r.read()
+        assert r.layout == "authors" and r.system.name == system
+    assert np.array_equal(back.sources, ours.sources) and np.array_equal(
+        back.solutions, ours.solutions
+    )
+    assert np.allclose(back.coefficients, ours.coefficients, rtol=1e-7, atol=0)
+    if system == "advection_diffusion":
+        assert np.allclose(back.psi, ours.psi, rtol=1e-7)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "x.h5"
+    with pytest.raises(RuntimeError, match="boom"), DatasetWriter(path, "poisson", 4, 16, {}) as w:
+        w.write(
+            0,
+            np.tile([0.01, 0.01, 0, 0, 0, 0], (2, 1)),
+            sources=np.zeros((2, 16, 16)),
+            solutions=np.zeros((2, 16, 16)),
+        )
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_incomplete_write_is_not_committed(tmp_path):
+    w = DatasetWriter(tmp_path / "x.h5", "poisson", 4, 16, {})
+    with pytest.raises(RuntimeError, match="wrote 0 of 4"):
+        w.commit()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_generation_leaves_no_file(tmp_path, monkeypatch):
+    import datagen.pipeline as pipeline
+
+    calls = {"n": 0}
+    real = pipeline.generate_block
+
+    def failing(spec, block):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(spec, block)
+
+    monkeypatch.setattr(pipeline, "generate_block", failing)
+    with pytest.raises(KeyboardInterrupt):
+        write_split(
+            SplitSpec(system="poisson", n_examples=40, resolution=16, block_size=10),
+            tmp_path / "train.h5",
+            progress=False,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_dataset(tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="not an HDF5 file"):
+        open_dataset(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(ValueError, match="no 'fields'"):
+        open_dataset(tmp_path / "empty.h5")
+    with h5py.File(tmp_path / "notensor.h5", "w") as f:
+        f["fields"] = np.zeros((2, 2, 16, 16), "f4")
+    with pytest.raises(ValueError, match="cannot tell the system"):
+        open_dataset(tmp_path / "notensor.h5")
+    with h5py.File(tmp_path / "width.h5", "w") as f:
+        f["fields"] = np.zeros((2, 2, 16, 16), "f4")
+        f["tensor"] = np.zeros((2, 4), "f4")
+    with pytest.raises(ValueError, match="4 tensor columns"):
+        open_dataset(tmp_path / "width.h5")
+
+
+def test_chunks_cover_the_file_in_order(small_splits):
+    with open_dataset(small_splits / "train.h5") as r:
+        chunks = list(r.chunks(32))
+        whole = r.read()
+    assert [c.start for c in chunks] == [0, 32, 64] and [len(c) for c in chunks] == [32, 32, 6]
+    assert np.array_equal(np.concatenate([c.solutions for c in chunks]), whole.solutions)
+
+
+def _arrays(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in ("fields", "tensor", "coefficients", "sparsity")}
+
+
+def test_same_dataset_whatever_the_number_of_workers(tmp_path):
+    spec = SplitSpec(system="helmholtz", n_examples=50, resolution=32, block_size=8)
+    one = write_split(spec, tmp_path / "one.h5", workers=1, progress=False)
+    three = write_split(spec, tmp_path / "three.h5", workers=3, progress=False)
+    a, b = _arrays(one), _arrays(three)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ray_shards_make_the_same_dataset(tmp_path):
+    import ray
+
+    spec = SplitSpec(system="advection_diffusion", n_examples=45, resolution=32, block_size=8)
+    local = write_split(spec, tmp_path / "local.h5", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        sharded = write_split(spec, tmp_path / "ray.h5", ray_address="auto", progress=False)
+    finally:
+        ray.shutdown()
+    a, b = _arrays(local), _arrays(sharded)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with h5py.File(local, "r") as f, h5py.File(sharded, "r") as g:
+        assert np.array_equal(f["other"][:], g["other"][:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.h5", "ray.h5"]  # shards cleaned up
