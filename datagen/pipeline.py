@@ -2,8 +2,8 @@
 
 - ``workers=1``: this process makes every block.
 - ``workers=K > 1``: K local processes make blocks and write their fields
-  straight into the output file at their offsets; this process keeps the HDF5
-  metadata and writes the small per-example arrays.
+  straight into the output file at their offsets (see :mod:`datagen.workers`);
+  this process keeps the HDF5 metadata and writes the small per-example arrays.
 - ``ray_address``: shards of blocks become Ray tasks; each task writes its own
   shard file next to the output (the output folder must be on storage the
   cluster's nodes share), and the shards are merged into one dataset.
@@ -17,20 +17,15 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from datagen.dataset import DatasetWriter, FieldsLocation, open_dataset, write_fields_direct
 from datagen.generate import Block, generate_block
-from datagen.memory import keep_freed_memory
 from datagen.spec import SamplingRanges, SplitSpec
+from datagen.workers import GenerationWorkers
 
 
 def _writer(spec: SplitSpec, path: Path) -> DatasetWriter:
@@ -50,30 +45,6 @@ def _record(writer: DatasetWriter, block: Block, offset: int = 0) -> None:
     writer.write(block.start - offset, block.coefficients, sparsity=block.sparsity, psi=block.psi)
 
 
-def _ordered(executor: Executor, fn: Callable, items: Iterable, depth: int) -> Iterator:
-    """``executor.map`` in order with at most ``depth`` tasks in flight."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(executor.submit(fn, *item))
-        if len(pending) >= depth:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def _init_worker() -> None:
-    # The processes are the parallelism: one BLAS thread each (two BLAS pools
-    # spinning on the same cores run 4x slower), and freed memory kept for reuse.
-    threadpool_limits(1)
-    keep_freed_memory()
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker
-    )
-
-
 def write_split(
     spec: SplitSpec,
     path: str | os.PathLike,
@@ -81,7 +52,7 @@ def write_split(
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
-    pool: ProcessPoolExecutor | None = None,
+    pool: GenerationWorkers | None = None,
 ) -> Path:
     """Generate one split and write it to ``path`` (atomically). Returns the path.
 
@@ -99,21 +70,29 @@ def write_split(
     )
     own_pool = pool is None and workers > 1
     if own_pool:
-        pool = _process_pool(workers)
+        pool = GenerationWorkers(workers)
     try:
         with _writer(spec, path) as writer:
-            jobs = ((spec, b, writer.fields_location) for b in range(spec.n_blocks))
-            if workers == 1:
-                blocks: Iterator[Block] = (make_block_into(*job) for job in jobs)
-            else:
-                blocks = _ordered(pool, make_block_into, jobs, 2 * workers)
-            for block in blocks:
+
+            def record(block: Block) -> None:
                 _record(writer, block)
                 bar.update(len(block.coefficients))
+
+            jobs = [(spec, b, writer.fields_location, 0) for b in range(spec.n_blocks)]
+            if pool is None or workers == 1:
+                for job in jobs:
+                    record(make_block_into(*job))
+            else:
+                pool.run(jobs, record)
+    except BaseException:
+        if own_pool:
+            pool.close(force=True)
+            own_pool = False
+        raise
     finally:
         bar.close()
         if own_pool:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
     return path
 
 
@@ -212,8 +191,9 @@ def write_splits(
     specs = {split: base.with_split(split, n) for split, n in splits if n > 0}
     n_blocks = sum(spec.n_blocks for spec in specs.values())
     shared = ray_address is None and workers > 1 and n_blocks > 1
-    pool = _process_pool(min(workers, n_blocks)) if shared else None
+    pool = GenerationWorkers(min(workers, n_blocks)) if shared else None
     out = Path(out_dir)
+    failed = False
     try:
         return {
             split: write_split(
@@ -226,6 +206,9 @@ def write_splits(
             )
             for split, spec in specs.items()
         }
+    except BaseException:
+        failed = True
+        raise
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close(force=failed)

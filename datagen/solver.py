@@ -89,20 +89,40 @@ def symbol(coefficients: np.ndarray, n: int) -> np.ndarray:
 
 def singular_modes(coefficients: np.ndarray, n: int) -> np.ndarray:
     """Boolean (B, n, n//2 + 1): where the symbol is zero (to rounding)."""
+    coefficients = np.atleast_2d(np.asarray(coefficients, dtype=np.float64))
     real, imag = symbol_parts(coefficients, n)
+    rows, masks = _singular_rows(real, imag, coefficients, n)
+    singular = np.zeros(real.shape, dtype=bool)
+    singular[rows] = masks
+    return singular
+
+
+def _singular_rows(
+    real: np.ndarray, imag: np.ndarray | None, coefficients: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The examples whose symbol has zeros, and their zero masks.
+
+    Without w the diffusion part is positive off the mean mode (K is SPD): the
+    mean mode is the only zero. With w, a mode counts as zero when the symbol
+    is within a few ulps of the terms that cancel (the diffusion part and w);
+    only examples whose smallest |symbol| could be that small are looked at.
+    """
+    b = real.shape[0]
     if not np.any(coefficients[:, W]):
-        # No w: the diffusion part is positive off the mean mode (K is SPD), so
-        # the mean mode is the only zero and nothing can cancel.
-        singular = np.zeros(real.shape, dtype=bool)
-        singular[:, 0, 0] = True
-        return singular
-    # "Exactly zero" up to a few ulps of the terms that cancel: the diffusion part and w.
-    ky, kx, _, _ = wavenumbers(n)
-    c = coefficients[:, :, None, None]
-    scale = (4.0 * np.pi**2) * (np.abs(c[:, K11]) * (kx * kx) + np.abs(c[:, K22]) * (ky * ky))
-    scale += np.abs(c[:, W])
+        masks = np.zeros((b, *real.shape[1:]), dtype=bool)
+        masks[:, 0, 0] = True
+        return np.arange(b), masks
+    tol = _SINGULAR_ULPS * np.finfo(np.float64).eps
     magnitude = np.abs(real) if imag is None else np.hypot(real, imag)
-    return magnitude <= (_SINGULAR_ULPS * np.finfo(np.float64).eps) * scale
+    c = np.abs(coefficients)
+    largest_terms = (4.0 * np.pi**2) * (c[:, K11] + c[:, K22]) * (n / 2) ** 2 + c[:, W]
+    rows = np.flatnonzero(magnitude.min(axis=(1, 2)) <= tol * largest_terms)
+    if rows.size == 0:
+        return rows, np.zeros((0, *real.shape[1:]), dtype=bool)
+    ky, kx, _, _ = wavenumbers(n)
+    cr = c[rows, :, None, None]
+    scale = (4.0 * np.pi**2) * (cr[:, K11] * (kx * kx) + cr[:, K22] * (ky * ky)) + cr[:, W]
+    return rows, magnitude[rows] <= tol * scale
 
 
 def divide_by_symbol(
@@ -116,15 +136,17 @@ def divide_by_symbol(
     non-zero singular mode removed.
     """
     real, imag = symbol_parts(coefficients, n)
-    if np.any(coefficients[:, W]):
-        singular = singular_modes(coefficients, n)
-        projected = (singular & (f_hat != 0)).any(axis=(1, 2))
-        f_hat[singular] = 0.0
-        real[singular] = 1.0
-    else:  # only the mean mode (see singular_modes); index it directly
+    if not np.any(coefficients[:, W]):  # the mean mode is the only zero: index it directly
         projected = f_hat[:, 0, 0] != 0
         f_hat[:, 0, 0] = 0.0
         real[:, 0, 0] = 1.0
+    else:
+        rows, masks = _singular_rows(real, imag, coefficients, n)
+        projected = np.zeros(real.shape[0], dtype=bool)
+        for i, mask in zip(rows, masks, strict=True):
+            projected[i] = np.any(f_hat[i][mask] != 0)
+            f_hat[i][mask] = 0.0
+            real[i][mask] = 1.0
     if imag is None:
         u_hat = np.empty_like(f_hat)
         np.divide(f_hat.real, real, out=u_hat.real)

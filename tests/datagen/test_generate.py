@@ -18,7 +18,7 @@ def eig_of(c):
 @pytest.mark.parametrize("system", ["poisson", "advection_diffusion", "helmholtz"])
 def test_blocks_solve_their_pde(system):
     spec = SplitSpec(system=system, n_examples=64, resolution=64)
-    b = generate_block(spec, 0)
+    b = generate_block(spec, 0, dtype=np.float64)
     assert b.sources.shape == b.solutions.shape == (64, 64, 64)
     get_system(system).validate(b.coefficients)
     r = residual(system, b.solutions, b.sources, b.coefficients)
@@ -46,7 +46,7 @@ def test_advection_diffusion_ratio_within_one_percent_of_range():
         resolution=64,
         ranges=SamplingRanges(ratio=(1.0, 2.0)),
     )
-    b = generate_block(spec, 0)
+    b = generate_block(spec, 0, dtype=np.float64)
     assert b.psi.min() >= 1.0 * 0.99 and b.psi.max() <= 2.0 * 1.01
     c = b.coefficients
     lam = np.hypot(c[:, V1], c[:, V2])
@@ -104,3 +104,13 @@ def test_bad_specs(kwargs, match):
 def test_bad_ranges(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SamplingRanges(**kwargs)
+
+
+@pytest.mark.parametrize("system", ["advection_diffusion", "helmholtz"])
+def test_stored_fields_are_the_float64_results_rounded(system):
+    spec = SplitSpec(system=system, n_examples=70, resolution=32)
+    lo, hi = generate_block(spec, 0), generate_block(spec, 0, dtype=np.float64)
+    assert lo.sources.dtype == np.float32
+    assert np.array_equal(lo.sources, hi.sources.astype(np.float32))
+    assert np.array_equal(lo.solutions, hi.solutions.astype(np.float32))
+    assert np.array_equal(lo.coefficients, hi.coefficients)
