@@ -18,6 +18,8 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from datagen.memory import keep_freed_memory  # noqa: E402
-from datagen.pipeline import _process_pool, write_split  # noqa: E402
+from datagen.pipeline import write_split  # noqa: E402
 from datagen.spec import SplitSpec  # noqa: E402
 
 sys.path.append(str(_BENCH))
@@ -47,9 +49,18 @@ def fft_floor_block(batch: int, n: int) -> int:
     return batch
 
 
+def _init_floor_worker() -> None:
+    # Same set-up as the generation workers (datagen.workers): one BLAS thread, memory kept.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    keep_freed_memory()
+
+
 def measure_floor(examples: int, n: int, workers: int, batch: int = 256) -> float:
     blocks = [batch] * (examples // batch)
-    with _process_pool(workers) as pool:
+    spawn = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_floor_worker) as pool:
         list(pool.map(fft_floor_block, [batch] * workers, [n] * workers))  # start + warm up
         t0 = time.perf_counter()
         done = sum(pool.map(fft_floor_block, blocks, [n] * len(blocks)))
@@ -109,7 +120,8 @@ def main() -> int:
                 "ratio_to_floor": round(rate / floor, 3),
             }
             print(
-                f"{system:>20}: {rate:8.0f} samples/s  ({rate / floor:.2f} x floor)  runs {[round(r) for r in runs]}"
+                f"{system:>20}: {rate:8.0f} samples/s  ({rate / floor:.2f} x floor)  "
+                f"runs {[round(r) for r in runs]}"
             )
             goals[f"{system}_samples_per_s"] = goal(3000, round(rate, 1))
             goals[f"{system}_ratio_to_floor"] = goal(0.5, round(rate / floor, 3))

@@ -91,13 +91,13 @@ def _coefficients(spec: SplitSpec, draws: _Draws, c: slice, f_hat: np.ndarray):
     return coefficients, psi
 
 
-def _compute(spec: SplitSpec, draws: _Draws, rows: np.ndarray, out: Block) -> np.ndarray:
+def _compute(spec: SplitSpec, draws: _Draws, rows: np.ndarray, out: Block) -> np.ndarray | None:
     """Sources and solutions of ``draws`` into ``out`` at ``rows``, chunk by chunk.
 
-    Returns max |u| per example (the Helmholtz redraw criterion).
+    Returns max |u| per example for Helmholtz (its redraw criterion), else None.
     """
     n, zero_mean = spec.resolution, spec.pde.zero_mean
-    peak = np.empty(rows.size)
+    peak = np.empty(rows.size) if spec.pde.name == "helmholtz" else None
     for lo in range(0, rows.size, CHUNK):
         c = slice(lo, lo + CHUNK)
         f, f_hat = sources.build_sources(draws.weights[c], n, zero_mean=zero_mean)
@@ -112,7 +112,8 @@ def _compute(spec: SplitSpec, draws: _Draws, rows: np.ndarray, out: Block) -> np
         out.coefficients[at] = coefficients
         if psi is not None:
             out.psi[at] = psi
-        peak[c] = np.abs(u).max(axis=(1, 2))
+        if peak is not None:
+            peak[c] = np.abs(u).max(axis=(1, 2))
     return peak
 
 
@@ -137,7 +138,7 @@ def generate_block(spec: SplitSpec, block: int, *, dtype: np.dtype = np.float32)
     rows = np.arange(b)
     for _ in range(_MAX_REDRAW_ROUNDS):
         peak = _compute(spec, _draw(spec, rng, sparsity[rows]), rows, out)
-        if spec.pde.name != "helmholtz":
+        if peak is None:
             return out
         # Helmholtz: redraw (source and w) every example whose solution is too large.
         rows = rows[peak > HELMHOLTZ_MAX_ABS]
