@@ -14,9 +14,11 @@ independently (see :mod:`datagen.generate`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,11 +118,28 @@ def write_shard(spec: SplitSpec, first_block: int, last_block: int, path: str) -
     return path
 
 
-def _write_split_ray(spec: SplitSpec, path: Path, address: str, progress: bool) -> Path:
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator:
+    """Ray, connected to ``address`` ('local' starts a private instance) unless this process
+    is connected already; a connection made here is closed on the way out."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, include_dashboard=False)
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address=None if address == "local" else address, include_dashboard=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _write_split_ray(spec: SplitSpec, path: Path, address: str, progress: bool) -> Path:
+    with ray_session(address) as ray:
+        return _write_split_on_ray(ray, spec, path, progress)
+
+
+def _write_split_on_ray(ray, spec: SplitSpec, path: Path, progress: bool) -> Path:
     n_cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     shard_dir = path.with_name(f".{path.name}.shards-{uuid.uuid4().hex[:8]}")
     shard_dir.mkdir(parents=True)
@@ -138,11 +157,16 @@ def _write_split_ray(spec: SplitSpec, path: Path, address: str, progress: bool) 
             for i, (a, b) in enumerate(ranges)
         ]
         remaining = list(refs)
-        while remaining:
-            ready, remaining = ray.wait(remaining, num_returns=1)
-            for a, b in (ranges[refs.index(r)] for r in ready):
-                bar.update(spec.block_bounds(b - 1)[1] - spec.block_bounds(a)[0])
-        shards = ray.get(refs)
+        try:
+            while remaining:
+                ready, remaining = ray.wait(remaining, num_returns=1)
+                for a, b in (ranges[refs.index(r)] for r in ready):
+                    bar.update(spec.block_bounds(b - 1)[1] - spec.block_bounds(a)[0])
+            shards = ray.get(refs)
+        except BaseException:
+            for ref in remaining:
+                ray.cancel(ref, force=True)
+            raise
         with _writer(spec, path) as writer:
             for shard in shards:
                 with open_dataset(shard) as r:
@@ -194,18 +218,20 @@ def write_splits(
     pool = GenerationWorkers(min(workers, n_blocks)) if shared else None
     out = Path(out_dir)
     failed = False
+    session = ray_session(ray_address) if ray_address is not None else contextlib.nullcontext()
     try:
-        return {
-            split: write_split(
-                spec,
-                out / f"{split}.h5",
-                workers=workers,
-                ray_address=ray_address,
-                progress=progress,
-                pool=pool,
-            )
-            for split, spec in specs.items()
-        }
+        with session:
+            return {
+                split: write_split(
+                    spec,
+                    out / f"{split}.h5",
+                    workers=workers,
+                    ray_address=ray_address,
+                    progress=progress,
+                    pool=pool,
+                )
+                for split, spec in specs.items()
+            }
     except BaseException:
         failed = True
         raise

@@ -238,3 +238,31 @@ def test_physics_layer_imports_no_learning_or_serving_stack():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_datagen_on_a_private_ray_instance(tmp_path, capsys):
+    """--ray-address local starts Ray for the run and shuts it down after; same data as local."""
+    import ray
+
+    common = [
+        "advection_diffusion",
+        "--n-train",
+        "20",
+        "--n-val",
+        "0",
+        "--n-test",
+        "10",
+        "--resolution",
+        "32",
+        "--quiet",
+    ]
+    assert main(["datagen", *common, "--out", str(tmp_path / "ray"), "--ray-address", "local"]) == 0
+    assert not ray.is_initialized()
+    assert main(["datagen", *common, "--out", str(tmp_path / "here"), "--workers", "1"]) == 0
+    for split in ("train", "test"):
+        with (
+            h5py.File(tmp_path / "ray" / f"{split}.h5", "r") as a,
+            h5py.File(tmp_path / "here" / f"{split}.h5", "r") as b,
+        ):
+            assert np.array_equal(a["fields"][:], b["fields"][:])
+            assert np.array_equal(a["other"][:], b["other"][:])
