@@ -234,6 +234,7 @@ def preview_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--per-level", type=int, default=2, help="examples per sparsity level (default 2)"
     )
+    p.add_argument("--dpi", type=int, default=90, help="resolution of the PNG (default 90)")
     return p
 
 
@@ -242,7 +243,7 @@ def preview_main(argv: Sequence[str]) -> int:
 
     args = preview_parser().parse_args(argv)
     try:
-        out = plot_preview(args.file, args.out, per_level=args.per_level)
+        out = plot_preview(args.file, args.out, per_level=args.per_level, dpi=args.dpi)
     except (OSError, ValueError) as e:
         print(f"pdeserve preview: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,9 @@ def _describe(system: str, c: np.ndarray, psi: float | None) -> str:
     return text
 
 
-def plot_preview(path: str | os.PathLike, out: str | os.PathLike, *, per_level: int = 2) -> Path:
+def plot_preview(
+    path: str | os.PathLike, out: str | os.PathLike, *, per_level: int = 2, dpi: int = 90
+) -> Path:
     """Write a PNG grid: a row per sparsity level, (source, solution) pairs across."""
     import matplotlib
 
@@ -80,13 +82,14 @@ def plot_preview(path: str | os.PathLike, out: str | os.PathLike, *, per_level: 
                     fontsize=9,
                 )
         fig.suptitle(
-            f"{reader.system.label}: {reader.system.equation}   ({Path(path).name}, "
-            f"{len(reader)} examples, {reader.resolution}^2)"
+            f"{reader.system.label}: {reader.system.equation}\n"
+            f"{Path(path).name}: {len(reader)} examples, {reader.resolution}^2",
+            fontsize=11,
         )
         fig.tight_layout()
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.tmp.png")
-        fig.savefig(tmp, dpi=90)
+        fig.savefig(tmp, dpi=dpi)
         plt.close(fig)
         os.replace(tmp, out)
     return out
