@@ -17,10 +17,16 @@ from datagen.systems import SYSTEMS
 
 #: ``exact --check`` fails above this relative L2 difference (the stored files are float32).
 DEFAULT_CHECK_TOLERANCE = 1e-5
+#: The coefficient-range options: type, systems they apply to, default, what they set.
 _RANGE_OPTIONS = {
-    "eig": ("poisson", "advection_diffusion"),
-    "ratio": ("advection_diffusion",),
-    "omega": ("helmholtz",),
+    "eig": (float, ("poisson", "advection_diffusion"), DEFAULT_EIG, "diffusion eigenvalue range"),
+    "ratio": (
+        float,
+        ("advection_diffusion",),
+        DEFAULT_RATIO,
+        "advection/diffusion ratio Psi range",
+    ),
+    "omega": (int, ("helmholtz",), DEFAULT_OMEGA, "Helmholtz wavenumber range, integers"),
 }
 
 
@@ -46,27 +52,14 @@ def datagen_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution", type=int, default=128, help="grid size n (even, >= 16; default 128)"
     )
-    p.add_argument(
-        "--eig",
-        nargs=2,
-        type=float,
-        metavar=("A", "B"),
-        help=f"diffusion eigenvalue range (poisson, advection_diffusion; default {DEFAULT_EIG})",
-    )
-    p.add_argument(
-        "--ratio",
-        nargs=2,
-        type=float,
-        metavar=("A", "B"),
-        help=f"advection/diffusion ratio Psi range (advection_diffusion; default {DEFAULT_RATIO})",
-    )
-    p.add_argument(
-        "--omega",
-        nargs=2,
-        type=int,
-        metavar=("A", "B"),
-        help=f"Helmholtz wavenumber range, integers (helmholtz; default {DEFAULT_OMEGA})",
-    )
+    for option, (kind, systems, default, what) in _RANGE_OPTIONS.items():
+        p.add_argument(
+            f"--{option}",
+            nargs=2,
+            type=kind,
+            metavar=("A", "B"),
+            help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
+        )
     p.add_argument(
         "--workers",
         type=int,
@@ -89,7 +82,7 @@ def datagen_main(argv: Sequence[str]) -> int:
 
     parser = datagen_parser()
     args = parser.parse_args(argv)
-    for option, systems in _RANGE_OPTIONS.items():
+    for option, (_, systems, _, _) in _RANGE_OPTIONS.items():
         if getattr(args, option) is not None and args.system not in systems:
             parser.error(
                 f"--{option} does not apply to {args.system} (only to {', '.join(systems)})"

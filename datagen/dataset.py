@@ -309,10 +309,16 @@ class DatasetReader:
             return None
         return np.asarray(self._file["other"][start:stop, 0], dtype=np.float64)
 
+    def sparsity(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """Sparsity level per example (pdeserve files only)."""
+        if "sparsity" not in self._file:
+            return None
+        return np.asarray(self._file["sparsity"][start:stop], dtype=np.float64)
+
     def read(self, start: int = 0, stop: int | None = None) -> Chunk:
         stop = len(self) if stop is None else min(stop, len(self))
         fields = self.fields[start:stop]
-        sparsity = self._file["sparsity"][start:stop] if "sparsity" in self._file else None
+        sparsity = self.sparsity(start, stop)
         return Chunk(
             start,
             fields[:, 0],

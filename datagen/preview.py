@@ -15,8 +15,9 @@ from datagen.systems import K11, K12, K22, V1, V2, W
 def _levels(reader: DatasetReader) -> np.ndarray:
     """Sparsity of each example: stored by pdeserve; the authors' files hold the levels in
     four consecutive quarters."""
-    if "sparsity" in reader._file:
-        return np.asarray(reader._file["sparsity"][:], dtype=np.float64)
+    stored = reader.sparsity()
+    if stored is not None:
+        return stored
     quarter = np.minimum(np.arange(len(reader)) * len(SPARSITY_LEVELS) // len(reader), 3)
     return np.asarray(SPARSITY_LEVELS)[quarter]
 

@@ -126,92 +126,29 @@ def test_preview_of_authors_file(tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (
-            [
-                "datagen",
-                "poisson",
-                "--out",
-                "x",
-                "--n-train",
-                "1",
-                "--n-val",
-                "0",
-                "--n-test",
-                "0",
-                "--omega",
-                "1",
-                "3",
-            ],
-            "--omega does not apply to poisson",
-        ),
-        (
-            [
-                "datagen",
-                "advection_diffusion",
-                "--out",
-                "x",
-                "--n-train",
-                "1",
-                "--n-val",
-                "0",
-                "--n-test",
-                "0",
-                "--ratio",
-                "2",
-                "1",
-            ],
-            "ratio range",
-        ),
-        (
-            ["datagen", "poisson", "--out", "x", "--n-train", "0", "--n-val", "0", "--n-test", "0"],
-            "nothing to generate",
-        ),
-        (
-            [
-                "datagen",
-                "poisson",
-                "--out",
-                "x",
-                "--n-train",
-                "-3",
-                "--n-val",
-                "0",
-                "--n-test",
-                "0",
-            ],
-            "must be >= 0",
-        ),
-        (
-            [
-                "datagen",
-                "poisson",
-                "--out",
-                "x",
-                "--n-train",
-                "3",
-                "--n-val",
-                "0",
-                "--n-test",
-                "0",
-                "--resolution",
-                "31",
-            ],
-            "resolution must be even",
-        ),
-        (
-            ["datagen", "burgers", "--out", "x", "--n-train", "1", "--n-val", "0", "--n-test", "0"],
-            "invalid choice",
-        ),
-        (["exact", "--input", "x.h5"], "give --output FILE, --check, or both"),
+        ("poisson --n-train 1 --omega 1 3", "--omega does not apply to poisson"),
+        ("advection_diffusion --n-train 1 --ratio 2 1", "ratio range"),
+        ("poisson --n-train 0", "nothing to generate"),
+        ("poisson --n-train -3", "must be >= 0"),
+        ("poisson --n-train 3 --resolution 31", "resolution must be even"),
+        ("burgers --n-train 1", "invalid choice"),
     ],
 )
-def test_bad_arguments(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_datagen_arguments(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    system, *rest = argv.split()
     with pytest.raises(SystemExit) as e:
-        main(argv)
+        main(["datagen", system, "--out", "x", "--n-val", "0", "--n-test", "0", *rest])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_exact_needs_output_or_check(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["exact", "--input", "x.h5"])
+    assert e.value.code == 2
+    assert "give --output FILE, --check, or both" in capsys.readouterr().err
 
 
 def test_exact_on_missing_file(tmp_path, capsys):
