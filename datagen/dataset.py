@@ -71,7 +71,7 @@ class DatasetWriter:
         f.attrs.update({"system": self.system.name, "system_label": self.system.label})
         f.attrs.update({"equation": self.system.equation, "code_version": code_version()})
         f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        f.attrs["tensor_columns"] = list(self.system.tensor_columns)
+        f.attrs["tensor_columns"] = list(self.system.tensor_names)
         for key, value in attrs.items():
             f.attrs[key] = value
         # Contiguous, allocated up front and never filled: worker processes write

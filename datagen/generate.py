@@ -75,9 +75,8 @@ def _draw(spec: SplitSpec, rng: np.random.Generator, sparsity: np.ndarray) -> _D
 def _coefficients(spec: SplitSpec, draws: _Draws, c: slice, f_hat: np.ndarray):
     """Unified coefficients (and Psi) of the examples ``c`` of ``draws``."""
     b, n = f_hat.shape[0], spec.resolution
-    coefficients = np.zeros((b, N_COEFFICIENTS))
+    coefficients = np.tile(spec.pde.fixed_coefficients(), (b, 1))
     if draws.omega is not None:
-        coefficients[:, K11] = coefficients[:, K22] = DIFFUSION_SCALE
         coefficients[:, W] = draws.omega[c]
         return coefficients, None
     scale = np.full(b, DIFFUSION_SCALE)

@@ -37,18 +37,25 @@ class CoefficientError(ValueError):
 class System:
     """One PDE system of the paper.
 
-    ``tensor_columns`` names the authors' per-system ``tensor`` columns, in
-    order; ``free`` the unified coefficients the system lets vary;
-    ``zero_mean`` whether sources and solutions have their mean removed (the
-    operator annihilates constants, so the mean mode has no solution).
+    ``tensor_columns`` describes the authors' per-system ``tensor``: a name per
+    column and the unified coefficients it holds (Helmholtz's single ``k``
+    column is both k11 and k22). ``free`` lists the unified coefficients the
+    system lets vary; the others are fixed at ``fixed`` (0 where not given).
+    ``zero_mean``: sources and solutions have their mean removed (the operator
+    annihilates constants, so the mean mode has no solution).
     """
 
     name: str
     label: str
     equation: str
-    tensor_columns: tuple[str, ...]
+    tensor_columns: tuple[tuple[str, tuple[str, ...]], ...]
     free: tuple[str, ...]
     zero_mean: bool
+    fixed: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.tensor_columns)
 
     @property
     def n_tensor_columns(self) -> int:
@@ -56,9 +63,11 @@ class System:
 
     def fixed_value(self, name: str) -> float:
         """The value a coefficient that is not free takes in this system."""
-        if self.name == HELMHOLTZ_NAME and name in ("k11", "k22"):
-            return DIFFUSION_SCALE
-        return 0.0
+        return dict(self.fixed).get(name, 0.0)
+
+    def fixed_coefficients(self) -> np.ndarray:
+        """The unified vector with every fixed coefficient set and free ones 0, (6,)."""
+        return np.array([self.fixed_value(name) for name in COEFFICIENT_NAMES])
 
     def to_unified(self, tensor: np.ndarray) -> np.ndarray:
         """Authors' ``tensor`` (N, C) -> unified coefficients (N, 6), float64."""
@@ -66,23 +75,18 @@ class System:
         if tensor.ndim != 2 or tensor.shape[1] != self.n_tensor_columns:
             raise CoefficientError(
                 f"{self.name}: tensor must have shape (N, {self.n_tensor_columns}) "
-                f"with columns {list(self.tensor_columns)}, got {tensor.shape}"
+                f"with columns {list(self.tensor_names)}, got {tensor.shape}"
             )
         out = np.zeros((tensor.shape[0], N_COEFFICIENTS))
-        if self.name == HELMHOLTZ_NAME:
-            out[:, K11] = out[:, K22] = tensor[:, 0]
-            out[:, W] = tensor[:, 1]
-        else:
-            for j, col in enumerate(self.tensor_columns):
-                out[:, COEFFICIENT_NAMES.index(col)] = tensor[:, j]
+        for j, (_, targets) in enumerate(self.tensor_columns):
+            for target in targets:
+                out[:, COEFFICIENT_NAMES.index(target)] = tensor[:, j]
         return out
 
     def from_unified(self, coefficients: np.ndarray) -> np.ndarray:
         """Unified coefficients (N, 6) -> the authors' ``tensor`` (N, C)."""
         c = _as_batch(coefficients)
-        if self.name == HELMHOLTZ_NAME:
-            return np.stack([c[:, K11], c[:, W]], axis=1)
-        return c[:, [COEFFICIENT_NAMES.index(col) for col in self.tensor_columns]]
+        return c[:, [COEFFICIENT_NAMES.index(targets[0]) for _, targets in self.tensor_columns]]
 
     def validate(self, coefficients: np.ndarray) -> np.ndarray:
         """Return ``coefficients`` as a float64 (B, 6) array or raise CoefficientError.
@@ -140,13 +144,15 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-HELMHOLTZ_NAME = "helmholtz"
+def _own_columns(*names: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((name, (name,)) for name in names)
+
 
 POISSON = System(
     name="poisson",
     label="SYS-1 Poisson",
     equation="-div(K grad u) = f",
-    tensor_columns=("k11", "k22", "k12"),
+    tensor_columns=_own_columns("k11", "k22", "k12"),
     free=("k11", "k22", "k12"),
     zero_mean=True,
 )
@@ -154,17 +160,18 @@ ADVECTION_DIFFUSION = System(
     name="advection_diffusion",
     label="SYS-2 advection-diffusion",
     equation="-div(K grad u) + v . grad u = f",
-    tensor_columns=("k11", "k22", "k12", "v1", "v2"),
+    tensor_columns=_own_columns("k11", "k22", "k12", "v1", "v2"),
     free=("k11", "k22", "k12", "v1", "v2"),
     zero_mean=True,
 )
 HELMHOLTZ = System(
-    name=HELMHOLTZ_NAME,
+    name="helmholtz",
     label="SYS-3 Helmholtz",
     equation="-0.01 lap u - w u = f",
-    tensor_columns=("k", "w"),
+    tensor_columns=(("k", ("k11", "k22")), ("w", ("w",))),
     free=("w",),
     zero_mean=False,
+    fixed=(("k11", DIFFUSION_SCALE), ("k22", DIFFUSION_SCALE)),
 )
 
 SYSTEMS: dict[str, System] = {s.name: s for s in (POISSON, ADVECTION_DIFFUSION, HELMHOLTZ)}
