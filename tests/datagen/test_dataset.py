@@ -202,3 +202,13 @@ def test_direct_writes_fall_back_where_o_direct_is_refused(tmp_path, monkeypatch
     with open_dataset(tmp_path / "x.h5") as r:
         back = r.read()
     assert np.array_equal(back.sources, f) and np.array_equal(back.solutions, u)
+
+
+def test_worker_failure_reaches_the_caller(tmp_path):
+    from datagen.dataset import FieldsLocation
+    from datagen.workers import GenerationWorkers, WorkerError
+
+    spec = SplitSpec(system="poisson", n_examples=8, resolution=16, block_size=8)
+    nowhere = FieldsLocation(str(tmp_path / "missing" / "x.h5"), 0, 16)
+    with pytest.raises(WorkerError, match="FileNotFoundError"), GenerationWorkers(1) as workers:
+        workers.run([(spec, 0, nowhere, 0)], lambda block: None)
