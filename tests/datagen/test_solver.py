@@ -135,12 +135,19 @@ def test_helmholtz_resonance_zeroes_the_mode_in_f_and_u():
     assert np.allclose(apply("helmholtz", u, c), f_other, atol=1e-9)
 
 
-def test_symbol_is_hermitian_consistent():
-    """Real fields stay real: irfft2 of the symbol times rfft2 round-trips the operator."""
-    c = ADV_C
-    s = symbol(c, 16)
-    assert s.shape == (1, 16, 9)
-    assert s[0, 0, 0] == 0
+@pytest.mark.parametrize("n", [16, 32])
+def test_symbol_is_hermitian_where_rfft2_needs_it(n):
+    """The kx = 0 and Nyquist columns of an rfft2 hold both signs of ky: the symbol there
+    must satisfy L(-ky) = conj(L(ky)) for solutions to stay real (the Nyquist convention)."""
+    s = symbol(ADV_C, n)[0]
+    assert s.shape == (n, n // 2 + 1) and s[0, 0] == 0
+    flipped = np.roll(s[::-1], 1, axis=0)  # row j -> row (-j) mod n
+    for col in (0, n // 2):
+        assert np.allclose(flipped[:, col], np.conj(s[:, col]), rtol=0, atol=1e-15)
+    # the textbook +n/2 choice breaks it on the Nyquist column (what the convention avoids)
+    ky = np.fft.fftfreq(n, 1 / n)
+    naive = 2j * np.pi * (ADV_C[0, 3] * (n / 2) + ADV_C[0, 4] * ky)
+    assert not np.allclose(np.roll(naive[::-1], 1), np.conj(naive))
 
 
 @pytest.mark.parametrize(
