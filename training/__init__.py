@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Learning layer: the FNO, its inputs and normalisation, the data pipeline and the trainer."""

@@ -1,0 +1,80 @@
+"""The served model: raw source and coefficients in, solution out.
+
+Normalisation, the mixed-operator encoding (source + 6 constant coefficient
+channels) and the FNO live in one module, so an exported graph needs nothing
+but its card. The constant channels are never built as images: the lifting
+layer is linear, so their contribution is a per-example bias added on the
+device (``lift(x) = w_f * f + (W_c c + b)``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from datagen.systems import COEFFICIENT_NAMES
+from training.layers.normalization import InputNormalization
+from training.models.base import ModelBase
+from training.models.fno import FNO2d
+
+N_COEFFICIENTS = len(COEFFICIENT_NAMES)
+IN_CHANNELS = 1 + N_COEFFICIENTS
+
+
+class PDESurrogate(ModelBase):
+    capabilities: ClassVar[dict[str, bool]] = {
+        "onnx_export": True,
+        "bf16": True,
+        "any_resolution": True,
+    }
+
+    def __init__(
+        self,
+        width: int,
+        modes: int,
+        n_layers: int = 4,
+        fc_dim: int = 128,
+        spectral: str = "dft",
+        source_ref: float = 1.0,
+        coefficient_ref: list[float] | None = None,
+        solution_ref: float = 1.0,
+    ):
+        super().__init__()
+        coefficient_ref = [1.0] * N_COEFFICIENTS if coefficient_ref is None else coefficient_ref
+        if len(coefficient_ref) != N_COEFFICIENTS:
+            raise ValueError(f"coefficient_ref needs {N_COEFFICIENTS} values")
+        self.normalize = InputNormalization(source_ref, list(coefficient_ref), solution_ref)
+        self.fno = FNO2d(IN_CHANNELS, width, modes, n_layers, fc_dim, 1, spectral)
+
+    def set_spectral_path(self, path: str) -> None:
+        self.fno.set_spectral_path(path)
+
+    def set_normalization(
+        self, source_ref: float, coefficient_ref: list[float], solution_ref: float
+    ) -> None:
+        """Install statistics computed from the training set (recorded in the card)."""
+        self.normalize = InputNormalization(source_ref, coefficient_ref, solution_ref).to(
+            self.normalize.source_ref.device
+        )
+        self._init_args.update(
+            source_ref=float(source_ref),
+            coefficient_ref=[float(c) for c in coefficient_ref],
+            solution_ref=float(solution_ref),
+        )
+
+    def forward(self, source: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """source (B, n, n), coefficients (B, 6) in the unified layout -> solution (B, n, n)."""
+        if source.dim() != 3 or coefficients.dim() != 2:
+            raise ValueError(
+                f"expected source (B, n, n) and coefficients (B, 6), "
+                f"got {tuple(source.shape)} and {tuple(coefficients.shape)}"
+            )
+        f, c, nonzero = self.normalize(source, coefficients)
+        lift = self.fno.lift
+        weight = lift.weight.to(f.dtype)
+        # (B, n, n, 1) * (width,) + (B, 1, 1, width): the 6 constant channels as a bias.
+        bias = torch.nn.functional.linear(c, weight[:, 1:], lift.bias)
+        h = f[..., None] * weight[:, 0] + bias[:, None, None, :]
+        u = self.fno.trunk(h)[..., 0].float()
+        return u * (self.normalize.solution_ref * nonzero[:, None, None])

@@ -1,0 +1,259 @@
+"""The trainer: Adam, cosine decay, MSE, per-epoch validation, best and latest checkpoints.
+
+One function, ``train(config, data, context)``, serves the single process and
+every Ray Train worker alike; the context says where it runs and how
+checkpoints travel. A checkpoint directory holds ``state.pt`` (optimiser,
+schedule, epoch, random states), ``best/`` (the best model so far, a model
+directory) and ``metrics.jsonl`` (the history), so resuming restores all three.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.checkpoint import load_state, save_model, save_state
+from training.config import TrainConfig
+from training.context import RunContext
+from training.data import BatchLoader
+from training.metrics import MetricsLog, read_log, relative_l2
+from training.models.surrogate import PDESurrogate
+from training.prepare import PreparedData
+
+BEST = "best"
+STATE = "state.pt"
+HISTORY = "metrics.jsonl"
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    best_epoch: int
+    best_val: float
+    best_model: Path | None  # in the last checkpoint (main rank)
+
+
+def choose_spectral(config: TrainConfig, device: torch.device) -> str:
+    if config.model.spectral != "auto":
+        return config.model.spectral
+    return "dft"
+
+
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    if config.precision == "bf16":
+        return True
+    if config.precision == "fp32":
+        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def build_model(config: TrainConfig, data: PreparedData, device: torch.device) -> PDESurrogate:
+    torch.manual_seed(config.seed)
+    model = PDESurrogate(
+        **config.model.constructor_args(),
+        spectral=choose_spectral(config, device),
+        **data.stats.as_dict(),
+    )
+    return model.to(device)
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, min_ratio: float):
+    def factor(step: int) -> float:
+        progress = min(step, total_steps) / max(1, total_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: BatchLoader, groups: list[str], autocast: bool
+) -> dict[str, float]:
+    """Mean relative L2 per group and overall, summed across workers."""
+    model.eval()
+    sums = torch.zeros(2, len(groups) + 1, dtype=torch.float64, device=loader.device)
+    for batch in loader.epoch(0):
+        with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = model(batch.source, batch.coefficients)
+        err = relative_l2(pred, batch.solution).double()
+        sums[0, : len(groups)].index_add_(0, batch.group, err)
+        sums[1, : len(groups)].index_add_(0, batch.group, torch.ones_like(err))
+    sums[:, -1] = sums[:, :-1].sum(dim=1)
+    sums = all_sum(sums).cpu()
+    model.train()
+    names = [*groups, "all"]
+    return {
+        f"val_rel_l2/{name}": float(s / c)
+        for name, s, c in zip(names, sums[0], sums[1], strict=True)
+        if c > 0
+    }
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def train(
+    config: TrainConfig, data: PreparedData, context: RunContext, progress: bool = True
+) -> TrainResult:
+    device, rank, world = context.device, context.rank, context.world_size
+    if config.optim.batch_size % world:
+        raise ValueError(
+            f"batch_size {config.optim.batch_size} does not split over {world} workers"
+        )
+    local_batch = config.optim.batch_size // world
+    model = build_model(config, data, device)
+    groups = data.train.groups
+    train_loader = BatchLoader(
+        data.train.shard(rank, world, config.data.chunk_size),
+        local_batch,
+        device,
+        seed=config.seed * 1_000_003 + rank,
+        placement=config.data.placement,
+        chunk_size=config.data.chunk_size,
+    )
+    val_loader = BatchLoader(
+        data.val.eval_shard(rank, world, config.data.chunk_size),
+        local_batch,
+        device,
+        shuffle=False,
+        drop_last=False,
+        placement=config.data.placement,
+        chunk_size=config.data.chunk_size,
+    )
+    bf16 = use_bf16(config, device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+    )
+    steps = len(train_loader)
+    scheduler = cosine_schedule(optimizer, steps * config.optim.epochs, config.optim.min_lr_ratio)
+
+    start_epoch, best_val, best_epoch, history = 0, math.inf, -1, []
+    # The main rank keeps the best model so far in a scratch directory of its own;
+    # each checkpoint carries a copy, so a resumed run starts from it again.
+    best_dir = Path(tempfile.mkdtemp(prefix="pdeserve-best-")) / BEST if context.is_main else None
+    with context.latest_checkpoint() as ckpt:
+        if ckpt is not None:
+            state = load_state(ckpt / STATE, device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            _restore_rng(state["rng"])
+            start_epoch = int(state["epoch"]) + 1
+            best_val, best_epoch = float(state["best_val"]), int(state["best_epoch"])
+            history = read_log(ckpt / HISTORY)
+            history.append({"event": "resumed", "epoch": start_epoch, "time": time.time()})
+            if best_dir is not None and (ckpt / BEST).exists():
+                shutil.copytree(ckpt / BEST, best_dir)
+
+    net: torch.nn.Module = model
+    if world > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    solution_ref = model.normalize.solution_ref
+    card_meta = {"normalization": data.stats.as_dict(), "data": data.lineage, "run": config.name}
+
+    for epoch in range(start_epoch, config.optim.epochs):
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        bar = tqdm(
+            train_loader.epoch(epoch),
+            total=steps,
+            desc=f"epoch {epoch + 1}/{config.optim.epochs}",
+            disable=not (progress and context.is_main),
+            mininterval=2,
+            leave=False,
+        )
+        for batch in bar:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                pred = net(batch.source, batch.coefficients)
+            loss = torch.nn.functional.mse_loss(pred / solution_ref, batch.solution / solution_ref)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+        bar.close()
+        train_time = time.perf_counter() - t0
+        train_loss = float(all_sum(loss_sum.clone()) / (steps * world))
+        val = evaluate(net, val_loader, groups, bf16)
+        record = {
+            "epoch": epoch + 1,
+            "train_mse": train_loss,
+            **val,
+            "lr": scheduler.get_last_lr()[0],
+            "train_samples_per_s": steps * config.optim.batch_size / train_time,
+            "time": time.time(),
+        }
+        history.append(record)
+        improved = val["val_rel_l2/all"] < best_val
+        if improved:
+            best_val, best_epoch = val["val_rel_l2/all"], epoch + 1
+        checkpoint = None
+        if context.is_main:
+            checkpoint = context.staging_dir()
+            if improved:
+                meta = {**card_meta, "metrics": val, "epoch": epoch + 1}
+                save_model(model, best_dir, meta)
+            shutil.copytree(best_dir, checkpoint / BEST)
+            save_state(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "epoch": epoch,
+                    "best_val": best_val,
+                    "best_epoch": best_epoch,
+                },
+                checkpoint / STATE,
+            )
+            MetricsLog(checkpoint / HISTORY).write_all(history)
+        if context.is_main and progress:
+            shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items())
+            print(f"epoch {epoch + 1}: train_mse={train_loss:.4g} val rel L2 {shown}", flush=True)
+        context.report(record, checkpoint)
+        _maybe_fail(config, rank, epoch + 1, context)
+    return TrainResult(history, best_epoch, best_val, best_dir)
+
+
+def _maybe_fail(config: TrainConfig, rank: int, epoch: int, context: RunContext) -> None:
+    """Testing hook: the named rank dies by SIGKILL once, after the named epoch's checkpoint."""
+    fault = config.fault
+    if fault is None or fault.rank != rank or fault.after_epoch != epoch:
+        return
+    marker = getattr(context, "fault_marker", None)
+    if marker is None or Path(marker).exists():
+        return
+    Path(marker).write_text(f"killed rank {rank} after epoch {epoch} (pid {os.getpid()})\n")
+    os.kill(os.getpid(), signal.SIGKILL)
