@@ -304,6 +304,7 @@ class BatchLoader:
     def _batches(
         self, examples: Examples, gen: torch.Generator, n_batches: int
     ) -> Iterator[Examples]:
+        """``n_batches`` batches of a shuffled order of ``examples``; returns the unused rest."""
         n = len(examples)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         order = order.to(examples.source.device)
@@ -311,6 +312,7 @@ class BatchLoader:
         for b in range(n_batches):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield examples.index(idx).to(self.device, non_blocking=non_blocking)
+        return examples.index(order[n_batches * self.batch_size :])
 
     def _stream(self, gen: torch.Generator) -> Iterator[Examples]:
         chunks = self.data.chunks(self.chunk_size)
@@ -324,11 +326,9 @@ class BatchLoader:
             if left is not None:
                 examples = Examples.cat([left, examples])
             usable = min(len(examples) // self.batch_size, remaining)
-            if examples is not None and usable:
-                yield from self._batches(examples, gen, usable)
-                remaining -= usable
-            left = examples.index(torch.arange(usable * self.batch_size, len(examples)))
-        if remaining and left is not None and len(left) and not self.drop_last:
+            left = yield from self._batches(examples, gen, usable)
+            remaining -= usable
+        if remaining and left is not None and len(left):
             yield from self._batches(left, gen, 1)
 
     def _read_window(self, window: list[Part]) -> Examples:

@@ -1,0 +1,123 @@
+"""Presets, the constant-channel encoding, normalisation invariance and checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from datagen.systems import HELMHOLTZ, POISSON
+from training.checkpoint import load_model, read_card, save_model
+from training.models import MODEL_PRESETS, PDESurrogate, build_model, preset
+from training.models.presets import NOMINAL_PARAMETERS
+
+
+def _model(**kw) -> PDESurrogate:
+    torch.manual_seed(0)
+    args = {"width": 8, "modes": 4, "n_layers": 2, "fc_dim": 16, **kw}
+    return PDESurrogate(**args)
+
+
+def _inputs(b=3, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, n, generator=g), torch.rand(b, 6, generator=g) + 0.1
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
+def test_preset_parameter_count_within_15_percent_of_its_name(name):
+    with torch.device("meta"):  # no memory for fno-256m's weights
+        model = PDESurrogate(**preset(name))
+    count = model.n_parameters()
+    assert abs(count / NOMINAL_PARAMETERS[name] - 1) <= 0.15, (name, count)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("fno-1t")
+
+
+def test_constant_channels_as_bias_equal_the_seven_channel_image():
+    """The paper's encoding built per pixel (7 channels) gives what the broadcast bias gives."""
+    model = _model(source_ref=0.7, coefficient_ref=[0.02, 0.03, 0.01, 0.5, 0.4, 5.0])
+    source, coefficients = _inputs()
+    f, c, _ = model.normalize(source, coefficients)
+    n = source.shape[-1]
+    image = torch.cat([f[..., None], c[:, None, None, :].expand(-1, n, n, -1)], dim=-1)
+    expected = model.fno(image)[..., 0] * model.normalize.solution_ref
+    assert torch.allclose(model(source, coefficients), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor", [10.0, 0.01, 3.7])
+def test_scaling_source_and_coefficients_together_changes_nothing(factor):
+    model = _model(source_ref=0.3, coefficient_ref=[0.01, 0.01, 0.005, 0.2, 0.2, 4.0])
+    source, coefficients = _inputs(seed=1)
+    base = model(source, coefficients)
+    scaled = model(source * factor, coefficients * factor)
+    assert torch.allclose(base, scaled, rtol=1e-4, atol=1e-5 * base.abs().max().item())
+    # ... while scaling only the source does change the input the network sees.
+    assert not torch.allclose(base, model(source * factor, coefficients), rtol=1e-2)
+
+
+def test_zero_source_gives_zero_solution():
+    model = _model()
+    source, coefficients = _inputs(b=2)
+    source[1] = 0
+    out = model(source, coefficients)
+    assert torch.all(out[1] == 0) and torch.any(out[0] != 0)
+
+
+def test_encoding_uses_unified_coefficients_of_every_system():
+    """Helmholtz carries K = 0.01 I and w; Poisson zeros in v and w (the unified layout)."""
+    assert list(HELMHOLTZ.fixed_coefficients()[:3]) == [0.01, 0.01, 0.0]
+    assert POISSON.to_unified([[0.02, 0.03, 0.001]])[0, 3:].tolist() == [0, 0, 0]
+
+
+def test_card_rebuilds_the_architecture():
+    model = _model(spectral="fft")
+    card = json.loads(json.dumps(model.card()))
+    rebuilt = build_model(card)
+    assert type(rebuilt) is PDESurrogate
+    assert rebuilt.init_args == model.init_args
+    assert rebuilt.n_parameters() == model.n_parameters() == card["n_parameters"]
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
+    model = _model(source_ref=0.5, coefficient_ref=[0.01] * 3 + [0.3, 0.3, 5.0], solution_ref=2.0)
+    model.set_normalization(0.25, [0.02] * 3 + [0.1, 0.1, 3.0], 4.0)
+    path = save_model(model, tmp_path / "m", metadata={"metrics": {"val": 0.1}})
+    assert sorted(p.name for p in path.iterdir()) == ["card.json", "weights.safetensors"]
+    card = read_card(path)
+    assert card["metrics"] == {"val": 0.1}
+    assert card["model"]["args"]["source_ref"] == 0.25
+    loaded = load_model(path)
+    source, coefficients = _inputs(seed=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(source, coefficients), model(source, coefficients))
+
+
+def test_save_model_replaces_an_old_directory_whole(tmp_path):
+    first, second = _model(), _model(width=4)
+    save_model(first, tmp_path / "m")
+    save_model(second, tmp_path / "m")
+    assert load_model(tmp_path / "m").init_args["width"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging left behind
+
+
+def test_load_model_refuses_a_foreign_card(tmp_path):
+    (tmp_path / "card.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="not a pdeserve model card"):
+        load_model(tmp_path)
+
+
+def test_unknown_model_class():
+    with pytest.raises(ValueError, match="unknown model class"):
+        build_model({"class": "Transformer", "args": {}})
+
+
+def test_fft_and_dft_models_agree():
+    model = _model()
+    source, coefficients = _inputs(seed=3)
+    with torch.no_grad():
+        a = model(source, coefficients)
+        model.set_spectral_path("fft")
+        b = model(source, coefficients)
+    assert torch.allclose(a, b, atol=1e-5 * a.abs().max().item(), rtol=0)

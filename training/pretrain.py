@@ -1,0 +1,130 @@
+"""Pre-train the FNO: ``python -m training.pretrain --config NAME_OR_PATH [options]``.
+
+Runs as a Ray Train job (``--num-workers`` workers, CPU or ``--gpu``) or, with
+``--no-ray``, as one plain process that imports nothing from Ray. Either way
+the run directory ``STORAGE/RUN`` ends up holding ``model/`` (the best model by
+validation error: ``weights.safetensors`` + ``card.json``) and
+``metrics.jsonl`` (one line per epoch). A rerun with the same ``--run-name``
+resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from training.checkpoint import replace_dir
+from training.config import ConfigError, TrainConfig, load_config
+from training.context import LocalContext, default_device
+from training.metrics import MetricsLog, read_log
+from training.prepare import prepare_data
+from training.trainer import BEST, HISTORY, train
+
+DEFAULT_STORAGE = "runs"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.pretrain", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--config", required=True, help="preset name (training/configs/NAME.yaml) or path"
+    )
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (default: the config's)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help="run root: a path or a URL Ray can write"
+    )
+    p.add_argument("--run-name", help="default: CONFIG-TIMESTAMP; an existing run resumes")
+    p.add_argument("--no-ray", action="store_true", help="one plain process, no Ray imported")
+    p.add_argument("--address", help="Ray cluster address (default: start one here)")
+    p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    update = {}
+    if args.epochs is not None:
+        update["optim"] = config.optim.model_copy(update={"epochs": args.epochs})
+    if args.num_workers is not None:
+        update["num_workers"] = args.num_workers
+    return TrainConfig.model_validate({**config.model_dump(), **update}) if update else config
+
+
+def run(args: argparse.Namespace) -> Path:
+    config = _with_overrides(load_config(args.config), args)
+    run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = not args.quiet
+    data = prepare_data(config.data, progress=progress)
+    if args.no_ray:
+        if "://" in args.storage:
+            raise ValueError("--no-ray writes to a local --storage path")
+        run_dir = Path(args.storage).expanduser() / run_name
+        context = LocalContext(device=default_device(args.gpu), run_dir=run_dir)
+        result = train(config, data, context, progress=progress)
+        _finish(run_dir, context.latest)
+        print(f"best val rel L2 {result.best_val:.4f} at epoch {result.best_epoch}")
+        return run_dir / "model"
+    return _run_ray(config, data, args, run_name, progress)
+
+
+def _run_ray(config: TrainConfig, data, args: argparse.Namespace, run_name: str, progress: bool):
+    import ray
+
+    from training.ray_train import fit_on_ray
+
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=progress)
+    try:
+        result = fit_on_ray(
+            config,
+            data,
+            num_workers=config.num_workers,
+            use_gpu=args.gpu,
+            storage=storage,
+            run_name=run_name,
+            progress=progress,
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    if "://" in storage:
+        print(f"final checkpoint: {result.checkpoint.path}")
+        return Path(result.checkpoint.path)
+    run_dir = Path(storage) / run_name
+    with result.checkpoint.as_directory() as ckpt:
+        _finish(run_dir, Path(ckpt))
+    return run_dir / "model"
+
+
+def _finish(run_dir: Path, checkpoint: Path) -> None:
+    """Copy the best model and the metrics history out of the last checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staging = run_dir / ".model.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint / BEST, staging)
+    replace_dir(staging, run_dir / "model")
+    MetricsLog(run_dir / HISTORY).write_all(read_log(checkpoint / HISTORY))
+    print(f"model: {run_dir / 'model'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

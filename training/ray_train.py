@@ -1,0 +1,89 @@
+"""Pre-training as a Ray Train ``TorchTrainer`` job (DDP; gloo on CPU, NCCL on GPU).
+
+Each worker runs ``training.trainer.train`` on its shard; the main rank
+reports a checkpoint every epoch through ``ray.train.report``. A failed
+worker (up to ``max_failures`` times) restarts the group, which resumes from
+the last reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+from training.config import TrainConfig
+from training.context import RunContext
+from training.prepare import PreparedData
+from training.trainer import train
+
+
+@dataclass
+class RayContext(RunContext):
+    fault_marker: str | None = None
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def staging_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="pdeserve-ckpt-"))
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None
+        # Ray copies the directory into storage and removes the local one after upload.
+        ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=True)
+
+
+def _worker_loop(payload: dict) -> None:
+    context = ray.train.get_context()
+    run = RayContext(
+        device=ray.train.torch.get_device(),
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        fault_marker=payload["fault_marker"],
+    )
+    train(payload["config"], payload["data"], run, progress=payload["progress"])
+
+
+def fit_on_ray(
+    config: TrainConfig,
+    data: PreparedData,
+    *,
+    num_workers: int,
+    use_gpu: bool,
+    storage: str,
+    run_name: str,
+    progress: bool = True,
+) -> ray.train.Result:
+    """Run the job; returns Ray's result (its ``checkpoint`` is the last one reported)."""
+    marker = str(Path(storage).expanduser().resolve() / run_name / "fault-injected")
+    trainer = ray.train.torch.TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "config": config,
+            "data": data,
+            "progress": progress,
+            "fault_marker": marker if config.fault else None,
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer.fit()
