@@ -23,6 +23,8 @@ class RunContext:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    #: Testing: where the fault-injection hook records that it fired (once per run).
+    fault_marker: Path | None = None
 
     @property
     def is_main(self) -> bool:

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ray", action="store_true", help="one plain process, no Ray imported")
     p.add_argument("--address", help="Ray cluster address (default: start one here)")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--model", help="override the model preset (fno-64k, fno-1m, fno-16m, fno-256m)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -50,6 +51,8 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
     update = {}
     if args.epochs is not None:
         update["optim"] = config.optim.model_copy(update={"epochs": args.epochs})
+    if args.model is not None:
+        update["model"] = config.model.model_copy(update={"preset": args.model})
     if args.num_workers is not None:
         update["num_workers"] = args.num_workers
     return TrainConfig.model_validate({**config.model_dump(), **update}) if update else config
@@ -64,7 +67,11 @@ def run(args: argparse.Namespace) -> Path:
         if "://" in args.storage:
             raise ValueError("--no-ray writes to a local --storage path")
         run_dir = Path(args.storage).expanduser() / run_name
-        context = LocalContext(device=default_device(args.gpu), run_dir=run_dir)
+        context = LocalContext(
+            device=default_device(args.gpu),
+            run_dir=run_dir,
+            fault_marker=run_dir / "fault-injected",
+        )
         result = train(config, data, context, progress=progress)
         _finish(run_dir, context.latest)
         print(f"best val rel L2 {result.best_val:.4f} at epoch {result.best_epoch}")

@@ -27,8 +27,6 @@ from training.trainer import train
 
 @dataclass
 class RayContext(RunContext):
-    fault_marker: str | None = None
-
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
         checkpoint = ray.train.get_checkpoint()
@@ -53,9 +51,16 @@ def _worker_loop(payload: dict) -> None:
         device=ray.train.torch.get_device(),
         rank=context.get_world_rank(),
         world_size=context.get_world_size(),
-        fault_marker=payload["fault_marker"],
+        fault_marker=Path(payload["fault_marker"]),
     )
     train(payload["config"], payload["data"], run, progress=payload["progress"])
+
+
+def fault_marker(storage: str, run_name: str) -> Path:
+    """Local path the fault-injection hook writes (tests run with local storage)."""
+    if "://" in storage:
+        return Path(tempfile.gettempdir()) / f"pdeserve-{run_name}-fault-injected"
+    return Path(storage).expanduser().resolve() / run_name / "fault-injected"
 
 
 def fit_on_ray(
@@ -69,14 +74,14 @@ def fit_on_ray(
     progress: bool = True,
 ) -> ray.train.Result:
     """Run the job; returns Ray's result (its ``checkpoint`` is the last one reported)."""
-    marker = str(Path(storage).expanduser().resolve() / run_name / "fault-injected")
+    marker = fault_marker(storage, run_name)
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,
         train_loop_config={
             "config": config,
             "data": data,
             "progress": progress,
-            "fault_marker": marker if config.fault else None,
+            "fault_marker": str(marker),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         run_config=RunConfig(

@@ -168,7 +168,7 @@ def train(
             start_epoch = int(state["epoch"]) + 1
             best_val, best_epoch = float(state["best_val"]), int(state["best_epoch"])
             history = read_log(ckpt / HISTORY)
-            history.append({"event": "resumed", "epoch": start_epoch, "time": time.time()})
+            history.append({"event": "resumed", "after_epoch": start_epoch, "time": time.time()})
             if best_dir is not None and (ckpt / BEST).exists():
                 shutil.copytree(ckpt / BEST, best_dir)
 
@@ -252,8 +252,9 @@ def _maybe_fail(config: TrainConfig, rank: int, epoch: int, context: RunContext)
     fault = config.fault
     if fault is None or fault.rank != rank or fault.after_epoch != epoch:
         return
-    marker = getattr(context, "fault_marker", None)
-    if marker is None or Path(marker).exists():
+    marker = context.fault_marker
+    if marker is None or marker.exists():
         return
-    Path(marker).write_text(f"killed rank {rank} after epoch {epoch} (pid {os.getpid()})\n")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"killed rank {rank} after epoch {epoch} (pid {os.getpid()})\n")
     os.kill(os.getpid(), signal.SIGKILL)

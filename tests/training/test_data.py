@@ -94,8 +94,10 @@ def test_the_same_seed_and_epoch_give_the_same_order(small_files):
 
 def test_validation_loader_keeps_every_example(small_files):
     data = FieldData.from_files([small_files["poisson"]])
-    loader = BatchLoader(data, 64, shuffle=False, drop_last=False, placement="stream", chunk_size=70)
-    batches, sources = _all(loader)
+    loader = BatchLoader(
+        data, 64, shuffle=False, drop_last=False, placement="stream", chunk_size=70
+    )
+    _, sources = _all(loader)
     assert sources.shape[0] == 300
     with open_dataset(small_files["poisson"]) as r:
         np.testing.assert_array_equal(sources.numpy(), r.read().sources)
@@ -124,7 +126,9 @@ def test_files_of_different_resolutions_do_not_mix(small_files, tmp_path):
     from datagen.spec import SplitSpec
 
     other = write_split(
-        SplitSpec(system="poisson", n_examples=4, resolution=16), tmp_path / "p16.h5", progress=False
+        SplitSpec(system="poisson", n_examples=4, resolution=16),
+        tmp_path / "p16.h5",
+        progress=False,
     )
     with pytest.raises(ValueError, match="different resolutions"):
         _ = FieldData.from_files([small_files["poisson"], other]).resolution

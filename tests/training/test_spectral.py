@@ -18,7 +18,9 @@ def _pair(c_in, c_out, m, seed=0):
     return dft, fft
 
 
-@pytest.mark.parametrize(("n", "m", "c_in", "c_out"), [(16, 4, 3, 2), (32, 16, 4, 5), (64, 12, 2, 2)])
+@pytest.mark.parametrize(
+    ("n", "m", "c_in", "c_out"), [(16, 4, 3, 2), (32, 16, 4, 5), (64, 12, 2, 2)]
+)
 def test_dft_path_equals_fft_path(n, m, c_in, c_out):
     dft, fft = _pair(c_in, c_out, m)
     x = torch.randn(3, n, n, c_in)
@@ -35,12 +37,14 @@ def test_gradients_agree():
     for layer in (dft, fft):
         layer.zero_grad()
         ((layer(x) - target) ** 2).mean().backward()
-        grads.append(torch.cat([layer.weight_real.grad.flatten(), layer.weight_imag.grad.flatten()]))
+        grads.append(
+            torch.cat([layer.weight_real.grad.flatten(), layer.weight_imag.grad.flatten()])
+        )
     assert torch.allclose(grads[0], grads[1], atol=1e-5 * grads[1].abs().max().item(), rtol=0)
 
 
 def test_against_dense_complex_dft():
-    """Independent check: full numpy fft2, keep the modes, mix, zero the rest, real part of ifft2."""
+    """Independent check: numpy fft2, mix the kept modes, zero the rest, real part of ifft2."""
     n, m, c_in, c_out = 16, 3, 2, 3
     dft, _ = _pair(c_in, c_out, m, seed=2)
     x = torch.randn(1, n, n, c_in, dtype=torch.float32)
