@@ -41,8 +41,8 @@ def test_constant_channels_as_bias_equal_the_seven_channel_image():
     source, coefficients = _inputs()
     f, c, _ = model.normalize(source, coefficients)
     n = source.shape[-1]
-    image = torch.cat([f[..., None], c[:, None, None, :].expand(-1, n, n, -1)], dim=-1)
-    expected = model.fno(image)[..., 0] * model.normalize.solution_ref
+    image = torch.cat([f[:, None], c[:, :, None, None].expand(-1, -1, n, n)], dim=1)
+    expected = model.fno(image)[:, 0] * model.normalize.solution_ref
     assert torch.allclose(model(source, coefficients), expected, atol=1e-6)
 
 

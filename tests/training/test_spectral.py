@@ -23,7 +23,7 @@ def _pair(c_in, c_out, m, seed=0):
 )
 def test_dft_path_equals_fft_path(n, m, c_in, c_out):
     dft, fft = _pair(c_in, c_out, m)
-    x = torch.randn(3, n, n, c_in)
+    x = torch.randn(3, c_in, n, n)
     y_dft, y_fft = dft(x), fft(x)
     scale = y_fft.abs().max().item()
     assert torch.allclose(y_dft, y_fft, atol=1e-5 * scale, rtol=0)
@@ -31,8 +31,8 @@ def test_dft_path_equals_fft_path(n, m, c_in, c_out):
 
 def test_gradients_agree():
     dft, fft = _pair(3, 3, 8, seed=1)
-    x = torch.randn(2, 32, 32, 3)
-    target = torch.randn(2, 32, 32, 3)
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.randn(2, 3, 32, 32)
     grads = []
     for layer in (dft, fft):
         layer.zero_grad()
@@ -47,25 +47,25 @@ def test_against_dense_complex_dft():
     """Independent check: numpy fft2, mix the kept modes, zero the rest, real part of ifft2."""
     n, m, c_in, c_out = 16, 3, 2, 3
     dft, _ = _pair(c_in, c_out, m, seed=2)
-    x = torch.randn(1, n, n, c_in, dtype=torch.float32)
+    x = torch.randn(1, c_in, n, n, dtype=torch.float32)
     w = (dft.weight_real + 1j * dft.weight_imag).detach().numpy().astype(np.complex128)
-    spec = np.fft.fft2(x[0].double().numpy(), axes=(0, 1))  # (n, n, c_in)
+    spec = np.fft.fft2(x[0].double().numpy().transpose(1, 2, 0), axes=(0, 1))  # (n, n, c_in)
     out = np.zeros((n, n, c_out), dtype=np.complex128)
     rows = [*range(m), *range(n - m, n)]
     for i, ky in enumerate(rows):
         for kx in range(m):
-            mixed = spec[ky, kx] @ w[i, kx]
+            mixed = spec[ky, kx] @ w[kx, i]  # weights are indexed (kx, ky, in, out)
             out[ky, kx] += mixed
             if kx > 0:  # the conjugate mode that rfft2's half spectrum stands for
                 out[(-ky) % n, (-kx) % n] += np.conj(mixed)
     expected = np.fft.ifft2(out, axes=(0, 1)).real
-    got = dft(x)[0].double().detach().numpy()
+    got = dft(x)[0].double().detach().numpy().transpose(1, 2, 0)
     assert np.max(np.abs(got - expected)) < 1e-5 * np.max(np.abs(expected))
 
 
 def test_spectral_runs_in_float32_under_autocast():
     layer = SpectralConv2d(2, 2, 4)
-    x = torch.randn(2, 16, 16, 2)
+    x = torch.randn(2, 2, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x.bfloat16())
     assert y.dtype == torch.float32
@@ -74,9 +74,29 @@ def test_spectral_runs_in_float32_under_autocast():
 
 def test_too_many_modes_for_the_grid():
     with pytest.raises(ValueError, match="modes need a grid"):
-        SpectralConv2d(1, 1, 9)(torch.randn(1, 16, 16, 1))
+        SpectralConv2d(1, 1, 9)(torch.randn(1, 1, 16, 16))
 
 
 def test_unknown_path():
     with pytest.raises(ValueError, match="spectral path"):
         SpectralConv2d(1, 1, 4, "wavelet")
+
+
+def test_fused_projection_head_equals_the_plain_one():
+    from training.layers.projection import ProjectionHead
+
+    torch.manual_seed(3)
+    head = ProjectionHead(4, 32, 1)
+    x = torch.randn(2, 4, 96, 96, requires_grad=True)  # 9216 points: tiles and a partial tile
+    weight = torch.randn(2, 1, 96, 96)
+    results = []
+    for fused in (True, False):
+        head.fused = fused
+        x.grad = None
+        head.zero_grad()
+        y = head(x)
+        (y * weight).sum().backward()
+        grads = [x.grad] + [p.grad for p in head.parameters()]
+        results.append([y.detach(), *[g.clone() for g in grads]])
+    for a, b in zip(*results, strict=True):
+        assert torch.allclose(a, b, atol=1e-5 * b.abs().max().item(), rtol=0)

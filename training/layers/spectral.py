@@ -1,18 +1,20 @@
 """Spectral convolution of the FNO, written as matrix products so it exports to ONNX.
 
-Layout is channels-last: ``(B, ny, nx, C)``. The layer keeps the Fourier modes
-``ky in {0..m-1} U {-m..-1}`` (both signs of the first frequency) and
+Layout is channels-first: ``(B, C, ny, nx)``. The layer keeps the Fourier
+modes ``ky in {0..m-1} U {-m..-1}`` (both signs of the first frequency) and
 ``kx in {0..m-1}`` (the half spectrum of a real field), multiplies each kept
 mode by a complex ``C_in x C_out`` matrix and transforms back.
 
 Two paths compute the same thing:
 
 - ``dft``: the truncated forward and inverse DFTs are real matrices over the
-  kept modes only (cos/sin blocks), and the complex mode mixing is one batched
-  real matmul with a ``[[Wr, Wi], [-Wi, Wr]]`` block weight. Only MatMul,
-  Reshape and Transpose reach the ONNX graph.
-- ``fft``: ``rfft2`` / ``irfft2`` with complex weights, for training where the
-  FFT is faster (large ``m`` on GPU).
+  kept modes only (cos/sin blocks). The two transforms along x are single
+  large GEMMs over ``B*C*ny`` rows; the ones along y act on the already
+  truncated ``2m`` columns. The complex mode mixing is two batched real
+  matmuls. Only MatMul, Slice, Add/Sub, Concat, Transpose and Reshape reach
+  the ONNX graph.
+- ``fft``: ``rfft2`` / ``irfft2`` with complex weights (for training where
+  the FFT is faster).
 
 Both run in float32 even under autocast: the spectral sums cancel too much
 for bfloat16.
@@ -38,12 +40,16 @@ def kept_wavenumbers(m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class DFTMatrices(nn.Module):
-    """The four real matrices of the truncated transform pair on an n x n grid.
+    """The real matrices of the truncated transform pair on an n x n grid.
 
-    forward_x  (2m, n):   x-DFT, rows [cos; -sin] -> [Re; Im] over kx
-    forward_y  (4m, 2n):  y-DFT acting on [Re; Im] stacked over y
-    inverse_y  (2n, 4m):  inverse y-DFT back to [Re; Im] stacked over y, / n
-    inverse_x  (n, 2m):   real part of the Hermitian x-sum, / n (x2 for kx > 0)
+    Each is the right operand of a matmul, so every transform is one GEMM over
+    all the rows of the batch, and the y transforms take real and imaginary
+    parts together (no per-quadrant slicing):
+
+    forward_x (n, 2m):    x -> [Re | Im] over kx
+    forward_y (2n, 4m):   [Re | Im] over y -> [Re | Im] over ky (the complex DFT)
+    inverse_y (4m, 2n):   [Re | Im] over ky -> [Re | Im] over y (complex inverse, / n)
+    inverse_x (2m, n):    [Re | Im] over kx -> x: the real part of the Hermitian sum, / n
     """
 
     def __init__(self, n: int, m: int):
@@ -56,20 +62,26 @@ class DFTMatrices(nn.Module):
         ay = 2 * math.pi * torch.outer(ky, j) / n  # (2m, n)
         cx, sx, cy, sy = ax.cos(), ax.sin(), ay.cos(), ay.sin()
         hermitian = torch.where(kx == 0, 1.0, 2.0)[:, None]  # kx > 0 stands for +-kx
+
+        def block(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor):
+            return torch.cat([torch.cat([a, b], 1), torch.cat([c, d], 1)])
+
         mats = {
-            "forward_x": torch.cat([cx, -sx]),
-            "forward_y": torch.cat([torch.cat([cy, sy], 1), torch.cat([-sy, cy], 1)]),
-            "inverse_y": torch.cat([torch.cat([cy.T, -sy.T], 1), torch.cat([sy.T, cy.T], 1)]) / n,
-            "inverse_x": torch.cat([hermitian * cx, -hermitian * sx]).T / n,
+            # X(ky) = sum_y e^{-i ky y} X(y): Re' = cos Re + sin Im, Im' = cos Im - sin Re
+            "forward_x": torch.cat([cx, -sx]).T,
+            "forward_y": block(cy.T, -sy.T, sy.T, cy.T),
+            # Z(y) = sum_ky e^{+i ky y} O(ky) / n: Re' = cos Re - sin Im, Im' = sin Re + cos Im
+            "inverse_y": block(cy, sy, -sy, cy) / n,
+            "inverse_x": torch.cat([hermitian * cx, -hermitian * sx]) / n,
         }
         for name, mat in mats.items():
-            self.register_buffer(name, mat.float(), persistent=False)
+            self.register_buffer(name, mat.float().contiguous(), persistent=False)
 
 
-def truncated_dft(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Kept modes of ``rfft2`` of channels-last ``x`` (B, ny, nx, C): complex (B, 2m, m, C)."""
-    x_ft = torch.fft.rfft2(x.float(), dim=(1, 2))
-    return torch.cat([x_ft[:, :m, :m], x_ft[:, -m:, :m]], dim=1)
+def truncated_rfft2(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Kept modes of ``rfft2`` of channels-first ``x`` (B, C, ny, nx): complex (B, C, ky, kx)."""
+    x_ft = torch.fft.rfft2(x.float())
+    return torch.cat([x_ft[..., :m, :m], x_ft[..., -m:, :m]], dim=-2)
 
 
 class SpectralConv2d(nn.Module):
@@ -84,7 +96,7 @@ class SpectralConv2d(nn.Module):
         self.modes = modes
         self.path = path
         scale = 1.0 / (in_channels * out_channels)
-        shape = (2 * modes, modes, in_channels, out_channels)
+        shape = (modes, 2 * modes, in_channels, out_channels)  # (kx, ky, in, out)
         self.weight_real = nn.Parameter(scale * torch.rand(shape))
         self.weight_imag = nn.Parameter(scale * torch.rand(shape))
         self._dft: dict[int, DFTMatrices] = {}
@@ -102,8 +114,8 @@ class SpectralConv2d(nn.Module):
         return mats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != x.shape[2]:
-            raise ValueError(f"expected a square grid (B, n, n, C), got {tuple(x.shape)}")
+        if x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"expected a square grid (B, C, n, n), got {tuple(x.shape)}")
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             if self.path == "fft":
@@ -111,37 +123,34 @@ class SpectralConv2d(nn.Module):
             return self._forward_dft(x)
 
     def _forward_dft(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _, c = x.shape
+        b, c, n, _ = x.shape
         m, o = self.modes, self.out_channels
+        k = 2 * m  # kept ky
         mats = self.matrices(n, x.device)
-        # x-DFT: (2m, n) @ (B, ny, nx, C) -> (B, ny, [Re|Im] kx, C)
-        h = torch.matmul(mats.forward_x, x)
-        # y-DFT on [Re; Im] stacked along y -> (B, [Re|Im] ky, kx*C)
-        h = h.reshape(b, n, 2, m * c).transpose(1, 2).reshape(b, 2 * n, m * c)
-        h = torch.matmul(mats.forward_y, h)
-        # complex mode mixing as one real bmm per mode: (modes, B, 2C) @ (modes, 2C, 2O)
-        h = h.reshape(b, 2, 2 * m * m, c).permute(2, 0, 1, 3).reshape(2 * m * m, b, 2 * c)
-        h = torch.bmm(h, self._block_weight())
-        # inverse y-DFT -> (B, [Re|Im] y, kx*O)
-        h = h.reshape(2 * m * m, b, 2, o).permute(1, 2, 0, 3).reshape(b, 4 * m, m * o)
-        h = torch.matmul(mats.inverse_y, h)
-        # inverse x-DFT: (n, 2m) @ (B, y, [Re|Im] kx, O) -> (B, y, x, O)
-        h = h.reshape(b, 2, n, m, o).permute(0, 2, 1, 3, 4).reshape(b, n, 2 * m, o)
-        return torch.matmul(mats.inverse_x, h)
-
-    def _block_weight(self) -> torch.Tensor:
-        m, c, o = self.modes, self.in_channels, self.out_channels
-        wr = self.weight_real.reshape(2 * m * m, c, o)
-        wi = self.weight_imag.reshape(2 * m * m, c, o)
-        return torch.cat([torch.cat([wr, wi], 2), torch.cat([-wi, wr], 2)], 1)
+        # x-DFT, one GEMM over B*C*ny rows: (B, C, ny, [Re|Im] kx)
+        h = torch.matmul(x, mats.forward_x)
+        # y-DFT: (B, C, kx, [Re|Im] y) @ (2n, 4m) -> (B, C, kx, [Re|Im] ky)
+        h = h.reshape(b, c, n, 2, m).permute(0, 1, 4, 3, 2).reshape(b, c, m, 2 * n)
+        h = torch.matmul(h, mats.forward_y)
+        # complex mode mixing, per mode (kx, ky): [Re; Im] (2B, C) @ W (C, O), two real bmm
+        h = h.reshape(b, c, m, 2, k).permute(2, 4, 3, 0, 1).reshape(m * k, 2 * b, c)
+        pr = torch.bmm(h, self.weight_real.reshape(m * k, c, o))
+        pi = torch.bmm(h, self.weight_imag.reshape(m * k, c, o))
+        h = torch.stack([pr[:, :b] - pi[:, b:], pi[:, :b] + pr[:, b:]], dim=1)
+        # inverse y-DFT: (B, O, kx, [Re|Im] ky) @ (4m, 2n) -> (B, O, kx, [Re|Im] y)
+        h = h.reshape(m, k, 2, b, o).permute(3, 4, 0, 2, 1).reshape(b, o, m, 2 * k)
+        h = torch.matmul(h, mats.inverse_y)
+        # inverse x-DFT, one GEMM over B*O*ny rows: (B, O, ny, [Re|Im] kx) @ (2m, n)
+        h = h.reshape(b, o, m, 2, n).permute(0, 1, 4, 3, 2).reshape(b, o, n, 2 * m)
+        return torch.matmul(h, mats.inverse_x)
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _, _ = x.shape
+        b, _, n, _ = x.shape
         m = self.modes
-        modes = truncated_dft(x, m)
+        modes = truncated_rfft2(x, m)
         weight = torch.complex(self.weight_real, self.weight_imag)
-        mixed = torch.einsum("byxi,yxio->byxo", modes, weight)
-        out = torch.zeros(b, n, n // 2 + 1, self.out_channels, dtype=mixed.dtype, device=x.device)
-        out[:, :m, :m] = mixed[:, :m]
-        out[:, -m:, :m] = mixed[:, m:]
-        return torch.fft.irfft2(out, s=(n, n), dim=(1, 2))
+        mixed = torch.einsum("biyx,xyio->boyx", modes, weight)
+        out = torch.zeros(b, self.out_channels, n, n // 2 + 1, dtype=mixed.dtype, device=x.device)
+        out[..., :m, :m] = mixed[..., :m, :]
+        out[..., -m:, :m] = mixed[..., m:, :]
+        return torch.fft.irfft2(out, s=(n, n))

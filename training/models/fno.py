@@ -7,6 +7,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from training.layers.pointwise import PointwiseLinear
+from training.layers.projection import ProjectionHead
 from training.layers.spectral import SPECTRAL_PATHS, SpectralConv2d
 from training.models.base import ModelBase
 
@@ -17,7 +19,7 @@ class FNOBlock(nn.Module):
     def __init__(self, width: int, modes: int, spectral: str):
         super().__init__()
         self.spectral = SpectralConv2d(width, width, modes, spectral)
-        self.pointwise = nn.Linear(width, width)
+        self.pointwise = PointwiseLinear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spectral(x) + self.pointwise(x)
@@ -26,7 +28,7 @@ class FNOBlock(nn.Module):
 class FNO2d(ModelBase):
     """Lift to ``width``, ``n_layers`` Fourier blocks (GELU between), project to fc_dim then out.
 
-    Input and output are channels-last, ``(B, n, n, C)``. ``lift`` is applied by
+    Input and output are channels-first, ``(B, C, n, n)``. ``lift`` is applied by
     the caller when some input channels are constant (see ``PDESurrogate``).
     """
 
@@ -52,11 +54,9 @@ class FNO2d(ModelBase):
         for name, value in (("width", width), ("modes", modes), ("n_layers", n_layers)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        self.lift = nn.Linear(in_channels, width)
+        self.lift = PointwiseLinear(in_channels, width)
         self.blocks = nn.ModuleList(FNOBlock(width, modes, spectral) for _ in range(n_layers))
-        self.project = nn.Sequential(
-            nn.Linear(width, fc_dim), nn.GELU(), nn.Linear(fc_dim, out_channels)
-        )
+        self.project = ProjectionHead(width, fc_dim, out_channels)
         self.activation = nn.GELU()
 
     def set_spectral_path(self, path: str) -> None:
@@ -67,7 +67,7 @@ class FNO2d(ModelBase):
             block.spectral.path = path
 
     def trunk(self, h: torch.Tensor) -> torch.Tensor:
-        """Fourier blocks and projection on lifted features (B, n, n, width)."""
+        """Fourier blocks and projection on lifted features (B, width, n, n)."""
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             h = block(h)

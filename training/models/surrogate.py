@@ -72,9 +72,8 @@ class PDESurrogate(ModelBase):
             )
         f, c, nonzero = self.normalize(source, coefficients)
         lift = self.fno.lift
-        weight = lift.weight.to(f.dtype)
-        # (B, n, n, 1) * (width,) + (B, 1, 1, width): the 6 constant channels as a bias.
-        bias = torch.nn.functional.linear(c, weight[:, 1:], lift.bias)
-        h = f[..., None] * weight[:, 0] + bias[:, None, None, :]
-        u = self.fno.trunk(h)[..., 0].float()
+        # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the 6 constant channels as a bias.
+        bias = torch.nn.functional.linear(c, lift.weight[:, 1:], lift.bias)
+        h = f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None]
+        u = self.fno.trunk(h)[:, 0].float()
         return u * (self.normalize.solution_ref * nonzero[:, None, None])
