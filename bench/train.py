@@ -164,6 +164,8 @@ def measure(variant: str, model_name: str, device: str, data_path: str, steps: i
         bf16 = False  # the paper's code trains in float32
     else:
         spectral = variant.split("-", 1)[1]
+        if dev.type == "cpu":
+            torch.set_flush_denormal(True)  # as training.trainer does
         model = PDESurrogate(**args, spectral=spectral, **stats.as_dict()).to(dev)
         loader = BatchLoader(data, batch, dev, placement="auto")
         ref = stats.solution_ref

@@ -63,6 +63,12 @@ class LocalContext(RunContext):
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         if checkpoint is not None:
             replace_dir(checkpoint, self.latest)
+            # the run's metrics log, readable while it goes on
+            history = self.latest / "metrics.jsonl"
+            if history.exists():
+                tmp = self.run_dir / ".metrics.jsonl.tmp"
+                shutil.copyfile(history, tmp)
+                tmp.replace(self.run_dir / "metrics.jsonl")
 
 
 def default_device(use_gpu: bool) -> torch.device:

@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", help="Ray cluster address (default: start one here)")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
     p.add_argument("--model", help="override the model preset (fno-64k, fno-1m, fno-16m, fno-256m)")
+    p.add_argument("--spectral", choices=("auto", "dft", "fft"), help="override model.spectral")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -51,8 +52,13 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
     update = {}
     if args.epochs is not None:
         update["optim"] = config.optim.model_copy(update={"epochs": args.epochs})
+    model = {}
     if args.model is not None:
-        update["model"] = config.model.model_copy(update={"preset": args.model})
+        model["preset"] = args.model
+    if args.spectral is not None:
+        model["spectral"] = args.spectral
+    if model:
+        update["model"] = config.model.model_copy(update=model)
     if args.num_workers is not None:
         update["num_workers"] = args.num_workers
     return TrainConfig.model_validate({**config.model_dump(), **update}) if update else config
