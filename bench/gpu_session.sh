@@ -13,9 +13,10 @@ BENCH=${BENCH:-1}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the repo, where it is not installed
 if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
@@ -23,7 +24,7 @@ spectral=auto
 if [ "$BENCH" = 1 ]; then
   $PY bench/train.py --device "$DEVICE" --name train-gpu 2>&1 | tee "$OUT/bench.log"
   cp bench/results/train-gpu.json "$OUT/"
-  spectral=$($PY -c "import json; r = json.load(open('bench/results/train-gpu.json'))['results']; print(r['fno-16m']['best'].split('-')[1])")
+  spectral=$($PY -c "import json; r = json.load(open('bench/results/train-gpu.json'))['results']; print(r['fno-16m']['best'].split('-')[1])" 2>/dev/null || echo auto)
 fi
 gpu=--gpu; [ "$DEVICE" = cpu ] && gpu=
 SECONDS=0

@@ -45,9 +45,15 @@ class TrainResult:
 
 
 def choose_spectral(config: TrainConfig, device: torch.device) -> str:
+    """The faster training path, as bench/train.py measured it (the export is always DFT).
+
+    CPU: DFT-matmul for every preset. H100: rfft2 for m = 16 (fno-1m), DFT-matmul
+    for m = 32 (fno-16m).
+    """
     if config.model.spectral != "auto":
         return config.model.spectral
-    return "dft"
+    modes = config.model.constructor_args()["modes"]
+    return "fft" if device.type == "cuda" and modes < 32 else "dft"
 
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
