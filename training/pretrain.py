@@ -64,7 +64,7 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
     return TrainConfig.model_validate({**config.model_dump(), **update}) if update else config
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace) -> Path | str:
     config = _with_overrides(load_config(args.config), args)
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = not args.quiet
@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> Path:
     return _run_ray(config, data, args, run_name, progress)
 
 
-def _run_ray(config: TrainConfig, data, args: argparse.Namespace, run_name: str, progress: bool):
+def _run_ray(
+    config: TrainConfig, data, args: argparse.Namespace, run_name: str, progress: bool
+) -> Path | str:
     import ray
 
     from training.ray_train import fit_on_ray
@@ -109,13 +111,27 @@ def _run_ray(config: TrainConfig, data, args: argparse.Namespace, run_name: str,
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
-    if "://" in storage:
-        print(f"final checkpoint: {result.checkpoint.path}")
-        return Path(result.checkpoint.path)
-    run_dir = Path(storage) / run_name
     with result.checkpoint.as_directory() as ckpt:
+        if "://" in storage:
+            return publish_remote(Path(ckpt), storage, run_name)
+        run_dir = Path(storage) / run_name
         _finish(run_dir, Path(ckpt))
     return run_dir / "model"
+
+
+def publish_remote(checkpoint: Path, storage: str, run_name: str) -> str:
+    """Copy the best model and the metrics log to STORAGE/RUN on any pyarrow filesystem URL."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(storage)
+    run_dir = f"{root.rstrip('/')}/{run_name}"
+    fs.create_dir(f"{run_dir}/model", recursive=True)
+    pafs.copy_files(str(checkpoint / BEST), f"{run_dir}/model", destination_filesystem=fs)
+    with fs.open_output_stream(f"{run_dir}/{HISTORY}") as out:
+        out.write((checkpoint / HISTORY).read_bytes())
+    url = f"{storage.rstrip('/')}/{run_name}/model"
+    print(f"model: {url}")
+    return url
 
 
 def _finish(run_dir: Path, checkpoint: Path) -> None:

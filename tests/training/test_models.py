@@ -121,3 +121,29 @@ def test_fft_and_dft_models_agree():
         model.set_spectral_path("fft")
         b = model(source, coefficients)
     assert torch.allclose(a, b, atol=1e-5 * a.abs().max().item(), rtol=0)
+
+
+def test_exports_to_onnx_without_a_dft_op_and_runs_in_onnx_runtime(tmp_path):
+    """The spectral layers reach ONNX as matrix products; ONNX Runtime agrees with torch."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model = _model(source_ref=0.4, coefficient_ref=[0.01] * 3 + [0.3, 0.3, 5.0]).eval()
+    source, coefficients = _inputs(b=2, n=32)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(
+        model,
+        (source, coefficients),
+        str(path),
+        input_names=["source", "coefficients"],
+        output_names=["solution"],
+        dynamic_axes={k: {0: "batch"} for k in ("source", "coefficients", "solution")},
+        dynamo=False,
+    )
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "MatMul" in ops and not ops & {"DFT", "STFT"}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    source, coefficients = _inputs(b=3, n=32, seed=5)  # another batch size than exported
+    (out,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
+    with torch.no_grad():
+        expected = model(source, coefficients).numpy()
+    assert abs(out - expected).max() <= 1e-5 * abs(expected).max()

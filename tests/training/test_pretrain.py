@@ -148,3 +148,19 @@ def test_ray_train_survives_a_killed_worker(ray_cluster, tmp_path, cache):
     assert len(resumed) == 1 and resumed[0]["after_epoch"] in (1, 2)
     assert [h["epoch"] for h in epochs(history)] == [1, 2, 3, 4]
     assert (model_dir / "weights.safetensors").exists()
+
+
+def test_publish_to_a_storage_url(tmp_path):
+    """--storage URL: the model and the log land through pyarrow's filesystems (file:// here)."""
+    from training.pretrain import publish_remote
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "best").mkdir(parents=True)
+    (ckpt / "best" / "card.json").write_text("{}")
+    (ckpt / "best" / "weights.safetensors").write_bytes(b"w")
+    (ckpt / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    url = publish_remote(ckpt, f"file://{tmp_path}/store", "run1")
+    assert url == f"file://{tmp_path}/store/run1/model"
+    out = tmp_path / "store" / "run1"
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["card.json", "weights.safetensors"]
+    assert read_log(out / "metrics.jsonl") == [{"epoch": 1}]

@@ -65,6 +65,8 @@ class ProjectionHead(nn.Module):
             self.fused
             and x.device.type == "cpu"
             and torch.is_grad_enabled()
+            and not torch.jit.is_tracing()  # an export sees the plain ops
+            and not torch.onnx.is_in_onnx_export()
             and not torch.is_autocast_enabled("cpu")
             and x.dtype == torch.float32
         )
