@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "datagen": ("datagen.cli", "datagen_main", "generate train/val/test HDF5 datasets"),
     "exact": ("datagen.cli", "exact_main", "recompute a dataset's solutions with the exact solver"),
     "preview": ("datagen.cli", "preview_main", "plot sources and solutions of a dataset (PNG)"),
+    "pretrain": ("training.pretrain", "main", "pre-train the FNO (Ray Train, or --no-ray)"),
     "serve": ("pdeserve.serve_stub", "serve_main", "start the solver service"),
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datagen.spec import SPLITS, SamplingRanges, SplitSpec
 from datagen.systems import SYSTEMS
@@ -30,28 +30,14 @@ class Strict(BaseModel):
 class GenerateSpec(Strict):
     """A dataset made by datagen (see ``pdeserve datagen``)."""
 
-    system: str
+    system: Literal[tuple(SYSTEMS)]  # type: ignore[valid-type]
     n_examples: int = Field(ge=1)
-    split: str = "train"
+    split: Literal[SPLITS] = "train"  # type: ignore[valid-type]
     resolution: int = Field(128, ge=16)
     seed: int = Field(0, ge=0)
     eig: tuple[float, float] | None = None
     ratio: tuple[float, float] | None = None
     omega: tuple[int, int] | None = None
-
-    @field_validator("system")
-    @classmethod
-    def _known_system(cls, v: str) -> str:
-        if v not in SYSTEMS:
-            raise ValueError(f"unknown system {v!r}; known: {sorted(SYSTEMS)}")
-        return v
-
-    @field_validator("split")
-    @classmethod
-    def _known_split(cls, v: str) -> str:
-        if v not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}")
-        return v
 
     def split_spec(self) -> SplitSpec:
         given = {k: getattr(self, k) for k in ("eig", "ratio", "omega") if getattr(self, k)}

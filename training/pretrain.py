@@ -95,7 +95,7 @@ def _run_ray(
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.address, include_dashboard=False, log_to_driver=progress)
+        ray.init(address=args.address, include_dashboard=False)
     try:
         result = fit_on_ray(
             config,

@@ -132,3 +132,14 @@ def test_files_of_different_resolutions_do_not_mix(small_files, tmp_path):
     )
     with pytest.raises(ValueError, match="different resolutions"):
         _ = FieldData.from_files([small_files["poisson"], other]).resolution
+
+
+def test_placement_choice():
+    from training.data import choose_placement
+
+    cpu = torch.device("cpu")
+    assert choose_placement("device", 10, cpu) == "host"  # no GPU: RAM instead
+    assert choose_placement("auto", 10, cpu) == "host"
+    assert choose_placement("auto", 10**15, cpu) == "stream"  # larger than memory
+    with pytest.raises(ValueError, match="placement must be one of"):
+        choose_placement("disk", 10, cpu)

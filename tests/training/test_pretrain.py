@@ -164,3 +164,12 @@ def test_publish_to_a_storage_url(tmp_path):
     out = tmp_path / "store" / "run1"
     assert sorted(p.name for p in (out / "model").iterdir()) == ["card.json", "weights.safetensors"]
     assert read_log(out / "metrics.jsonl") == [{"epoch": 1}]
+
+
+def test_pdeserve_cli_runs_pretrain(capsys):
+    from pdeserve.cli import main as cli
+
+    with pytest.raises(SystemExit) as e:
+        cli(["pretrain", "--help"])
+    assert e.value.code == 0
+    assert "--no-ray" in capsys.readouterr().out

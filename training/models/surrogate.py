@@ -23,11 +23,7 @@ IN_CHANNELS = 1 + N_COEFFICIENTS
 
 
 class PDESurrogate(ModelBase):
-    capabilities: ClassVar[dict[str, bool]] = {
-        "onnx_export": True,
-        "bf16": True,
-        "any_resolution": True,
-    }
+    capabilities: ClassVar[dict[str, bool]] = FNO2d.capabilities
 
     def __init__(
         self,
