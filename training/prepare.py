@@ -29,7 +29,7 @@ class PreparedData:
 
 
 def generation_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def resolve_source(source: DataSource, cache_dir: Path, progress: bool = True) -> FieldData:
