@@ -74,6 +74,6 @@ class LocalContext(RunContext):
 def default_device(use_gpu: bool) -> torch.device:
     if use_gpu:
         if not torch.cuda.is_available():
-            raise RuntimeError("--gpu given but torch sees no CUDA device")
+            raise ValueError("--gpu given but torch sees no CUDA device")
         return torch.device("cuda")
     return torch.device("cpu")

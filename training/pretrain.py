@@ -20,8 +20,9 @@ from training.checkpoint import replace_dir
 from training.config import ConfigError, TrainConfig, load_config
 from training.context import LocalContext, default_device
 from training.metrics import MetricsLog, read_log
+from training.plots import plot_metrics
 from training.prepare import prepare_data
-from training.trainer import BEST, HISTORY, train
+from training.trainer import BEST, HISTORY, check_world, train
 
 DEFAULT_STORAGE = "runs"
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> Path | str:
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = not args.quiet
     data = prepare_data(config.data, progress=progress)
+    check_world(config, data, 1 if args.no_ray else config.num_workers)
     if args.no_ray:
         if "://" in args.storage:
             raise ValueError("--no-ray writes to a local --storage path")
@@ -142,6 +144,7 @@ def _finish(run_dir: Path, checkpoint: Path) -> None:
     shutil.copytree(checkpoint / BEST, staging)
     replace_dir(staging, run_dir / "model")
     MetricsLog(run_dir / HISTORY).write_all(read_log(checkpoint / HISTORY))
+    plot_metrics(run_dir / HISTORY, run_dir / "curves.png", title=run_dir.name)
     print(f"model: {run_dir / 'model'}")
 
 

@@ -125,14 +125,26 @@ def _restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
-def train(
-    config: TrainConfig, data: PreparedData, context: RunContext, progress: bool = True
-) -> TrainResult:
-    device, rank, world = context.device, context.rank, context.world_size
+def check_world(config: TrainConfig, data: PreparedData, world: int) -> None:
+    """Fail before any worker starts if the data or the batch cannot be shared by ``world``."""
     if config.optim.batch_size % world:
         raise ValueError(
             f"batch_size {config.optim.batch_size} does not split over {world} workers"
         )
+    shard = data.train.shard(0, world, config.data.chunk_size)
+    if len(shard) < config.optim.batch_size // world:
+        raise ValueError(
+            f"each of {world} workers holds {len(shard)} training examples, "
+            f"fewer than its batch of {config.optim.batch_size // world}"
+        )
+    data.val.eval_shard(0, world, config.data.chunk_size)
+
+
+def train(
+    config: TrainConfig, data: PreparedData, context: RunContext, progress: bool = True
+) -> TrainResult:
+    device, rank, world = context.device, context.rank, context.world_size
+    check_world(config, data, world)
     local_batch = config.optim.batch_size // world
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations early in training: ~10% on CPU

@@ -49,6 +49,7 @@ def test_no_ray_run_learns_imports_no_ray_and_writes_a_model(tmp_path, cache):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "solo"
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     history = epochs(read_log(run_dir / "metrics.jsonl"))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     errors = [h["val_rel_l2/all"] for h in history]
@@ -92,6 +93,12 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="presets:"):
         load_config("no-such-preset")
     assert main(["--config", str(bad), "--no-ray"]) == 2
+
+
+def test_too_many_workers_fail_before_training(tmp_path, cache, capsys):
+    config = smoke_config(tmp_path, cache)
+    assert main(["--config", str(config), "--num-workers", "3", "--storage", str(tmp_path)]) == 2
+    assert "does not split over 3 workers" in capsys.readouterr().err
 
 
 def test_data_source_needs_files_or_a_spec(tmp_path):
