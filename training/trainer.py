@@ -15,7 +15,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,7 +41,6 @@ class TrainResult:
     history: list[dict]
     best_epoch: int
     best_val: float
-    best_model: Path | None  # in the last checkpoint (main rank)
 
 
 def choose_spectral(config: TrainConfig, device: torch.device) -> str:
@@ -149,7 +148,6 @@ def train(
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # tiny activations early in training: ~10% on CPU
     model = build_model(config, data, device)
-    groups = data.train.groups
     train_loader = BatchLoader(
         data.train.shard(rank, world, config.data.chunk_size),
         local_batch,
@@ -167,31 +165,110 @@ def train(
         placement=config.data.placement,
         chunk_size=config.data.chunk_size,
     )
-    bf16 = use_bf16(config, device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     steps = len(train_loader)
     scheduler = cosine_schedule(optimizer, steps * config.optim.epochs, config.optim.min_lr_ratio)
 
-    start_epoch, best_val, best_epoch, history = 0, math.inf, -1, []
     # The main rank keeps the best model so far in a scratch directory of its own;
     # each checkpoint carries a copy, so a resumed run starts from it again.
-    best_dir = Path(tempfile.mkdtemp(prefix="pdeserve-best-")) / BEST if context.is_main else None
+    scratch = Path(tempfile.mkdtemp(prefix="pdeserve-best-")) if context.is_main else None
+    best_dir = scratch / BEST if scratch is not None else None
+    run = _RunState(model, optimizer, scheduler)
     with context.latest_checkpoint() as ckpt:
         if ckpt is not None:
-            state = load_state(ckpt / STATE, device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _restore_rng(state["rng"])
-            start_epoch = int(state["epoch"]) + 1
-            best_val, best_epoch = float(state["best_val"]), int(state["best_epoch"])
-            history = read_log(ckpt / HISTORY)
-            history.append({"event": "resumed", "after_epoch": start_epoch, "time": time.time()})
-            if best_dir is not None and (ckpt / BEST).exists():
-                shutil.copytree(ckpt / BEST, best_dir)
+            run.resume(ckpt, device, best_dir)
+    try:
+        return _epochs(config, data, context, run, train_loader, val_loader, best_dir, progress)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
+
+@dataclass
+class _RunState:
+    """What a checkpoint restores: model, optimiser, schedule, progress and history."""
+
+    model: PDESurrogate
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    start_epoch: int = 0
+    best_val: float = math.inf
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+
+    def resume(self, ckpt: Path, device: torch.device, best_dir: Path | None) -> None:
+        state = load_state(ckpt / STATE, device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+        self.history = read_log(ckpt / HISTORY)
+        self.history.append(
+            {"event": "resumed", "after_epoch": self.start_epoch, "time": time.time()}
+        )
+        if best_dir is not None and (ckpt / BEST).exists():
+            shutil.copytree(ckpt / BEST, best_dir)
+
+    def save(self, checkpoint: Path, epoch: int, best_dir: Path) -> None:
+        shutil.copytree(best_dir, checkpoint / BEST)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+        }
+        save_state(state, checkpoint / STATE)
+        MetricsLog(checkpoint / HISTORY).write_all(self.history)
+
+
+def _train_epoch(
+    net: torch.nn.Module,
+    run: _RunState,
+    batches,
+    solution_ref: torch.Tensor,
+    bf16: bool,
+    grad_clip: float | None,
+) -> torch.Tensor:
+    """One pass of MSE steps (the paper's loss, in units of the solution reference)."""
+    net.train()
+    loss_sum = torch.zeros((), device=solution_ref.device, dtype=torch.float64)
+    for batch in batches:
+        with torch.autocast(batch.source.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = net(batch.source, batch.coefficients)
+        loss = torch.nn.functional.mse_loss(pred / solution_ref, batch.solution / solution_ref)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        loss_sum += loss.detach()
+    batches.close()
+    return loss_sum
+
+
+def _epochs(
+    config: TrainConfig,
+    data: PreparedData,
+    context: RunContext,
+    run: _RunState,
+    train_loader: BatchLoader,
+    val_loader: BatchLoader,
+    best_dir: Path | None,
+    progress: bool,
+) -> TrainResult:
+    device, world = context.device, context.world_size
+    model, scheduler = run.model, run.scheduler
+    groups = data.train.groups
+    bf16 = use_bf16(config, device)
+    steps = len(train_loader)
     net: torch.nn.Module = model
     if world > 1:
         net = DistributedDataParallel(
@@ -200,10 +277,8 @@ def train(
     solution_ref = model.normalize.solution_ref
     card_meta = {"normalization": data.stats.as_dict(), "data": data.lineage, "run": config.name}
 
-    for epoch in range(start_epoch, config.optim.epochs):
+    for epoch in range(run.start_epoch, config.optim.epochs):
         t0 = time.perf_counter()
-        net.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         bar = tqdm(
             train_loader.epoch(epoch),
             total=steps,
@@ -212,18 +287,7 @@ def train(
             mininterval=2,
             leave=False,
         )
-        for batch in bar:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                pred = net(batch.source, batch.coefficients)
-            loss = torch.nn.functional.mse_loss(pred / solution_ref, batch.solution / solution_ref)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
-        bar.close()
+        loss_sum = _train_epoch(net, run, bar, solution_ref, bf16, config.optim.grad_clip)
         train_time = time.perf_counter() - t0
         train_loss = float(all_sum(loss_sum.clone()) / (steps * world))
         val = evaluate(net, val_loader, groups, bf16)
@@ -235,36 +299,22 @@ def train(
             "train_samples_per_s": steps * config.optim.batch_size / train_time,
             "time": time.time(),
         }
-        history.append(record)
-        improved = val["val_rel_l2/all"] < best_val
+        run.history.append(record)
+        improved = val["val_rel_l2/all"] < run.best_val
         if improved:
-            best_val, best_epoch = val["val_rel_l2/all"], epoch + 1
+            run.best_val, run.best_epoch = val["val_rel_l2/all"], epoch + 1
         checkpoint = None
         if context.is_main:
-            checkpoint = context.staging_dir()
             if improved:
-                meta = {**card_meta, "metrics": val, "epoch": epoch + 1}
-                save_model(model, best_dir, meta)
-            shutil.copytree(best_dir, checkpoint / BEST)
-            save_state(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
-                    "epoch": epoch,
-                    "best_val": best_val,
-                    "best_epoch": best_epoch,
-                },
-                checkpoint / STATE,
-            )
-            MetricsLog(checkpoint / HISTORY).write_all(history)
+                save_model(model, best_dir, {**card_meta, "metrics": val, "epoch": epoch + 1})
+            checkpoint = context.staging_dir()
+            run.save(checkpoint, epoch, best_dir)
         if context.is_main:
             shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items())
             print(f"epoch {epoch + 1}: train_mse={train_loss:.4g} val rel L2 {shown}", flush=True)
         context.report(record, checkpoint)
-        _maybe_fail(config, rank, epoch + 1, context)
-    return TrainResult(history, best_epoch, best_val, best_dir)
+        _maybe_fail(config, context.rank, epoch + 1, context)
+    return TrainResult(run.history, run.best_epoch, run.best_val)
 
 
 def _maybe_fail(config: TrainConfig, rank: int, epoch: int, context: RunContext) -> None:
