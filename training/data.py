@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -62,19 +62,20 @@ class Examples:
     def __len__(self) -> int:
         return self.source.shape[0]
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> Examples:
-        return Examples(
-            *(t.to(device, non_blocking=non_blocking) for t in self._tensors())  # type: ignore[arg-type]
-        )
-
     def _tensors(self) -> tuple[torch.Tensor, ...]:
         return (self.source, self.solution, self.coefficients, self.group)
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Examples:
+        return Examples(*map(fn, self._tensors()))
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Examples:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
     def index(self, idx: torch.Tensor) -> Examples:
-        return Examples(*(t[idx] for t in self._tensors()))
+        return self.map(lambda t: t[idx])
 
     def pin_memory(self) -> Examples:
-        return Examples(*(t.pin_memory() for t in self._tensors()))
+        return self.map(torch.Tensor.pin_memory)
 
     @staticmethod
     def cat(items: Sequence[Examples]) -> Examples:
