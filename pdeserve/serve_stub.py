@@ -10,11 +10,12 @@ def serve_main(argv: Sequence[str]) -> int:
 
     print(
         "pdeserve: the solver service (POST /solve) is not built yet.\n"
-        "What works today is the physics layer: generate data with the exact solver,\n"
-        "check it and look at it:\n\n"
+        "What works today: generate data with the exact solver, check it, look at it,\n"
+        "and pre-train the FNO on it:\n\n"
         "  .venv/bin/pdeserve datagen poisson --out data/poisson --n-train 1024 --n-val 128 "
         "--n-test 128\n"
         "  .venv/bin/pdeserve exact --input data/poisson/test.h5 --check\n"
-        "  .venv/bin/pdeserve preview data/poisson/train.h5 --out poisson.png\n\n" + usage()
+        "  .venv/bin/pdeserve preview data/poisson/train.h5 --out poisson.png\n"
+        "  .venv/bin/pdeserve pretrain --config smoke --no-ray\n\n" + usage()
     )
     return 0
