@@ -266,6 +266,8 @@ class BatchLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if drop_last and len(data) < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {len(data)} examples")
         self.data = data
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -283,8 +285,6 @@ class BatchLoader:
             elif self.device.type == "cuda":
                 examples = examples.pin_memory()
             self.examples = examples
-        if drop_last and len(data) < batch_size:
-            raise ValueError(f"batch_size {batch_size} is larger than the {len(data)} examples")
 
     def __len__(self) -> int:
         n = len(self.data)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.checkpoint import load_state, save_model, save_state
+from training.checkpoint import STATE, load_state, save_model, save_state
 from training.config import TrainConfig
 from training.context import RunContext
 from training.data import BatchLoader
@@ -32,7 +32,6 @@ from training.models.surrogate import PDESurrogate
 from training.prepare import PreparedData
 
 BEST = "best"
-STATE = "state.pt"
 HISTORY = "metrics.jsonl"
 
 
