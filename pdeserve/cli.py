@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "exact": ("datagen.cli", "exact_main", "recompute a dataset's solutions with the exact solver"),
     "preview": ("datagen.cli", "preview_main", "plot sources and solutions of a dataset (PNG)"),
     "pretrain": ("training.pretrain", "main", "pre-train the FNO (Ray Train, or --no-ray)"),
+    "export": ("training.export", "main", "export a trained model to ONNX and publish it"),
     "serve": ("pdeserve.serve_stub", "serve_main", "start the solver service"),
 }
 

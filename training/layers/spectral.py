@@ -126,7 +126,7 @@ class SpectralConv2d(nn.Module):
         b, c, n, _ = x.shape
         m, o = self.modes, self.out_channels
         k = 2 * m  # kept ky
-        mats = self.matrices(n, x.device)
+        mats = self.matrices(int(n), x.device)  # int: under tracing, a constant of the graph
         # x-DFT, one GEMM over B*C*ny rows: (B, C, ny, [Re|Im] kx)
         h = torch.matmul(x, mats.forward_x)
         # y-DFT: (B, C, kx, [Re|Im] y) @ (2n, 4m) -> (B, C, kx, [Re|Im] ky)

@@ -1,0 +1,216 @@
+"""The model registry: the contract between training and serving.
+
+Layout: ``<root>/<name>/<version>/`` holding ``model.onnx``,
+``weights.safetensors`` and ``card.json``. The root is a local folder or any
+fsspec URL (``memory://``, ``s3://``, ...). Versions are integers, immutable
+once published: a publish writes a hidden temporary folder and renames it to
+the next free version, so a crash never leaves a half model visible and two
+concurrent publishes of one name get distinct versions. Loading verifies the
+SHA-256 of every file named in the card; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
+
+CARD = "card.json"
+ONNX = "model.onnx"
+WEIGHTS = "weights.safetensors"
+CARD_FORMAT = "pdeserve-model"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
+
+
+FileMaker = Callable[["ModelCard"], dict[str, bytes]]
+
+
+class RegistryError(ValueError):
+    """A model that is missing, malformed or tampered with."""
+
+
+class Architecture(BaseModel):
+    """What rebuilds the network: the class and its constructor arguments."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    class_: str = Field(alias="class")
+    args: dict[str, Any]
+    capabilities: dict[str, bool] = {}
+    n_parameters: int
+
+
+class Normalization(BaseModel):
+    source_ref: float = Field(gt=0)
+    coefficient_ref: list[float] = Field(min_length=6, max_length=6)
+    solution_ref: float = Field(gt=0)
+
+
+class Envelope(BaseModel):
+    """Coefficient ranges seen in training for one system (None where the term is absent)."""
+
+    n_examples: int
+    eig: tuple[float, float] | None = None  # diffusion anisotropy, largest / smallest eigenvalue
+    psi: tuple[float, float] | None = None  # advection / diffusion ratio
+    omega: tuple[float, float] | None = None  # Helmholtz w
+
+
+class ModelCard(BaseModel):
+    """Everything a replica needs to serve a model and a person needs to trust it."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["pdeserve-model"] = CARD_FORMAT
+    name: str | None = None  # set at publish
+    version: int | None = None  # set at publish
+    model: Architecture
+    normalization: Normalization
+    resolution: int
+    envelope: dict[str, Envelope] = {}
+    lineage: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    parent: str | None = None  # "name@version" of the model this one was fine-tuned from
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    files: dict[str, str] = {}  # file name -> SHA-256
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def digest(self) -> str:
+        """SHA-256 of the card without its file list (which holds the ONNX file's own hash)."""
+        body = self.model_dump_json(exclude={"files"}, by_alias=True)
+        return sha256_bytes(body.encode())
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``name``, ``name@latest`` or ``name@3`` -> (name, version or 'latest')."""
+    name, _, version = ref.partition("@")
+    if not re.match(NAME_PATTERN, name):
+        raise RegistryError(f"invalid model name {name!r} (lower-case letters, digits, _ . -)")
+    version = version or "latest"
+    if version != "latest" and not version.isdigit():
+        raise RegistryError(f"invalid version {version!r}: an integer or 'latest'")
+    return name, version
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = str(root)
+        self.fs, path = fsspec.core.url_to_fs(self.root)
+        self.path = path.rstrip("/")
+
+    def _join(self, *parts: str | int) -> str:
+        return "/".join([self.path, *map(str, parts)])
+
+    # -- reading -------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        if not self.fs.exists(self.path):
+            return []
+        return sorted(
+            Path(p).name
+            for p in self.fs.ls(self.path, detail=False)
+            if self.fs.isdir(p) and not Path(p).name.startswith(".")
+        )
+
+    def versions(self, name: str) -> list[int]:
+        folder = self._join(name)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(
+            int(Path(p).name) for p in self.fs.ls(folder, detail=False) if Path(p).name.isdigit()
+        )
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            raise RegistryError(f"no model {name!r} in {self.root}")
+        if version == "latest":
+            return name, versions[-1]
+        if int(version) not in versions:
+            raise RegistryError(f"{name} has no version {version}; versions: {versions}")
+        return name, int(version)
+
+    def card(self, ref: str) -> ModelCard:
+        name, version = self.resolve(ref)
+        return self._read_card(name, version)
+
+    def _read_card(self, name: str, version: int) -> ModelCard:
+        raw = self.fs.cat_file(self._join(name, version, CARD))
+        try:
+            return ModelCard.model_validate_json(raw)
+        except ValueError as e:
+            raise RegistryError(f"{name}@{version}: malformed card: {e}") from None
+
+    def read_files(self, ref: str) -> tuple[ModelCard, dict[str, bytes]]:
+        """The card and every file it lists, each checked against its SHA-256."""
+        name, version = self.resolve(ref)
+        card = self._read_card(name, version)
+        files = {}
+        for filename, digest in card.files.items():
+            data = self.fs.cat_file(self._join(name, version, filename))
+            if sha256_bytes(data) != digest:
+                raise RegistryError(
+                    f"{name}@{version}/{filename} does not match its checksum in the card: "
+                    "the file was changed after publishing; refusing to load it"
+                )
+            files[filename] = data
+        return card, files
+
+    # -- writing -------------------------------------------------------------------------
+
+    def publish(self, name: str, card: ModelCard, files: FileMaker | dict[str, bytes]) -> ModelCard:
+        """Write a new immutable version of ``name``; returns the card as published.
+
+        ``files`` may be a function of the card being published (name and version set),
+        so a file can carry its own version, as the ONNX metadata does.
+        """
+        parse_ref(name)
+        make = files if callable(files) else (lambda _card: files)
+        staging = self._join(name, f".staging-{uuid.uuid4().hex}")
+        try:
+            while True:
+                version = (self.versions(name) or [0])[-1] + 1
+                draft = card.model_copy(update={"name": name, "version": version, "files": {}})
+                content = make(draft)
+                if CARD in content:
+                    raise RegistryError("card.json is written by the registry")
+                self.fs.makedirs(staging, exist_ok=True)
+                for filename, data in content.items():
+                    self.fs.pipe_file(f"{staging}/{filename}", data)
+                published = draft.model_copy(
+                    update={"files": {f: sha256_bytes(d) for f, d in content.items()}}
+                )
+                card_json = published.model_dump_json(indent=2, by_alias=True)
+                self.fs.pipe_file(f"{staging}/{CARD}", card_json.encode())
+                if self._claim(staging, self._join(name, version)):
+                    return published
+        finally:
+            if self.fs.exists(staging):
+                self.fs.rm(staging, recursive=True)
+
+    def _claim(self, staging: str, target: str) -> bool:
+        """Rename staging to target unless another publish took that version first."""
+        if self.fs.exists(target):
+            return False
+        if isinstance(self.fs, LocalFileSystem):
+            try:
+                os.rename(staging, target)  # atomic; refuses a target that is not empty
+            except OSError:
+                return False
+            return True
+        self.fs.mv(staging, target, recursive=True)  # object stores have no atomic rename
+        return True

@@ -1,0 +1,176 @@
+"""Export a trained model to ONNX and publish it to the registry.
+
+    python -m training.export --checkpoint RUN/model --name NAME [--registry ROOT]
+
+The graph takes raw inputs, ``source`` (B, n, n) and ``coefficients`` (B, 6),
+and returns ``solution`` (B, n, n): normalisation, the constant channels and
+the output scale are inside it, the batch axis is dynamic, and the spectral
+layers are matrix products (no ``DFT`` node). Every export checks ONNX Runtime
+against torch at batch 1, 7 and 64 before anything is published.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from service.registry import (
+    ONNX,
+    WEIGHTS,
+    Architecture,
+    Envelope,
+    ModelCard,
+    Normalization,
+    Registry,
+    RegistryError,
+)
+from training.checkpoint import WEIGHTS as CKPT_WEIGHTS
+from training.checkpoint import load_model, read_card
+from training.models.surrogate import PDESurrogate
+
+PARITY_BATCHES = (1, 7, 64)
+PARITY_RTOL = 1e-5
+DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", "registry")
+INPUTS = ("source", "coefficients")
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and torch disagree beyond the tolerance."""
+
+
+def export_onnx(model: PDESurrogate, resolution: int, metadata: dict[str, str]) -> bytes:
+    """The model as ONNX bytes (dynamic batch), with ``metadata`` in its properties."""
+    model = model.eval().cpu()
+    source, coefficients = example_inputs(2, resolution)
+    with torch.no_grad():
+        model(source, coefficients)  # builds the DFT matrices, so they export as constants
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ONNX
+        torch.onnx.export(
+            model,
+            (source, coefficients),
+            str(path),
+            input_names=list(INPUTS),
+            output_names=["solution"],
+            dynamic_axes={k: {0: "batch"} for k in (*INPUTS, "solution")},
+            opset_version=17,
+            dynamo=False,
+        )
+        graph = onnx.load(str(path))
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    if any(node.op_type == "DFT" for node in graph.graph.node):
+        raise ParityError("the exported graph has a DFT node")
+    return graph.SerializeToString()
+
+
+def example_inputs(batch: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random sources and valid coefficients of each system, cycling through them."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.fft.rfftfreq(n) * n
+    spectrum = torch.randn(batch, n, n // 2 + 1, 2, generator=g)
+    decay = 1 / (1 + k[None, :] ** 2 + (torch.fft.fftfreq(n) * n)[:, None] ** 2)
+    source = torch.fft.irfft2(torch.view_as_complex(spectrum) * decay, s=(n, n))
+    coefficients = torch.zeros(batch, 6)
+    kind = torch.arange(batch) % 3
+    eig = 1 + 4 * torch.rand(batch, generator=g)
+    coefficients[:, 0], coefficients[:, 1] = 0.01, 0.01 * eig
+    coefficients[kind == 1, 3:5] = 0.05 * torch.randn(int((kind == 1).sum()), 2, generator=g)
+    coefficients[kind == 2, :2] = 0.01
+    coefficients[kind == 2, 5] = torch.randint(
+        1, 11, (int((kind == 2).sum()),), generator=g
+    ).float()
+    return source.float(), coefficients
+
+
+def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dict[int, float]:
+    """Relative L2 between ONNX Runtime and torch per batch size; raises over the tolerance."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    errors = {}
+    for batch in PARITY_BATCHES:
+        source, coefficients = example_inputs(batch, resolution, seed=batch)
+        (got,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
+        with torch.no_grad():
+            want = model(source, coefficients).numpy()
+        errors[batch] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        if not errors[batch] <= PARITY_RTOL:
+            raise ParityError(
+                f"ONNX Runtime differs from torch by {errors[batch]:.2e} (relative L2) at batch "
+                f"{batch}; the tolerance is {PARITY_RTOL:.0e}"
+            )
+    return errors
+
+
+def card_from_checkpoint(directory: Path, model: PDESurrogate, parent: str | None) -> ModelCard:
+    trained = read_card(directory)
+    data = trained.get("data", {})
+    envelope = {k: Envelope(**v) for k, v in data.get("envelope", {}).items()}
+    return ModelCard(
+        model=Architecture.model_validate(trained["model"]),
+        normalization=Normalization(
+            source_ref=float(model.normalize.source_ref),
+            coefficient_ref=model.normalize.coefficient_ref.tolist(),
+            solution_ref=float(model.normalize.solution_ref),
+        ),
+        resolution=int(data.get("resolution", 128)),
+        envelope=envelope,
+        lineage={k: v for k, v in data.items() if k != "envelope"} | {"run": trained.get("run")},
+        metrics={k: float(v) for k, v in trained.get("metrics", {}).items()},
+        parent=parent,
+    )
+
+
+def export(checkpoint: Path, name: str, registry: str, parent: str | None = None) -> ModelCard:
+    model = load_model(checkpoint)
+    if not isinstance(model, PDESurrogate):
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
+    model.eval()
+    card = card_from_checkpoint(checkpoint, model, parent)
+    weights = (checkpoint / CKPT_WEIGHTS).read_bytes()
+    checked: dict[str, float] = {}
+
+    def files(draft: ModelCard) -> dict[str, bytes]:
+        meta = {"pdeserve.name": draft.name, "pdeserve.version": str(draft.version)}
+        meta["pdeserve.card_sha256"] = draft.digest()
+        graph = export_onnx(model, card.resolution, meta)
+        checked.update(check_parity(model, graph, card.resolution))
+        return {ONNX: graph, WEIGHTS: weights}
+
+    published = Registry(registry).publish(name, card, files)
+    print(
+        f"published {published.ref} to {registry}; parity (relative L2): "
+        + ", ".join(f"batch {b}: {e:.1e}" for b, e in checked.items())
+    )
+    return published
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.export", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="a model directory (RUN/model)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help="root folder or fsspec URL")
+    p.add_argument("--parent", help="NAME@VERSION this model was fine-tuned from")
+    args = p.parse_args(argv)
+    try:
+        card = export(args.checkpoint, args.name, args.registry, args.parent)
+    except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"ref": card.ref, "files": card.files}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
