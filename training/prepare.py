@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from datagen.pipeline import write_split
 from training.config import DataConfig, DataSource
 from training.data import FieldData
@@ -49,6 +51,32 @@ def resolve_source(source: DataSource, cache_dir: Path, progress: bool = True) -
     return FieldData.from_files(paths, subsample=source.subsample, group=source.group)
 
 
+def envelope(data: FieldData) -> dict[str, dict]:
+    """Coefficient ranges per group: diffusion anisotropy (eigenvalue ratio), Psi, w."""
+    seen: dict[str, dict[str, list[np.ndarray]]] = {}
+    for part in data.parts:
+        reader = data.reader(part.path)
+        c = reader.coefficients(part.start, part.stop)
+        group = seen.setdefault(part.group, {"eig": [], "psi": [], "omega": []})
+        if reader.system.name != "helmholtz":  # Helmholtz carries the fixed K = 0.01 I
+            mean, half = (c[:, 0] + c[:, 1]) / 2, np.hypot((c[:, 0] - c[:, 1]) / 2, c[:, 2])
+            group["eig"].append((mean + half) / (mean - half))
+        psi = reader.psi(part.start, part.stop)
+        if psi is not None:
+            group["psi"].append(psi)
+        if np.any(c[:, 5] != 0):
+            group["omega"].append(c[:, 5])
+    out = {}
+    for name, ranges in seen.items():
+        n = sum(len(p) for p in data.parts if p.group == name)
+        out[name] = {"n_examples": n} | {
+            key: (float(np.min(np.concatenate(v))), float(np.max(np.concatenate(v))))
+            for key, v in ranges.items()
+            if v
+        }
+    return out
+
+
 def describe(source: DataSource) -> dict:
     return source.model_dump(exclude_none=True)
 
@@ -70,5 +98,6 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
         "n_val": len(val),
         "resolution": train.resolution,
         "groups": train.groups,
+        "envelope": envelope(train),
     }
     return PreparedData(train, val, compute_stats(train), lineage)

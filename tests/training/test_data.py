@@ -143,3 +143,17 @@ def test_placement_choice():
     assert choose_placement("auto", 10**15, cpu) == "stream"  # larger than memory
     with pytest.raises(ValueError, match="placement must be one of"):
         choose_placement("disk", 10, cpu)
+
+
+def test_envelope_of_the_training_data(small_files):
+    from training.prepare import envelope
+
+    ranges = envelope(FieldData.from_files(list(small_files.values())))
+    assert set(ranges) == {"poisson", "advection_diffusion", "helmholtz"}
+    for system in ("poisson", "advection_diffusion"):
+        lo, hi = ranges[system]["eig"]
+        assert 1 <= lo < hi <= 5 + 1e-6  # the default eigenvalue range (1, 5)
+    lo, hi = ranges["advection_diffusion"]["psi"]
+    assert 0.2 * 0.99 <= lo < hi <= 1.0 * 1.01
+    assert ranges["helmholtz"]["omega"][0] >= 1 and ranges["helmholtz"]["omega"][1] <= 10
+    assert "eig" not in ranges["helmholtz"] and ranges["poisson"]["n_examples"] == 300

@@ -14,7 +14,12 @@ from training.models import PDESurrogate
 def checkpoint(tmp_path):
     torch.manual_seed(0)
     model = PDESurrogate(8, 4, n_layers=2, fc_dim=16, source_ref=0.3, solution_ref=2.0)
-    meta = {"data": {"resolution": 32, "n_train": 10}, "metrics": {"val_rel_l2/all": 0.1}}
+    data = {
+        "resolution": 32,
+        "n_train": 10,
+        "envelope": {"poisson": {"n_examples": 10, "eig": [1, 5]}},
+    }
+    meta = {"data": data, "metrics": {"val_rel_l2/all": 0.1}}
     return save_model(model, tmp_path / "ckpt", meta)
 
 
@@ -24,6 +29,7 @@ def test_export_publishes_a_checked_onnx_model(checkpoint, tmp_path, root):
     card = export(checkpoint, "tiny", where)
     assert card.ref == "tiny@1" and set(card.files) == {"model.onnx", "weights.safetensors"}
     assert card.metrics == {"val_rel_l2/all": 0.1} and card.resolution == 32
+    assert card.envelope["poisson"].eig == (1, 5) and card.lineage["n_train"] == 10
     published, files = Registry(where).read_files("tiny")
     graph = onnx.load_from_string(files["model.onnx"])
     meta = {p.key: p.value for p in graph.metadata_props}
