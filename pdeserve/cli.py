@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "preview": ("datagen.cli", "preview_main", "plot sources and solutions of a dataset (PNG)"),
     "pretrain": ("training.pretrain", "main", "pre-train the FNO (Ray Train, or --no-ray)"),
     "export": ("training.export", "main", "export a trained model to ONNX and publish it"),
+    "models": ("service.cli", "models_main", "list or show the models in the registry"),
+    "eval": ("service.cli", "eval_main", "mean relative L2 of an ONNX model on a dataset"),
     "serve": ("pdeserve.serve_stub", "serve_main", "start the solver service"),
 }
 

@@ -59,3 +59,44 @@ def test_parity_failure_is_reported(checkpoint):
         model.fno.lift.bias += 1.0  # torch and the exported graph now differ
     with pytest.raises(ParityError, match="relative L2"):
         check_parity(model, graph, 32)
+
+
+def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
+    """`pdeserve models` lists and shows; `pdeserve eval` agrees with the torch model."""
+    import json
+
+    import numpy as np
+
+    from datagen.dataset import open_dataset
+    from datagen.pipeline import write_split
+    from datagen.spec import SplitSpec
+    from pdeserve.cli import main as cli
+    from training.checkpoint import load_model
+
+    root = str(tmp_path / "registry")
+    export(checkpoint, "tiny", root)
+    capsys.readouterr()
+    assert cli(["models", "list", "--registry", root]) == 0
+    assert capsys.readouterr().out.startswith("tiny@1")
+    assert cli(["models", "show", "tiny@1", "--registry", root]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    data = write_split(
+        SplitSpec(system="helmholtz", n_examples=20, resolution=32),
+        tmp_path / "h.h5",
+        progress=False,
+    )
+    assert cli(["eval", "--model", "tiny", "--data", str(data), "--registry", root, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    with open_dataset(data) as r:
+        chunk = r.read()
+    with torch.no_grad():
+        pred = load_model(checkpoint)(
+            torch.from_numpy(chunk.sources), torch.from_numpy(chunk.coefficients).float()
+        ).numpy()
+    flat = (pred - chunk.solutions).reshape(20, -1)
+    expected = np.mean(
+        np.linalg.norm(flat, axis=1) / np.linalg.norm(chunk.solutions.reshape(20, -1), axis=1)
+    )
+    assert result["n"] == 20 and set(result["per_system"]) == {"helmholtz"}
+    assert result["mean_relative_l2"] == pytest.approx(expected, rel=1e-4)
+    assert cli(["eval", "--model", "nothere", "--data", str(data), "--registry", root]) == 2

@@ -1,0 +1,79 @@
+"""Runs a published model in ONNX Runtime: no torch, no pickle, checksums verified."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from service.registry import CARD, ONNX, ModelCard, Registry, RegistryError, sha256_bytes
+
+#: Where models are looked up by name, and the name served by default.
+DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", "registry")
+DEFAULT_MODEL = os.environ.get("PDESERVE_MODEL", "default")
+
+
+def read_model_dir(directory: Path) -> tuple[ModelCard, dict[str, bytes]]:
+    """A published version copied to a folder: the card and its files, checksums verified."""
+    card = ModelCard.model_validate_json((directory / CARD).read_bytes())
+    files = {}
+    for name, digest in card.files.items():
+        data = (directory / name).read_bytes()
+        if sha256_bytes(data) != digest:
+            raise RegistryError(f"{directory / name} does not match its checksum in the card")
+        files[name] = data
+    return card, files
+
+
+def locate(
+    model: str | None, registry: str = DEFAULT_REGISTRY
+) -> tuple[ModelCard, dict[str, bytes]]:
+    """``model``: a folder holding card.json, or NAME[@VERSION] in ``registry`` (or the default)."""
+    ref = model or DEFAULT_MODEL
+    if Path(ref).is_dir():
+        return read_model_dir(Path(ref))
+    try:
+        return Registry(registry).read_files(ref)
+    except RegistryError as e:
+        if model is None:
+            raise RegistryError(
+                f"no default model {ref!r} in {registry}: pass --model ({e})"
+            ) from None
+        raise
+
+
+class OnnxSurrogate:
+    """source (B, n, n), coefficients (B, 6) -> solution (B, n, n), in batches."""
+
+    def __init__(self, card: ModelCard, onnx_bytes: bytes, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [
+            p
+            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if p in ort.get_available_providers()
+        ]
+        self.card = card
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+
+    @classmethod
+    def load(cls, model: str | None = None, registry: str = DEFAULT_REGISTRY) -> OnnxSurrogate:
+        card, files = locate(model, registry)
+        if ONNX not in files:
+            raise RegistryError(f"{card.ref} has no {ONNX}")
+        return cls(card, files[ONNX])
+
+    def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
+        source = np.asarray(source, dtype=np.float32)
+        coefficients = np.asarray(coefficients, dtype=np.float32)
+        return np.concatenate(list(self._batches(source, coefficients, batch)))
+
+    def _batches(self, source, coefficients, batch) -> Iterator[np.ndarray]:
+        for i in range(0, len(source), batch):
+            feed = {"source": source[i : i + batch], "coefficients": coefficients[i : i + batch]}
+            yield self.session.run(None, feed)[0]
