@@ -87,3 +87,43 @@ def test_names_and_refs_are_checked():
         parse_ref("../etc")
     with pytest.raises(RegistryError, match="invalid version"):
         parse_ref("fno@new")
+
+
+def test_a_publish_killed_midway_leaves_no_version(tmp_path):
+    """SIGKILL after the files are written, before the rename: nothing is visible."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"""
+import time
+from pathlib import Path
+from service.registry import Registry
+import tests_registry_card as t
+def stall(self, staging, target):
+    Path({str(tmp_path / "ready")!r}).write_text(staging)
+    time.sleep(60)
+Registry._claim = stall
+Registry({str(tmp_path / "reg")!r}).publish("m", t.card(), {{"model.onnx": b"x" * 100000}})
+"""
+    helper = tmp_path / "tests_registry_card.py"
+    helper.write_text(
+        "from service.registry import Architecture, ModelCard, Normalization\n"
+        "def card():\n"
+        "    return ModelCard(model=Architecture.model_validate("
+        "{'class': 'X', 'args': {}, 'n_parameters': 1}), normalization=Normalization("
+        "source_ref=1, coefficient_ref=[1] * 6, solution_ref=1), resolution=32)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path)
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists():
+        assert proc.poll() is None and time.time() < deadline, "publisher ended early"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    registry = Registry(tmp_path / "reg")
+    assert registry.names() == ["m"] and registry.versions("m") == []
+    with pytest.raises(RegistryError, match="no model 'm'"):
+        registry.resolve("m")
+    assert registry.publish("m", _card(), {"model.onnx": b"y"}).version == 1
