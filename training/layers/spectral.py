@@ -127,6 +127,11 @@ class SpectralConv2d(nn.Module):
         m, o = self.modes, self.out_channels
         k = 2 * m  # kept ky
         mats = self.matrices(int(n), x.device)  # int: under tracing, a constant of the graph
+        # The mean mode goes apart, exactly: a field's constant part (the coefficient
+        # channels are constant) would otherwise leak its rounding into every other mode.
+        mean = x.mean(dim=(-2, -1))  # (B, C)
+        dc = torch.matmul(mean, self.weight_real[0, 0])[:, :, None, None]  # (B, O, 1, 1)
+        x = x - mean[:, :, None, None]
         # x-DFT, one GEMM over B*C*ny rows: (B, C, ny, [Re|Im] kx)
         h = torch.matmul(x, mats.forward_x)
         # y-DFT: (B, C, kx, [Re|Im] y) @ (2n, 4m) -> (B, C, kx, [Re|Im] ky)
@@ -142,7 +147,7 @@ class SpectralConv2d(nn.Module):
         h = torch.matmul(h, mats.inverse_y)
         # inverse x-DFT, one GEMM over B*O*ny rows: (B, O, ny, [Re|Im] kx) @ (2m, n)
         h = h.reshape(b, o, m, 2, n).permute(0, 1, 4, 3, 2).reshape(b, o, n, 2 * m)
-        return torch.matmul(h, mats.inverse_x)
+        return torch.matmul(h, mats.inverse_x) + dc
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = x.shape
