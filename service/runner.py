@@ -53,13 +53,18 @@ class OnnxSurrogate:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        providers = [
-            p
-            for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-            if p in ort.get_available_providers()
-        ]
         self.card = card
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+        providers = ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        # onnxruntime-gpu lists CUDA even where its libraries are missing and logs an
+        # error as it falls back to the CPU: ask quietly, report what was granted.
+        ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+        finally:
+            ort.set_default_logger_severity(2)
+        self.providers = self.session.get_providers()
 
     @classmethod
     def load(cls, model: str | None = None, registry: str = DEFAULT_REGISTRY) -> OnnxSurrogate:
