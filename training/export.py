@@ -130,7 +130,29 @@ def card_from_checkpoint(directory: Path, model: PDESurrogate, parent: str | Non
     )
 
 
-def export(checkpoint: Path, name: str, registry: str, parent: str | None = None) -> ModelCard:
+def test_metrics(graph: bytes, card: ModelCard, files: list[Path]) -> dict[str, float]:
+    """Mean relative L2 of the exported graph on test files: per system and overall."""
+    from service.cli import evaluate
+    from service.runner import OnnxSurrogate
+
+    runner = OnnxSurrogate(card, graph)
+    per_system, total, count = {}, 0.0, 0
+    for path in files:
+        result = evaluate(runner, str(path), progress=False)
+        for system, value in result["per_system"].items():
+            per_system[f"test_rel_l2/{system}"] = value
+        total += result["mean_relative_l2"] * result["n"]
+        count += result["n"]
+    return {**per_system, "test_rel_l2/all": total / count}
+
+
+def export(
+    checkpoint: Path,
+    name: str,
+    registry: str,
+    parent: str | None = None,
+    test: list[Path] | None = None,
+) -> ModelCard:
     model = load_model(checkpoint)
     if not isinstance(model, PDESurrogate):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
@@ -138,6 +160,9 @@ def export(checkpoint: Path, name: str, registry: str, parent: str | None = None
     card = card_from_checkpoint(checkpoint, model, parent)
     weights = (checkpoint / CKPT_WEIGHTS).read_bytes()
     checked: dict[str, float] = {}
+
+    if test:
+        card.metrics.update(test_metrics(export_onnx(model, card.resolution, {}), card, test))
 
     def files(draft: ModelCard) -> dict[str, bytes]:
         meta = {"pdeserve.name": draft.name, "pdeserve.version": str(draft.version)}
@@ -162,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="root folder or fsspec URL")
     p.add_argument("--parent", help="NAME@VERSION this model was fine-tuned from")
+    p.add_argument("--test", type=Path, nargs="+", help="test datasets: metrics go in the card")
     args = p.parse_args(argv)
     try:
-        card = export(args.checkpoint, args.name, args.registry, args.parent)
+        card = export(args.checkpoint, args.name, args.registry, args.parent, args.test)
     except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -100,3 +100,13 @@ def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     assert result["n"] == 20 and set(result["per_system"]) == {"helmholtz"}
     assert result["mean_relative_l2"] == pytest.approx(expected, rel=1e-4)
     assert cli(["eval", "--model", "nothere", "--data", str(data), "--registry", root]) == 2
+    # a model folder works as --model; test files put test metrics in the card
+    card = export(checkpoint, "tiny", root, test=[data])
+    assert card.metrics["test_rel_l2/helmholtz"] == pytest.approx(expected, rel=1e-4)
+    assert card.metrics["test_rel_l2/all"] == card.metrics["test_rel_l2/helmholtz"]
+    folder = tmp_path / "registry" / "tiny" / "2"
+    capsys.readouterr()
+    assert cli(["eval", "--model", str(folder), "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean_relative_l2"] == pytest.approx(
+        expected, rel=1e-4
+    )
