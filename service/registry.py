@@ -72,7 +72,7 @@ class ModelCard(BaseModel):
     version: int | None = None  # set at publish
     model: Architecture
     normalization: Normalization
-    resolution: int
+    resolution: int | None = None  # the grid it was trained on (None: not recorded)
     envelope: dict[str, Envelope] = {}
     lineage: dict[str, Any] = {}
     metrics: dict[str, float] = {}

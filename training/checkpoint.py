@@ -17,14 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
+from service.registry import (
+    CARD,
+    WEIGHTS,
+    Architecture,
+    Envelope,
+    ModelCard,
+    Normalization,
+    sha256_bytes,
+)
 from training.models.base import ModelBase, build_model
 
-WEIGHTS = "weights.safetensors"
-CARD = "card.json"
 STATE = "state.pt"
-CARD_FORMAT = "pdeserve-model"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -49,12 +55,38 @@ def _staging(final: Path) -> Path:
     return tmp
 
 
+def model_card(model: ModelBase, metadata: dict | None = None) -> ModelCard:
+    """The registry's card for a trained model: ``metadata`` may hold ``data`` (the
+    lineage, with ``resolution`` and ``envelope``), ``metrics`` and other lineage keys."""
+    meta = dict(metadata or {})
+    data = dict(meta.pop("data", {}))
+    envelope = data.pop("envelope", {})
+    metrics = meta.pop("metrics", {})
+    meta.pop("normalization", None)  # the model's own arguments are the source
+    args = model.init_args  # the statistics as computed (the buffers are float32 copies)
+    return ModelCard(
+        model=Architecture.model_validate(model.card()),
+        normalization=Normalization(
+            source_ref=args["source_ref"],
+            coefficient_ref=args["coefficient_ref"] or model.normalize.coefficient_ref.tolist(),
+            solution_ref=args["solution_ref"],
+        ),
+        resolution=data.get("resolution"),
+        envelope={k: Envelope(**v) for k, v in envelope.items()},
+        lineage={**data, **meta},
+        metrics={k: float(v) for k, v in metrics.items()},
+    )
+
+
 def write_model_files(model: ModelBase, directory: Path, metadata: dict | None = None) -> None:
     """Write weights and card into an existing directory (no atomicity of its own)."""
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / WEIGHTS))
-    card = {"format": CARD_FORMAT, "model": model.card(), **(metadata or {})}
-    write_json(directory / CARD, card)
+    digest = sha256_bytes((directory / WEIGHTS).read_bytes())
+    card = model_card(model, metadata).model_copy(update={"files": {WEIGHTS: digest}})
+    tmp = directory / f".{CARD}.tmp"
+    tmp.write_text(card.model_dump_json(indent=2, by_alias=True))
+    os.replace(tmp, directory / CARD)
 
 
 def save_model(
@@ -73,21 +105,25 @@ def save_model(
     return final
 
 
-def read_card(directory: str | os.PathLike) -> dict[str, Any]:
+def read_card(directory: str | os.PathLike) -> ModelCard:
     path = Path(directory) / CARD
     if not path.exists():
         raise FileNotFoundError(f"no model card at {path}")
-    card = json.loads(path.read_text())
-    if card.get("format") != CARD_FORMAT:
-        raise ValueError(f"{path} is not a pdeserve model card")
-    return card
+    try:
+        return ModelCard.model_validate_json(path.read_bytes())
+    except ValueError as e:
+        raise ValueError(f"{path} is not a pdeserve model card: {e}") from None
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBase:
-    """Rebuild the model from its card and load its weights (no pickle involved)."""
+    """Rebuild the model from its card and load its weights (checked; no pickle involved)."""
     directory = Path(directory)
-    model = build_model(read_card(directory)["model"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS), device=str(device)))
+    card = read_card(directory)
+    data = (directory / WEIGHTS).read_bytes()
+    if WEIGHTS in card.files and sha256_bytes(data) != card.files[WEIGHTS]:
+        raise ValueError(f"{directory / WEIGHTS} does not match its checksum in the card")
+    model = build_model(card.model.model_dump(by_alias=True))
+    model.load_state_dict(load(data))
     return model.to(device)
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,10 @@ import torch
 from service.registry import (
     ONNX,
     WEIGHTS,
-    Architecture,
-    Envelope,
     ModelCard,
-    Normalization,
     Registry,
     RegistryError,
 )
-from training.checkpoint import WEIGHTS as CKPT_WEIGHTS
 from training.checkpoint import load_model, read_card
 from training.models.surrogate import PDESurrogate
 
@@ -111,23 +108,12 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
     return errors
 
 
-def card_from_checkpoint(directory: Path, model: PDESurrogate, parent: str | None) -> ModelCard:
-    trained = read_card(directory)
-    data = trained.get("data", {})
-    envelope = {k: Envelope(**v) for k, v in data.get("envelope", {}).items()}
-    return ModelCard(
-        model=Architecture.model_validate(trained["model"]),
-        normalization=Normalization(
-            source_ref=float(model.normalize.source_ref),
-            coefficient_ref=model.normalize.coefficient_ref.tolist(),
-            solution_ref=float(model.normalize.solution_ref),
-        ),
-        resolution=int(data.get("resolution", 128)),
-        envelope=envelope,
-        lineage={k: v for k, v in data.items() if k != "envelope"} | {"run": trained.get("run")},
-        metrics={k: float(v) for k, v in trained.get("metrics", {}).items()},
-        parent=parent,
-    )
+def card_from_checkpoint(directory: Path, parent: str | None) -> ModelCard:
+    card = read_card(directory)
+    if card.resolution is None:
+        raise ValueError(f"{directory}: the card records no training resolution")
+    now = datetime.now(timezone.utc)
+    return card.model_copy(update={"parent": parent, "files": {}, "created": now})
 
 
 def test_metrics(graph: bytes, card: ModelCard, files: list[Path]) -> dict[str, float]:
@@ -157,8 +143,8 @@ def export(
     if not isinstance(model, PDESurrogate):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
     model.eval()
-    card = card_from_checkpoint(checkpoint, model, parent)
-    weights = (checkpoint / CKPT_WEIGHTS).read_bytes()
+    card = card_from_checkpoint(checkpoint, parent)
+    weights = (checkpoint / WEIGHTS).read_bytes()
     checked: dict[str, float] = {}
 
     if test:

@@ -32,6 +32,7 @@ from training.models.surrogate import PDESurrogate
 from training.prepare import PreparedData
 
 BEST = "best"
+FAULT_DELAY_S = 5.0
 HISTORY = "metrics.jsonl"
 
 
@@ -326,4 +327,7 @@ def _maybe_fail(config: TrainConfig, rank: int, epoch: int, context: RunContext)
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(f"killed rank {rank} after epoch {epoch} (pid {os.getpid()})\n")
+    # A real failure comes mid-epoch, long after the last report; smoke epochs take a
+    # fraction of a second, so let the Ray controller register that report first.
+    time.sleep(FAULT_DELAY_S)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -86,8 +86,8 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     path = save_model(model, tmp_path / "m", metadata={"metrics": {"val": 0.1}})
     assert sorted(p.name for p in path.iterdir()) == ["card.json", "weights.safetensors"]
     card = read_card(path)
-    assert card["metrics"] == {"val": 0.1}
-    assert card["model"]["args"]["source_ref"] == 0.25
+    assert card.metrics == {"val": 0.1}
+    assert card.model.args["source_ref"] == 0.25 and card.normalization.solution_ref == 4.0
     loaded = load_model(path)
     source, coefficients = _inputs(seed=2)
     with torch.no_grad():
@@ -147,3 +147,11 @@ def test_exports_to_onnx_without_a_dft_op_and_runs_in_onnx_runtime(tmp_path):
     with torch.no_grad():
         expected = model(source, coefficients).numpy()
     assert abs(out - expected).max() <= 1e-5 * abs(expected).max()
+
+
+def test_load_model_refuses_changed_weights(tmp_path):
+    path = save_model(_model(), tmp_path / "m")
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        load_model(path)

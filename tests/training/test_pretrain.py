@@ -58,12 +58,13 @@ def test_no_ray_run_learns_imports_no_ray_and_writes_a_model(tmp_path, cache):
     model = load_model(run_dir / "model")
     card = read_card(run_dir / "model")
     best = min(errors)
-    assert card["metrics"]["val_rel_l2/all"] == pytest.approx(best)
+    assert card.metrics["val_rel_l2/all"] == pytest.approx(best)
     val = FieldData.from_files(sorted(cache.glob("poisson-val-*.h5"))).load()
     with torch.no_grad():
         err = relative_l2(model(val.source, val.coefficients), val.solution).mean().item()
     assert err == pytest.approx(best, rel=1e-4)
-    assert card["normalization"]["source_ref"] == model.init_args["source_ref"] > 0
+    assert card.normalization.source_ref == model.init_args["source_ref"] > 0
+    assert set(card.envelope) == {"poisson"} and card.resolution == 32
 
 
 def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, cache):
