@@ -1,15 +1,15 @@
 """Model directories and training-state checkpoints, written atomically.
 
-A model directory holds ``weights.safetensors`` and ``card.json`` (the model's
-class and constructor arguments, normalisation statistics included, plus any
-metadata the caller adds). A training checkpoint adds ``state.pt`` (optimiser,
+A model directory holds ``weights.safetensors`` and ``card.json``, the
+registry's ``ModelCard`` (class and constructor arguments, normalisation
+statistics, lineage, metrics, the weights' SHA-256), so a published model and
+a checkpoint describe themselves the same way. A training checkpoint adds ``state.pt`` (optimiser,
 schedule, epoch, random states) saved from tensors and plain values only, so
 it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -31,13 +31,6 @@ from service.registry import (
 from training.models.base import ModelBase, build_model
 
 STATE = "state.pt"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

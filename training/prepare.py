@@ -77,10 +77,6 @@ def envelope(data: FieldData) -> dict[str, dict]:
     return out
 
 
-def describe(source: DataSource) -> dict:
-    return source.model_dump(exclude_none=True)
-
-
 def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     cache_dir = Path(config.cache_dir).expanduser()
     train = FieldData.concat([resolve_source(s, cache_dir, progress) for s in config.train])
@@ -92,8 +88,8 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
     groups = sorted(set(train.groups) | set(val.groups))
     train, val = train.with_groups(groups), val.with_groups(groups)
     lineage = {
-        "train": [describe(s) for s in config.train],
-        "val": [describe(s) for s in config.val],
+        "train": [s.model_dump(exclude_none=True) for s in config.train],
+        "val": [s.model_dump(exclude_none=True) for s in config.val],
         "n_train": len(train),
         "n_val": len(val),
         "resolution": train.resolution,
