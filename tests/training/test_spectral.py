@@ -29,6 +29,15 @@ def test_dft_path_equals_fft_path(n, m, c_in, c_out):
     assert torch.allclose(y_dft, y_fft, atol=1e-5 * scale, rtol=0)
 
 
+@pytest.mark.parametrize(("n", "m", "c_in", "c_out"), [(16, 4, 3, 2), (64, 12, 2, 5)])
+def test_sandwich_order_of_exported_graphs_equals_the_fft_path(n, m, c_in, c_out):
+    dft, fft = _pair(c_in, c_out, m, seed=2)
+    x = torch.randn(3, c_in, n, n) + 3.0  # a large mean: the sandwich order keeps it apart too
+    y_sandwich, y_fft = dft._forward_dft_sandwich(x), fft(x)
+    scale = y_fft.abs().max().item()
+    assert torch.allclose(y_sandwich, y_fft, atol=1e-5 * scale, rtol=0)
+
+
 def test_gradients_agree():
     dft, fft = _pair(3, 3, 8, seed=1)
     x = torch.randn(2, 3, 32, 32)

@@ -23,6 +23,12 @@ class PointwiseLinear(nn.Module):
         # (O, C) @ (B, C, n*n) as a bmm over the batch: one large GEMM per example, about
         # 2x faster on CPU than matmul's broadcasting (which copies) or a 1x1 convolution.
         b, c, ny, nx = x.shape
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # a graph broadcasts the weight itself; no batch-size arithmetic in it
+            return (
+                torch.matmul(self.weight, x.flatten(2)).unflatten(2, (ny, nx))
+                + self.bias[:, None, None]
+            )
         weight = self.weight.expand(b, *self.weight.shape)
         y = torch.bmm(weight, x.reshape(b, c, ny * nx)) + self.bias[:, None]
         return y.reshape(b, -1, ny, nx)

@@ -16,6 +16,12 @@ Two paths compute the same thing:
 - ``fft``: ``rfft2`` / ``irfft2`` with complex weights (for training where
   the FFT is faster).
 
+An exported graph (ONNX) gets the ``dft`` arithmetic in another order: each
+2-D transform is a matrix sandwich ``L @ x @ R`` with the batch broadcast, so
+the graph holds no large transposes (ONNX Runtime spent a quarter of its time
+in them) and needs no shape arithmetic; torch eager keeps the GEMM form,
+which is faster there. The two orders agree to float32 rounding (tested).
+
 Both run in float32 even under autocast: the spectral sums cancel too much
 for bfloat16.
 """
@@ -50,6 +56,13 @@ class DFTMatrices(nn.Module):
     forward_y (2n, 4m):   [Re | Im] over y -> [Re | Im] over ky (the complex DFT)
     inverse_y (4m, 2n):   [Re | Im] over ky -> [Re | Im] over y (complex inverse, / n)
     inverse_x (2m, n):    [Re | Im] over kx -> x: the real part of the Hermitian sum, / n
+
+    and for the sandwich order of exported graphs (left operands):
+
+    left_y (4m, n):           [cos; sin] over (ky, y), so ``left_y @ x @ forward_x``
+                              holds the four real products of the 2-D transform
+    inverse_left_y (n, 4m):   its transpose, for the inverse
+    inverse_right_x (2m, n):  [cos; sin] over (kx, x), Hermitian weights, / n^2
     """
 
     def __init__(self, n: int, m: int):
@@ -73,6 +86,9 @@ class DFTMatrices(nn.Module):
             # Z(y) = sum_ky e^{+i ky y} O(ky) / n: Re' = cos Re - sin Im, Im' = sin Re + cos Im
             "inverse_y": block(cy, sy, -sy, cy) / n,
             "inverse_x": torch.cat([hermitian * cx, -hermitian * sx]) / n,
+            "left_y": torch.cat([cy, sy]),
+            "inverse_left_y": torch.cat([cy, sy]).T,
+            "inverse_right_x": torch.cat([hermitian * cx, hermitian * sx]) / n**2,
         }
         for name, mat in mats.items():
             self.register_buffer(name, mat.float().contiguous(), persistent=False)
@@ -120,6 +136,8 @@ class SpectralConv2d(nn.Module):
             x = x.float()
             if self.path == "fft":
                 return self._forward_fft(x)
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                return self._forward_dft_sandwich(x)
             return self._forward_dft(x)
 
     def _forward_dft(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,6 +166,33 @@ class SpectralConv2d(nn.Module):
         # inverse x-DFT, one GEMM over B*O*ny rows: (B, O, ny, [Re|Im] kx) @ (2m, n)
         h = h.reshape(b, o, m, 2, n).permute(0, 1, 4, 3, 2).reshape(b, o, n, 2 * m)
         return torch.matmul(h, mats.inverse_x) + dc
+
+    def _forward_dft_sandwich(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``dft`` path as ``L @ x @ R`` products, batch-agnostic (for exported graphs)."""
+        c, n = x.shape[1], x.shape[-1]
+        m, o = self.modes, self.out_channels
+        k = 2 * m
+        mats = self.matrices(int(n), x.device)
+        mean = x.mean(dim=(-2, -1), keepdim=True)  # (B, C, 1, 1), apart as in _forward_dft
+        dc = torch.matmul(mean.transpose(1, 3), self.weight_real[0, 0]).transpose(1, 3)
+        p = torch.matmul(mats.left_y, torch.matmul(x - mean, mats.forward_x))  # (B, C, 4m, 2m)
+        # X(ky, kx) = [cy cx - sy sx] - i [cy sx + sy cx] . x, from the four products
+        re = p[..., :k, :m] + p[..., k:, m:]
+        im = p[..., :k, m:] - p[..., k:, :m]
+        # complex mode mixing, per mode (ky, kx): [Re; Im] (2B, C) @ W (C, O), two real bmm
+        h = torch.cat([re, im]).reshape(-1, c, k * m).permute(2, 0, 1)  # (ky*kx, 2B, C)
+        wr = self.weight_real.transpose(0, 1).reshape(k * m, c, o)
+        wi = self.weight_imag.transpose(0, 1).reshape(k * m, c, o)
+        pr, pi = torch.matmul(h, wr), torch.matmul(h, wi)
+        pr_re, pr_im = pr.chunk(2, dim=1)
+        pi_re, pi_im = pi.chunk(2, dim=1)
+        out_re = (pr_re - pi_im).permute(1, 2, 0).reshape(-1, o, k, m)
+        out_im = (pi_re + pr_im).permute(1, 2, 0).reshape(-1, o, k, m)
+        # z = Re sum O e^{i(ky y + kx x)}: [cy; sy]^T [[Re, -Im], [-Im, -Re]] [cx; sx]
+        q = torch.cat(
+            [torch.cat([out_re, -out_im], -1), torch.cat([-out_im, -out_re], -1)], -2
+        )  # (B, O, 4m, 2m)
+        return torch.matmul(torch.matmul(mats.inverse_left_y, q), mats.inverse_right_x) + dc
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = x.shape
