@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from datagen.solver import wavenumbers
-from datagen.systems import DIFFUSION_SCALE
+from datagen.systems import DIFFUSION_SCALE, K11, K12, K22, V1, V2, diffusion_tensor
 
 #: Newton stops once every Psi is within this fraction of its target (the contract
 #: is 1%); the Psi returned is the one reached, evaluated exactly at the final r.
@@ -36,9 +36,7 @@ def sample_diffusion(
     """
     e = rng.uniform(eig_range[0], eig_range[1], b)
     t = rng.uniform(0.0, 2.0 * np.pi, b)
-    c, s = np.cos(t), np.sin(t)
-    a = np.stack([c * c + e * s * s, s * s + e * c * c, c * s * (e - 1.0)], axis=1)
-    return a, e, t
+    return diffusion_tensor(e, t), e, t
 
 
 def sample_directions(rng: np.random.Generator, b: int) -> np.ndarray:
@@ -85,6 +83,19 @@ def advection_ratio(
     adv = np.asarray(r, dtype=np.float64)[:, None] * (d @ advection)
     den = diff * diff + adv * adv
     return np.sqrt((w * adv * adv / den).sum(axis=1) / (w * diff * diff / den).sum(axis=1))
+
+
+def advection_psi(sources: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """Psi = ||v . grad u|| / ||div(K grad u)|| of advection-diffusion problems, (B,).
+
+    sources (B, n, n), unified coefficients (B, 6); computed from the source
+    spectrum, without solving.
+    """
+    f = np.asarray(sources, dtype=np.float64)
+    c = np.asarray(coefficients, dtype=np.float64)
+    n = f.shape[-1]
+    a, v = c[:, [K11, K22, K12]], c[:, [V1, V2]]
+    return advection_ratio(np.fft.rfft2(f), a, v, np.ones(len(c)), n)
 
 
 def solve_ratio(

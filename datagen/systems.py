@@ -210,3 +210,22 @@ def unified_coefficients(
         *(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (k11, k22, k12, v1, v2, w))
     )
     return np.stack(cols, axis=1)
+
+
+def diffusion_tensor(eigenvalue: np.ndarray | float, angle: np.ndarray | float) -> np.ndarray:
+    """Unscaled A = R(-t) diag(1, e) R(t) as rows [a11, a22, a12], (B, 3).
+
+    The paper's K is ``DIFFUSION_SCALE * A``.
+    """
+    e = np.atleast_1d(np.asarray(eigenvalue, dtype=np.float64))
+    t = np.atleast_1d(np.asarray(angle, dtype=np.float64))
+    c, s = np.cos(t), np.sin(t)
+    return np.stack([c * c + e * s * s, s * s + e * c * c, c * s * (e - 1.0)], axis=1)
+
+
+def anisotropy(coefficients: np.ndarray) -> np.ndarray:
+    """Largest over smallest eigenvalue of K (the paper's e) per example, (B,)."""
+    c = _as_batch(coefficients)
+    mean = (c[:, K11] + c[:, K22]) / 2
+    half = np.hypot((c[:, K11] - c[:, K22]) / 2, c[:, K12])
+    return (mean + half) / (mean - half)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from datagen.pipeline import write_split
+from datagen.systems import anisotropy
 from training.config import DataConfig, DataSource
 from training.data import FieldData
 from training.normalization import NormalizationStats, compute_stats
@@ -59,8 +60,7 @@ def envelope(data: FieldData) -> dict[str, dict]:
         c = reader.coefficients(part.start, part.stop)
         group = seen.setdefault(part.group, {"eig": [], "psi": [], "omega": []})
         if reader.system.name != "helmholtz":  # Helmholtz carries the fixed K = 0.01 I
-            mean, half = (c[:, 0] + c[:, 1]) / 2, np.hypot((c[:, 0] - c[:, 1]) / 2, c[:, 2])
-            group["eig"].append((mean + half) / (mean - half))
+            group["eig"].append(anisotropy(c))
         psi = reader.psi(part.start, part.stop)
         if psi is not None:
             group["psi"].append(psi)

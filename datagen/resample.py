@@ -1,0 +1,30 @@
+"""Spectral resampling of periodic fields between grid sizes.
+
+A field on an n x n periodic grid is a trigonometric polynomial; resampling
+to m x m keeps its Fourier modes with |k| < min(n, m) / 2 and drops the rest
+(the Nyquist modes too, whose sign is ambiguous on an even grid). A field
+band-limited below both Nyquist frequencies is resampled exactly, and
+``resample(resample(f, m), n) == f`` for such a field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def resample(fields: np.ndarray, m: int) -> np.ndarray:
+    """(..., n, n) periodic fields -> (..., m, m), float64; the same array if n == m."""
+    f = np.asarray(fields, dtype=np.float64)
+    n = f.shape[-1]
+    if f.shape[-2] != n:
+        raise ValueError(f"expected square fields (..., n, n), got {f.shape}")
+    if m < 2 or m % 2:
+        raise ValueError(f"the target grid size must be even and >= 2, got {m}")
+    if m == n:
+        return f
+    keep = min(n, m) // 2  # wavenumbers 0..keep-1 of either sign; the Nyquist mode goes
+    f_hat = np.fft.rfft2(f)
+    out = np.zeros((*f.shape[:-2], m, m // 2 + 1), dtype=complex)
+    out[..., :keep, :keep] = f_hat[..., :keep, :keep]
+    out[..., m - keep + 1 :, :keep] = f_hat[..., n - keep + 1 :, :keep]
+    return np.fft.irfft2(out, s=(m, m)) * (m / n) ** 2
