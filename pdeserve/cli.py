@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("training.export", "main", "export a trained model to ONNX and publish it"),
     "models": ("service.cli", "models_main", "list or show the models in the registry"),
     "eval": ("service.cli", "eval_main", "mean relative L2 of an ONNX model on a dataset"),
-    "serve": ("pdeserve.serve_stub", "serve_main", "start the solver service"),
+    "serve": ("service.cli", "serve_main", "start the solver service (Ray Serve, POST /solve)"),
 }
 
 

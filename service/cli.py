@@ -87,3 +87,65 @@ def eval_main(argv: Sequence[str]) -> int:
         for system, value in result["per_system"].items():
             print(f"  {system:22s} {value:.4%}")
     return 0
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``pdeserve serve``: run the application on an embedded Ray instance or a cluster."""
+    import os
+    import signal
+    import time
+
+    from service.runner import DEFAULT_MODEL
+
+    p = argparse.ArgumentParser(prog="pdeserve serve", description="start the solver service")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root (folder or URL)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="default model, name[@version]")
+    p.add_argument("--address", help="Ray cluster address; default: start Ray here")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    args = p.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from service.app import build_app
+    from service.settings import ServiceSettings
+
+    registry = args.registry
+    if "://" not in registry:
+        registry = os.path.abspath(registry)  # replicas may run in another directory
+    settings = ServiceSettings(registry=registry, default_model=args.model)
+    try:
+        Registry(registry).resolve(args.model)
+    except RegistryError as e:
+        print(f"warning: {e}; surrogate requests fail until it is published", file=sys.stderr)
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(build_app(settings), name="pdeserve", route_prefix="/")
+    url = f"http://{args.host}:{args.port}"
+    print(
+        f"pdeserve is serving {args.model} from {registry}\n"
+        f"  URL:  {url}\n"
+        f"  docs: {url}/docs\n"
+        f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
+        f"-d @examples/helmholtz.json\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    if args.address:
+        serve.delete("pdeserve")
+    else:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

@@ -1,0 +1,411 @@
+"""The Ray Serve application: an HTTP ingress, a surrogate deployment and an exact solver.
+
+- ``Ingress`` (FastAPI): validation, authentication, model resolution, the
+  envelope check, and routing by ``mode``; ``validate`` runs both solvers at
+  once.
+- ``Surrogate``: ONNX Runtime sessions, several models per replica
+  (``@serve.multiplexed``), requests batched dynamically (``@serve.batch``)
+  per model and grid. The ONNX graph is built for the model's grid, so
+  requests at other grids are resampled spectrally to it and back.
+- ``ExactSolver``: datagen's spectral solver.
+
+``build_app(settings)`` returns the application; ``app_builder(args)`` is the
+same for ``serve run`` / ``serve deploy`` config files.
+"""
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from datagen.resample import resample
+from datagen.solver import MEAN_TOLERANCE
+from datagen.solver import solve as exact_solve
+from datagen.systems import get_system
+from service.envelope import envelope_reasons
+from service.registry import ModelCard, Registry, RegistryError
+from service.runner import OnnxSurrogate
+from service.schema import (
+    BatchRequest,
+    BatchResponse,
+    SolveRequest,
+    SolveRequestTypes,
+    SolveResponse,
+    Validation,
+    encode_like,
+    relative_l2,
+)
+from service.settings import ServiceSettings, activate, active
+
+log = logging.getLogger("ray.serve")
+HEALTH_ROUTES = {"/healthz", "/readyz"}
+OPEN_ROUTES = HEALTH_ROUTES | {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+
+
+def _error(status: int, loc: list[Any], msg: str) -> HTTPException:
+    """An HTTP error in FastAPI's validation layout: {"detail": [{"loc", "msg", "type"}]}."""
+    return HTTPException(status, detail=[{"loc": loc, "msg": msg, "type": f"http_{status}"}])
+
+
+# ---------------------------------------------------------------------------------------
+# Surrogate
+
+
+@serve.deployment(name="Surrogate")
+class Surrogate:
+    """ONNX Runtime for published models; batches per (model, grid)."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self._batched.set_max_batch_size(settings.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def model(self, ref: str) -> OnnxSurrogate:
+        """A pinned ``name@version``: loaded once per replica, checksums verified."""
+        card, files = await asyncio.to_thread(self.registry.read_files, ref)
+        return OnnxSurrogate(card, files["model.onnx"], threads=self.settings.ort_threads)
+
+    async def ready(self, ref: str) -> str:
+        runner = await self.model(ref)
+        return ",".join(runner.providers)
+
+    async def predict(self, ref: str, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """One problem at any grid: (n, n) float64, unified (6,) -> (n, n) float64."""
+        return await self._batched((ref, source, coefficients))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(items)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, (ref, source, _) in enumerate(items):
+            groups.setdefault((ref, source.shape[-1]), []).append(i)
+        for (ref, n), index in groups.items():
+            runner = await self.model(ref)
+            grid = runner.card.resolution or n
+            sources = np.stack([items[i][1] for i in index])
+            coefficients = np.stack([items[i][2] for i in index])
+            if grid != n:
+                sources = resample(sources, grid)
+            solutions = await asyncio.to_thread(runner.predict, sources, coefficients)
+            if grid != n:
+                solutions = resample(solutions, n)
+            for j, i in enumerate(index):
+                out[i] = np.asarray(solutions[j], dtype=np.float64)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# Exact solver
+
+
+@serve.deployment(name="ExactSolver")
+class ExactSolver:
+    async def solve(self, pde: str, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        return await asyncio.to_thread(exact_solve, pde, source, coefficients, mean="project")
+
+
+# ---------------------------------------------------------------------------------------
+# Ingress
+
+api = FastAPI(
+    title="pdeserve",
+    version="0.1.0",
+    description="Surrogate PDE solver: a pre-trained Fourier Neural Operator in ONNX Runtime, "
+    "checked on request against an exact spectral solver.",
+)
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next):
+    """Body size cap (413) and API keys, before anything is parsed."""
+    settings = active()
+    if settings is None:
+        return await call_next(request)
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+        return JSONResponse(
+            status_code=413,
+            content={"detail": [{"loc": ["body"], "msg": _too_large(settings), "type": "size"}]},
+        )
+    path = request.url.path
+    needs_key = path.startswith("/admin/") or (bool(settings.api_keys) and path not in OPEN_ROUTES)
+    if needs_key and not _authorised(request, settings):
+        msg = (
+            "admin endpoints need an API key, and none is configured (set PDESERVE_API_KEYS)"
+            if not settings.api_keys
+            else "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+        )
+        return JSONResponse(
+            status_code=401,
+            content={"detail": [{"loc": ["header", "authorization"], "msg": msg, "type": "auth"}]},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await call_next(request)
+
+
+def _too_large(settings: ServiceSettings) -> str:
+    return f"request body larger than {settings.max_body_bytes} bytes"
+
+
+def _authorised(request: Request, settings: ServiceSettings) -> bool:
+    given = request.headers.get("x-api-key", "")
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    return bool(given) and any(hmac.compare_digest(given, k) for k in settings.api_keys)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    """422 with every error's location and message; no input echoed back (it can be MBs)."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+class _Metrics:
+    """Counters and a histogram exported with Ray Serve's Prometheus metrics."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.solves = metrics.Counter(
+            "pdeserve_solves", "Solves answered, by pde and mode used", ("pde", "mode")
+        )
+        self.fallbacks = metrics.Counter(
+            "pdeserve_fallbacks", "Surrogate requests answered exactly (envelope)", ("pde",)
+        )
+        self.validation = metrics.Histogram(
+            "pdeserve_validation_relative_l2",
+            "Relative L2 of the surrogate against the exact solver in validate mode",
+            boundaries=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+            tag_keys=("pde",),
+        )
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self, surrogate: DeploymentHandle, exact: DeploymentHandle, settings: ServiceSettings
+    ):
+        self.surrogate = surrogate
+        self.exact = exact
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self._cards: dict[str, tuple[float, ModelCard]] = {}
+        self.metrics = _Metrics()
+        activate(settings)
+
+    # -- models --------------------------------------------------------------------------
+
+    def card(self, ref: str | None, loc: list[Any]) -> ModelCard:
+        """The card a reference names now; ``name`` / ``@latest`` re-resolved after a TTL."""
+        ref = ref or self.settings.default_model
+        now = time.monotonic()
+        hit = self._cards.get(ref)
+        pinned = "@" in ref and not ref.endswith("@latest")
+        if hit and (pinned or now - hit[0] < self.settings.latest_ttl_s):
+            return hit[1]
+        try:
+            card = self.registry.card(ref)
+        except RegistryError as e:
+            raise _error(404, loc, str(e)) from None
+        self._cards[ref] = (now, card)
+        return card
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict[str, str]:
+        """Ready once the default model answers in a surrogate replica."""
+        try:
+            card = self.card(None, ["default_model"])
+            providers = await self._call(
+                self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
+            )
+        except HTTPException as e:
+            raise _error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
+        return {"status": "ready", "model": card.ref, "providers": providers}
+
+    @api.get("/models")
+    async def models(self) -> list[ModelCard]:
+        """The newest card of every model in the registry."""
+        return [self.registry.card(name) for name in self.registry.names()]
+
+    @api.get("/models/{ref}")
+    async def model(self, ref: str) -> ModelCard:
+        """The card of ``name`` (newest) or ``name@version``."""
+        return self.card(ref, ["path", "ref"])
+
+    @api.post("/admin/reload")
+    async def reload(self) -> dict[str, Any]:
+        """Forget resolved references: new versions are served from the next request on."""
+        self._cards.clear()
+        names = self.registry.names()
+        return {"models": {name: self.registry.versions(name) for name in names}}
+
+    # -- solving -------------------------------------------------------------------------
+
+    @api.post("/solve", response_model=SolveResponse, response_model_exclude_none=True)
+    async def solve(
+        self, request: Annotated[SolveRequestTypes, Body(discriminator="pde")]
+    ) -> SolveResponse:
+        plan = self._plan(request, ["body"])
+        return await self._call(self._run(request, plan))
+
+    @api.post("/solve/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    async def solve_batch(self, batch: Annotated[BatchRequest, Body()]) -> BatchResponse:
+        if len(batch.items) > self.settings.max_batch_items:
+            raise _error(
+                413,
+                ["body", "items"],
+                f"{len(batch.items)} items; at most {self.settings.max_batch_items} per batch",
+            )
+        plans = [self._plan(item, ["body", "items", i]) for i, item in enumerate(batch.items)]
+        runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
+        return BatchResponse(items=await self._call(asyncio.gather(*runs)))
+
+    def _plan(self, request: SolveRequest, loc: list[Any]) -> dict[str, Any]:
+        """Everything decided before computing: source, mode, model, reasons, warnings."""
+        system = get_system(request.pde)
+        source = request.source_array()
+        warnings: list[str] = []
+        if system.zero_mean:
+            mean = float(source.mean())
+            if abs(mean) > MEAN_TOLERANCE * max(float(np.abs(source).max()), 1e-300):
+                if request.nonzero_mean == "reject":
+                    raise _error(
+                        422,
+                        [*loc, "source"],
+                        f"{request.pde} needs a zero-mean source (the operator annihilates "
+                        f"constants); this one has mean {mean:.4g}",
+                    )
+                source = source - mean
+                warnings.append(f"subtracted the source's mean {mean:.4g} ({request.pde} needs 0)")
+        coefficients = request.unified()
+        plan = {"source": source, "coefficients": coefficients, "warnings": warnings}
+        plan.update(mode=request.mode, card=None, reason=None, loc=loc)
+        if request.mode == "exact":
+            return plan
+        card = self.card(request.model, [*loc, "model"])
+        plan["card"] = card
+        reasons = envelope_reasons(card, request.pde, source, coefficients)
+        if reasons:
+            why = "; ".join(reasons)
+            if request.out_of_envelope == "reject":
+                raise _error(422, [*loc, "coefficients"], f"outside the model's envelope: {why}")
+            if request.out_of_envelope == "fallback":
+                plan["mode"] = "exact"
+                plan["reason"] = f"fell back to the exact solver: {why}"
+            else:
+                warnings.append(f"answered by the surrogate outside its envelope: {why}")
+        return plan
+
+    async def _run(self, request: SolveRequest, plan: dict[str, Any]) -> SolveResponse:
+        pde, source, coefficients = request.pde, plan["source"], plan["coefficients"]
+        card: ModelCard | None = plan["card"]
+        timings: dict[str, float] = {}
+
+        async def timed(name: str, call: Awaitable[np.ndarray]) -> np.ndarray:
+            t0 = time.perf_counter()
+            result = await call
+            timings[name] = 1e3 * (time.perf_counter() - t0)
+            return result
+
+        def surrogate():
+            handle = self.surrogate.options(multiplexed_model_id=card.ref)
+            return timed("surrogate", handle.predict.remote(card.ref, source, coefficients))
+
+        def exact():
+            return timed("exact", self.exact.solve.remote(pde, source, coefficients))
+
+        mode, validation = plan["mode"], None
+        if mode == "exact":
+            solution = await exact()
+            if plan["reason"]:
+                self.metrics.fallbacks.inc(tags={"pde": pde})
+        elif mode == "surrogate":
+            solution = await surrogate()
+        else:
+            solution, reference = await asyncio.gather(surrogate(), exact())
+            error = relative_l2(solution, reference)
+            validation = Validation(
+                relative_l2=error, exact_solution=encode_like(reference, request.source)
+            )
+            if error is not None:
+                self.metrics.validation.observe(error, tags={"pde": pde})
+            mode = "surrogate"
+        self._check_output(solution, request, plan["loc"])
+        used = "exact" if mode == "exact" else "surrogate"
+        self.metrics.solves.inc(tags={"pde": pde, "mode": used})
+        return SolveResponse(
+            pde=pde,
+            n=source.shape[-1],
+            solution=encode_like(solution, request.source),
+            mode=used,
+            reason=plan["reason"],
+            model=card.ref if card is not None and used == "surrogate" else None,
+            validation=validation,
+            warnings=plan["warnings"],
+            timings_ms=timings,
+        )
+
+    @staticmethod
+    def _check_output(solution: np.ndarray, request: SolveRequest, loc: list[Any]) -> None:
+        """A 422, not a broken response, for solutions that overflow (near-singular problems)."""
+        if not np.isfinite(solution).all():
+            raise _error(422, [*loc, "coefficients"], "the problem is too close to singular")
+        if getattr(request.source, "dtype", "") == "float32" and (
+            np.abs(solution).max() > np.finfo(np.float32).max
+        ):
+            raise _error(
+                422, [*loc, "source"], "the solution overflows float32; send a float64 source"
+            )
+
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise _error(
+                504, ["body"], f"no answer within {self.settings.request_timeout_s:g} s"
+            ) from None
+
+
+def build_app(settings: ServiceSettings | None = None) -> serve.Application:
+    """The whole application, bound with ``settings`` (defaults: ServiceSettings())."""
+    s = settings or ServiceSettings()
+    surrogate = Surrogate.options(
+        num_replicas=s.surrogate_replicas,
+        ray_actor_options={"num_cpus": s.surrogate_cpus},
+        max_ongoing_requests=s.max_ongoing_requests,
+    ).bind(s)
+    exact = ExactSolver.options(
+        num_replicas=s.exact_replicas,
+        ray_actor_options={"num_cpus": s.exact_cpus},
+        max_ongoing_requests=s.max_ongoing_requests,
+    ).bind()
+    return Ingress.options(
+        ray_actor_options={"num_cpus": s.ingress_cpus},
+        max_ongoing_requests=s.max_ongoing_requests,
+    ).bind(surrogate, exact, s)
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """For ``serve run service.app:app_builder key=value`` and ``serve deploy`` configs."""
+    return build_app(ServiceSettings(**args))

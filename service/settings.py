@@ -1,0 +1,51 @@
+"""Typed settings of the service, shared by ``pdeserve serve``, the Serve config and tests."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.runner import DEFAULT_MODEL, DEFAULT_REGISTRY
+
+
+def keys_from_env() -> list[str]:
+    """``PDESERVE_API_KEYS``: comma-separated keys; empty means no key is asked for."""
+    return [k.strip() for k in os.environ.get("PDESERVE_API_KEYS", "").split(",") if k.strip()]
+
+
+class ServiceSettings(BaseModel):
+    """What the application needs; every field has a default that runs on a laptop."""
+
+    model_config = ConfigDict(extra="forbid")
+    registry: str = Field(default=DEFAULT_REGISTRY, description="registry root: folder or URL")
+    default_model: str = Field(default=DEFAULT_MODEL, description="name[@version] served")
+    api_keys: list[str] = Field(default_factory=keys_from_env, repr=False)
+    max_batch_items: int = Field(default=256, ge=1)
+    max_body_bytes: int = Field(default=64 * 2**20, ge=1024)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    latest_ttl_s: float = Field(default=60.0, ge=0, description="re-resolve name@latest after")
+    # Surrogate replica: dynamic batching, models kept per replica, ONNX Runtime threads.
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    ort_threads: int | None = Field(default=None, ge=1)
+    # CPUs per replica: fractions, so the whole application fits on 2 CPUs.
+    ingress_cpus: float = Field(default=0.25, gt=0)
+    surrogate_cpus: float = Field(default=1.0, gt=0)
+    exact_cpus: float = Field(default=0.5, gt=0)
+    surrogate_replicas: int = Field(default=1, ge=1)
+    exact_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=128, ge=1)
+
+
+# The ingress replica's settings, for its HTTP middleware. Serve ships the deployment
+# class by value, so a module global of service.app would be a copy; this one is shared.
+_ACTIVE: list[ServiceSettings] = []
+
+
+def activate(settings: ServiceSettings) -> None:
+    _ACTIVE[:] = [settings]
+
+
+def active() -> ServiceSettings | None:
+    return _ACTIVE[0] if _ACTIVE else None
