@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -226,7 +226,7 @@ class HelmholtzRequest(_Solve):
     coefficients: HelmholtzCoefficients
 
 
-SolveRequestTypes = Union[PoissonRequest, AdvectionDiffusionRequest, HelmholtzRequest]
+SolveRequestTypes = PoissonRequest | AdvectionDiffusionRequest | HelmholtzRequest
 SolveRequest = Annotated[SolveRequestTypes, Field(discriminator="pde")]
 
 
