@@ -1,0 +1,86 @@
+"""The request schema without a server: encodings, coefficient forms, errors naming fields."""
+
+import base64
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from datagen.systems import DIFFUSION_SCALE, diffusion_tensor
+from service.schema import EncodedArray, SolveRequest, encode_like, relative_l2
+
+ADAPTER = TypeAdapter(SolveRequest)
+
+
+def _source(n=32, seed=0):
+    f = np.random.default_rng(seed).standard_normal((n, n))
+    return f - f.mean()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_base64_round_trip_is_exact(dtype):
+    f = _source().astype(dtype)
+    encoded = EncodedArray.encode(f, dtype)
+    assert np.array_equal(encoded.decode(), f.astype(np.float64))
+    assert base64.b64decode(encoded.data) == f.astype(f"<{dtype[0]}{f.itemsize}").tobytes()
+
+
+def test_encode_like_answers_in_the_request_encoding():
+    f = _source()
+    as_lists = encode_like(f, f.tolist())
+    assert isinstance(as_lists, list) and np.array_equal(np.asarray(as_lists), f)
+    as_b64 = encode_like(f, EncodedArray.encode(f, "float64"))
+    assert as_b64.dtype == "float64" and np.array_equal(as_b64.decode(), f)
+
+
+def test_eigenvalue_and_angle_give_the_papers_tensor():
+    req = ADAPTER.validate_python(
+        {
+            "pde": "poisson",
+            "source": _source().tolist(),
+            "coefficients": {"eigenvalue": 4, "angle": 0.7},
+        }
+    )
+    want = DIFFUSION_SCALE * diffusion_tensor(4.0, 0.7)[0]
+    assert np.allclose(req.unified()[:3], want) and np.all(req.unified()[3:] == 0)
+
+
+def test_each_pde_maps_to_the_unified_layout():
+    src = _source().tolist()
+    ad = ADAPTER.validate_python(
+        {
+            "pde": "advection_diffusion",
+            "source": src,
+            "coefficients": {"k11": 0.02, "k22": 0.01, "k12": 0.001, "v1": 0.3, "v2": -0.1},
+        }
+    )
+    assert np.allclose(ad.unified(), [0.02, 0.01, 0.001, 0.3, -0.1, 0])
+    h = ADAPTER.validate_python({"pde": "helmholtz", "source": src, "coefficients": {"omega": 3}})
+    assert np.allclose(h.unified(), [0.01, 0.01, 0, 0, 0, 3])
+
+
+def _error(body) -> str:
+    with pytest.raises(ValidationError) as info:
+        ADAPTER.validate_python(body)
+    return str(info.value)
+
+
+def test_errors_name_the_field_and_the_reason():
+    src = _source().tolist()
+    assert "k12" in _error({"pde": "poisson", "source": src, "coefficients": {"k11": 1, "k22": 1}})
+    assert "positive definite" in _error(
+        {"pde": "poisson", "source": src, "coefficients": {"k11": 1, "k22": 1, "k12": 2}}
+    )
+    assert "omega" in _error({"pde": "helmholtz", "source": src, "coefficients": {"omega": -1}})
+    assert "Extra inputs" in _error(
+        {"pde": "helmholtz", "source": src, "coefficients": {"omega": 1, "k11": 1}}
+    )
+    bad = EncodedArray.encode(_source()).model_dump() | {"data": "%%%"}
+    assert "base64" in _error({"pde": "helmholtz", "source": bad, "coefficients": {"omega": 1}})
+
+
+def test_relative_l2_is_defined_for_zero_references():
+    z = np.zeros((4, 4))
+    assert relative_l2(z, z) == 0.0
+    assert relative_l2(np.ones((4, 4)), z) is None
+    assert relative_l2(2 * np.ones((4, 4)), np.ones((4, 4))) == pytest.approx(1.0)
