@@ -126,32 +126,62 @@ api = FastAPI(
 )
 
 
-@api.middleware("http")
-async def _guard(request: Request, call_next):
-    """Body size cap (413) and API keys, before anything is parsed."""
-    settings = active()
-    if settings is None:
-        return await call_next(request)
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-        return JSONResponse(
-            status_code=413,
-            content={"detail": [{"loc": ["body"], "msg": _too_large(settings), "type": "size"}]},
+class _Guard:
+    """ASGI middleware: API keys, and the body size cap (413) on the declared length and
+    on the bytes actually received (a chunked body has no Content-Length)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        settings = active()
+        if scope["type"] != "http" or settings is None:
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return await _reject(413, ["body"], _too_large(settings), scope, receive, send)
+        path = request.url.path
+        needs_key = path.startswith("/admin/") or (
+            bool(settings.api_keys) and path not in OPEN_ROUTES
         )
-    path = request.url.path
-    needs_key = path.startswith("/admin/") or (bool(settings.api_keys) and path not in OPEN_ROUTES)
-    if needs_key and not _authorised(request, settings):
-        msg = (
-            "admin endpoints need an API key, and none is configured (set PDESERVE_API_KEYS)"
-            if not settings.api_keys
-            else "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
-        )
-        return JSONResponse(
-            status_code=401,
-            content={"detail": [{"loc": ["header", "authorization"], "msg": msg, "type": "auth"}]},
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return await call_next(request)
+        if needs_key and not _authorised(request, settings):
+            msg = (
+                "admin endpoints need an API key, and none is configured (set PDESERVE_API_KEYS)"
+                if not settings.api_keys
+                else "missing or wrong API key: send 'Authorization: Bearer KEY' or "
+                "'X-API-Key: KEY'"
+            )
+            loc = ["header", "authorization"]
+            return await _reject(401, loc, msg, scope, receive, send)
+        if length is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # No declared length (chunked): read up to the cap here, then replay it.
+            chunks, seen, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                seen += len(chunks[-1])
+                more = message.get("more_body", False)
+                if seen > settings.max_body_bytes:
+                    return await _reject(413, ["body"], _too_large(settings), scope, receive, send)
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def replayed():
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, replayed, send)
+        return await self.app(scope, receive, send)
+
+
+async def _reject(status: int, loc: list[Any], msg: str, scope, receive, send) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    content = {"detail": [{"loc": loc, "msg": msg, "type": f"http_{status}"}]}
+    await JSONResponse(status_code=status, content=content, headers=headers)(scope, receive, send)
+
+
+api.add_middleware(_Guard)
 
 
 def _too_large(settings: ServiceSettings) -> str:
