@@ -25,7 +25,12 @@ def registry_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def service(registry_root):
+def ports() -> dict[str, int]:
+    return {"http": _free_port(), "metrics": _free_port()}
+
+
+@pytest.fixture(scope="package")
+def service(registry_root, ports):
     """Base URL of the application on an embedded Ray instance (2 CPUs), API key required."""
     import ray
     from ray import serve
@@ -41,8 +46,13 @@ def service(registry_root):
         max_body_bytes=4 * 2**20,
         request_timeout_s=20,
     )
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = ports["http"]
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=ports["metrics"],
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(serve_app := build_app(settings), name="pdeserve", route_prefix="/")
@@ -72,3 +82,9 @@ def client(service):
 @pytest.fixture(scope="package")
 def registry(registry_root) -> Registry:
     return Registry(registry_root)
+
+
+@pytest.fixture(scope="package")
+def metrics_url(service, ports) -> str:
+    """Ray's Prometheus endpoint, where Serve's and pdeserve's metrics are exported."""
+    return f"http://127.0.0.1:{ports['metrics']}/metrics"

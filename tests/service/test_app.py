@@ -213,3 +213,29 @@ def test_a_slow_answer_is_a_504():
     with pytest.raises(HTTPException) as info:
         asyncio.run(ingress._call(asyncio.sleep(5)))
     assert info.value.status_code == 504 and "0.05 s" in json.dumps(info.value.detail)
+
+
+def test_prometheus_metrics_count_modes_fallbacks_and_validation_errors(client, metrics_url):
+    import time
+
+    far = body("helmholtz", n=32) | {"coefficients": {"omega": 30}}
+    assert client.post("/solve", json=far).json()["mode"] == "exact"
+    assert client.post("/solve", json=body("poisson", n=32, mode="validate")).status_code == 200
+    wanted = (
+        "ray_pdeserve_fallbacks_total{",
+        "ray_pdeserve_validation_relative_l2_count{",
+        "ray_pdeserve_solves_total{",
+    )
+    deadline = time.monotonic() + 60
+    while True:  # Ray exports metrics every few seconds
+        text = httpx.get(metrics_url, timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("ray_pdeserve")]
+        if all(any(line.startswith(w) for line in lines) for w in wanted):
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(2)
+    fallbacks = [line for line in lines if line.startswith(wanted[0]) and 'pde="helmholtz"' in line]
+    assert fallbacks and float(fallbacks[0].rsplit(" ", 1)[1]) >= 1
+    solves = [line for line in lines if line.startswith(wanted[2]) and 'mode="exact"' in line]
+    assert solves and float(solves[0].rsplit(" ", 1)[1]) >= 1
+    assert any(line.startswith("ray_serve_") for line in text.splitlines())  # Serve's own
