@@ -1,20 +1,13 @@
 """One real Serve instance for the service tests, serving tiny models published here."""
 
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import API_KEY, publish_tiny
+from service_helpers import API_KEY, free_port, publish_tiny
 
 from service.registry import Registry
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="package")
@@ -26,7 +19,7 @@ def registry_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="package")
 def ports() -> dict[str, int]:
-    return {"http": _free_port(), "metrics": _free_port()}
+    return {"http": free_port(), "metrics": free_port()}
 
 
 @pytest.fixture(scope="package")

@@ -1,5 +1,6 @@
 """Shared by the service tests: a tiny published model and the test API key."""
 
+import socket
 from pathlib import Path
 
 import torch
@@ -24,3 +25,9 @@ def publish_tiny(root: Path | str, name: str, seed: int = 0, workdir: Path | Non
     meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}}
     ckpt = save_model(model, Path(workdir or root) / f".ckpt-{name}-{seed}", meta)
     return export(ckpt, name, str(root)).ref
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

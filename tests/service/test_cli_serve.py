@@ -1,0 +1,64 @@
+"""`pdeserve serve` as a user runs it: a process of its own, Ctrl-C (SIGINT) stops it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from service_helpers import free_port
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "helmholtz.json"
+
+
+def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PDESERVE_API_KEYS"}
+    env["HOME"] = str(tmp_path)  # Ray writes ~/.ray; keep it out of the user's home
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pdeserve.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--registry",
+            str(registry_root),
+            "--num-cpus",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "pdeserve serve did not become ready"
+            time.sleep(1)
+        r = httpx.post(f"{url}/solve", json=json.loads(EXAMPLE.read_text()), timeout=60)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["model"] == "default@1" and out["validation"]["relative_l2"] >= 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            output, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-2000:]
+    assert f"URL:  {url}" in output and f"{url}/docs" in output and "curl" in output
