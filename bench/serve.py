@@ -1,0 +1,622 @@
+"""Served throughput and latency of POST /solve against raw ONNX Runtime, same model, same run.
+
+    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--batch-wait-timeout-s 0.005]
+        [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25] [--max-ongoing-requests 128]
+    .venv/bin/python bench/serve.py --fault [--quick]
+
+Normal mode writes bench/results/serve.json: requests/s, p50/p99 latency and errors of single
+base64 Helmholtz solves (omega = 4, inside the envelope, so the surrogate answers) on a 128^2
+grid at concurrency 1, 8 and 32 over loopback HTTP, and the raw ONNX Runtime figures of the
+same model.onnx, measured in this process before Ray starts (so they do not share the CPUs):
+batch-1 latency and the best samples/s over batches 1, 8 and 32 ("raw throughput").
+Goals (2 cores): served req/s at concurrency 32 >= 0.7 x raw throughput; p50 at
+concurrency 1 <= raw batch-1 p50 + 15 ms.
+
+``--fault`` writes bench/results/serve-fault.json: a load at concurrency 8 whose clients
+retry connection errors and 5xx with exponential backoff (up to 8 tries), while the
+Surrogate replica's process is killed (SIGKILL) after ~8 s; Serve has to restart it. It
+records requests sent, answered, lost, retries, and the time until a new replica runs and
+until requests succeed again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+# bench/datagen.py is named like the package: take this folder off the path first.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+
+from service.registry import Registry  # noqa: E402
+from service.runner import OnnxSurrogate  # noqa: E402
+from service.schema import EncodedArray, HelmholtzRequest  # noqa: E402
+from service.settings import ServiceSettings  # noqa: E402
+from training.checkpoint import save_model  # noqa: E402
+from training.export import export  # noqa: E402
+from training.models import PDESurrogate, preset  # noqa: E402
+
+sys.path.append(str(_BENCH))
+from common import goal, write_results  # noqa: E402
+
+MODEL = "fno-1m"
+RESOLUTION = 128
+OMEGA = 4.0
+API_KEY = "bench-key-0123"
+CONCURRENCY = (1, 8, 32)
+RAW_BATCHES = (1, 8, 32)
+THROUGHPUT_RATIO = 0.7
+LATENCY_MARGIN_MS = 15.0
+REPLICA = "ServeReplica:pdeserve:Surrogate"
+SURROGATE_MS = re.compile(rb'"surrogate":\s*([0-9.eE+-]+)')
+
+
+# ---------------------------------------------------------------------------------------
+# Other people's CPU use: the machine is shared, and 2 cores leave no slack
+
+
+def _busy_and_ours() -> tuple[float, float]:
+    """CPU seconds: the whole machine's busy time, and that of this process tree."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    values = [int(v) for v in fields]
+    busy = sum(values) - values[3] - values[4]  # minus idle and iowait
+    parents, times = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        rest = stat.rsplit(")", 1)[1].split()
+        parents[int(d)] = int(rest[1])
+        times[int(d)] = int(rest[11]) + int(rest[12])
+    ours, me = 0, os.getpid()
+    for pid, t in times.items():
+        p = pid
+        while p > 1 and p != me:
+            p = parents.get(p, 0)
+        if p == me:
+            ours += t
+    return busy / tick, ours / tick
+
+
+class ForeignCPU:
+    """Cores used by processes outside this one's tree between ``start()`` and ``stop()``."""
+
+    def start(self):
+        self.t0, (self.busy0, self.ours0) = time.perf_counter(), _busy_and_ours()
+        return self
+
+    def stop(self) -> float:
+        busy, ours = _busy_and_ours()
+        dt = time.perf_counter() - self.t0
+        return max(0.0, (busy - self.busy0) - (ours - self.ours0)) / dt
+
+
+def wait_quiet(limit: float = 0.15, patience: float = 30.0) -> float:
+    """Wait (up to ``patience`` s) until others use under ``limit`` cores for 3 s; returns it."""
+    deadline = time.perf_counter() + patience
+    while True:
+        probe = ForeignCPU().start()
+        time.sleep(3.0)
+        used = probe.stop()
+        if used < limit or time.perf_counter() > deadline:
+            if used >= limit:
+                print(f"warning: other processes use {used:.2f} cores; measuring anyway")
+            return used
+        print(f"waiting: other processes use {used:.2f} cores", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Model, request and raw ONNX Runtime
+
+
+def publish(root: Path) -> str:
+    """fno-1m (untrained weights: throughput does not care) at 128^2; returns its ref."""
+    torch.manual_seed(0)
+    model = PDESurrogate(**preset(MODEL), source_ref=1.0, solution_ref=0.05)
+    meta = {
+        "data": {
+            "resolution": RESOLUTION,
+            "envelope": {"helmholtz": {"n_examples": 1, "omega": [1, 10]}},
+        }
+    }
+    ckpt = save_model(model, root / ".ckpt", meta)
+    return export(ckpt, "bench", str(root / "registry")).ref
+
+
+def request_body(ref: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The JSON body of one solve, and its source and unified coefficients."""
+    rng = np.random.default_rng(0)
+    source = rng.standard_normal((RESOLUTION, RESOLUTION)).astype(np.float32)
+    request = HelmholtzRequest(
+        pde="helmholtz",
+        coefficients={"omega": OMEGA},
+        mode="surrogate",
+        model=ref,
+        out_of_envelope="reject",
+        source=EncodedArray.encode(source),
+    )
+    body = request.model_dump_json(exclude_none=True).encode()
+    return body, source, request.unified()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def raw_onnxruntime(
+    registry: str, ref: str, source, coefficients, threads: int | None, seconds: float
+) -> dict:
+    """Batch-1 latency and samples/s at batches 1, 8, 32 of the registry's model.onnx."""
+    card, files = Registry(registry).read_files(ref)
+    runner = OnnxSurrogate(card, files["model.onnx"], threads=threads)
+    out: dict = {
+        "threads": threads if threads else "ORT default (intra-op = physical cores)",
+        "providers": runner.providers,
+    }
+    for batch in RAW_BATCHES:
+        s = np.repeat(source[None], batch, axis=0)
+        c = np.repeat(coefficients[None], batch, axis=0)
+        for _ in range(2):
+            runner.predict(s, c, batch=batch)
+        times = []
+        foreign = ForeignCPU().start()
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(times) < 5:
+            t0 = time.perf_counter()
+            runner.predict(s, c, batch=batch)
+            times.append(time.perf_counter() - t0)
+        row = {
+            "calls": len(times),
+            "p50_ms": 1e3 * statistics.median(times),
+            "samples_per_s": batch * len(times) / sum(times),
+            "other_processes_cores": foreign.stop(),
+        }
+        if batch == 1:
+            row["p99_ms"] = 1e3 * percentile(times, 99)
+        out[f"batch {batch}"] = row
+        print(
+            f"raw ORT batch {batch:2d}: p50 {row['p50_ms']:7.2f} ms/call  "
+            f"{row['samples_per_s']:7.1f} samples/s  "
+            f"(others used {row['other_processes_cores']:.2f} cores)",
+            flush=True,
+        )
+    best = max(RAW_BATCHES, key=lambda b: out[f"batch {b}"]["samples_per_s"])
+    out["throughput_samples_per_s"] = out[f"batch {best}"]["samples_per_s"]
+    out["throughput_definition"] = (
+        f"best samples/s over batches {list(RAW_BATCHES)} (here batch {best})"
+    )
+    out["latency_p50_ms"] = out["batch 1"]["p50_ms"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(settings: ServiceSettings) -> str:
+    import ray
+    from ray import serve
+
+    from service.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings), name="pdeserve", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the service did not become ready in 120 s")
+        time.sleep(0.5)
+
+
+def stop_service() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def client(url: str, concurrency: int, timeout: float = 60.0) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    return httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
+
+
+def check_answer(url: str, body: bytes) -> dict:
+    """One solve, decoded: the surrogate must answer, at the request's grid."""
+    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
+    r = httpx.post(f"{url}/solve", content=body, headers=headers)
+    r.raise_for_status()
+    doc = r.json()
+    solution = EncodedArray.model_validate(doc["solution"]).decode()
+    assert doc["mode"] == "surrogate", doc.get("reason")
+    assert solution.shape == (RESOLUTION, RESOLUTION) and np.isfinite(solution).all()
+    return {"model": doc["model"], "timings_ms": doc["timings_ms"]}
+
+
+async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+    """``concurrency`` workers posting back to back; counts what completes in the window."""
+    latencies: list[float] = []
+    inner: list[float] = []  # the ingress's own timing of its call to the Surrogate
+    errors: dict[str, int] = {}
+    foreign = ForeignCPU()
+    async with client(url, concurrency) as http:
+        t_start = time.perf_counter()
+        t_measure = t_start + warmup
+        asyncio.get_running_loop().call_at(
+            asyncio.get_running_loop().time() + warmup, foreign.start
+        )
+        t_end = t_measure + seconds
+
+        async def worker():
+            while (t0 := time.perf_counter()) < t_end:
+                try:
+                    r = await http.post("/solve", content=body)
+                    await r.aread()
+                    bad = None if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    bad = type(e).__name__
+                if t0 >= t_measure:
+                    if bad:
+                        errors[bad] = errors.get(bad, 0) + 1
+                    else:
+                        latencies.append(time.perf_counter() - t0)
+                        if m := SURROGATE_MS.search(r.content[-300:]):
+                            inner.append(float(m.group(1)))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_measure
+    others = foreign.stop()
+    return {
+        "other_processes_cores": others,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1e3 * percentile(latencies, 50),
+        "p99_ms": 1e3 * percentile(latencies, 99),
+        "surrogate_call_p50_ms": percentile(inner, 50),
+        "ok": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "seconds": elapsed,
+    }
+
+
+def settings_from(args, registry: str, ref: str) -> ServiceSettings:
+    return ServiceSettings(
+        registry=registry,
+        default_model=ref,
+        api_keys=[API_KEY],
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s,
+        ort_threads=args.ort_threads,
+        ingress_cpus=args.ingress_cpus,
+        surrogate_cpus=args.surrogate_cpus,
+        max_ongoing_requests=args.max_ongoing_requests,
+        request_timeout_s=60.0,
+    )
+
+
+def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coefficients) -> None:
+    seconds = 4.0 if args.quick else args.seconds
+    wait_quiet()
+    raw = raw_onnxruntime(
+        registry, ref, source, coefficients, args.ort_threads, 2.0 if args.quick else 5.0
+    )
+    settings = settings_from(args, registry, ref)
+    served: dict = {}
+    url = start_service(settings)
+    try:
+        first = check_answer(url, body)
+        print(f"service ready at {url}: {first}", flush=True)
+        for c in CONCURRENCY:
+            wait_quiet()
+            row = asyncio.run(load(url, body, c, seconds, warmup=1.0 if args.quick else 3.0))
+            served[f"concurrency {c}"] = row
+            print(
+                f"concurrency {c:2d}: {row['requests_per_s']:7.1f} req/s  "
+                f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                f"(ingress->Surrogate p50 {row['surrogate_call_p50_ms']:.1f} ms)  "
+                f"errors {row['errors']}  (others used {row['other_processes_cores']:.2f} cores)",
+                flush=True,
+            )
+    finally:
+        stop_service()
+    top = served[f"concurrency {CONCURRENCY[-1]}"]
+    one = served[f"concurrency {CONCURRENCY[0]}"]
+    ratio = top["requests_per_s"] / raw["throughput_samples_per_s"]
+    results = {
+        "model": MODEL,
+        "resolution": RESOLUTION,
+        "request": f"POST /solve, helmholtz omega={OMEGA:g}, float32 base64 source, surrogate",
+        "body_bytes": len(body),
+        "seconds_per_level": seconds,
+        "loadavg_at_start": LOADAVG,
+        "client": "httpx.AsyncClient in the Ray driver process, one pooled connection per worker",
+        "settings": settings.model_dump(exclude={"api_keys", "registry", "default_model"}),
+        "raw_onnxruntime": raw,
+        "served": served,
+        "served_vs_raw_throughput_at_32": ratio,
+    }
+    goals = {
+        f"served req/s at concurrency 32 >= {THROUGHPUT_RATIO} x raw ORT samples/s": goal(
+            THROUGHPUT_RATIO, ratio
+        ),
+        f"p50 at concurrency 1 <= raw ORT batch-1 p50 + {LATENCY_MARGIN_MS:g} ms": goal(
+            raw["latency_p50_ms"] + LATENCY_MARGIN_MS, one["p50_ms"], higher_is_better=False
+        ),
+    }
+    for name, g in goals.items():
+        print(f"goal {name}: target {g['target']:.3g}, measured {g['measured']:.3g}, {g['met']=}")
+    print(f"wrote {write_results(args.name or 'serve', results, goals)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Fault: kill the Surrogate replica under load
+
+
+def replica_pids() -> list[int]:
+    """PIDs of this run's Surrogate replica processes, from ``ps``: Ray titles a worker
+    process after its actor. (ray.util.state.list_actors needs the dashboard, off here.)
+    Only descendants of this process count: other Ray instances may serve a "pdeserve" too."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parents, found = {}, []
+    for line in out.splitlines()[1:]:
+        pid, ppid, cmd = line.split(None, 2) + [""] * (3 - len(line.split(None, 2)))
+        parents[int(pid)] = int(ppid)
+        if cmd.startswith(f"ray::{REPLICA}"):
+            found.append(int(pid))
+    me, mine = os.getpid(), []
+    for pid in found:
+        p = pid
+        while p > 1 and p != me:
+            p = parents.get(p, 0)
+        if p == me:
+            mine.append(pid)
+    return sorted(mine)
+
+
+class StatusWatch(threading.Thread):
+    """Polls serve.status() and the replica PIDs; notes when each comes back after a kill."""
+
+    def __init__(self, old_pid: int):
+        super().__init__(daemon=True)
+        self.old_pid = old_pid
+        self.t_kill: float | None = None
+        self.new_pid: int | None = None
+        self.t_new_process: float | None = None
+        self.t_unhealthy: float | None = None
+        self.t_running: float | None = None
+        self.states: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        from ray import serve
+
+        last = None
+        while not self.stop.wait(0.2):
+            now = time.perf_counter()
+            try:
+                d = serve.status().applications["pdeserve"].deployments["Surrogate"]
+                running = d.replica_states.get("RUNNING", 0)
+                state = f"{d.status} running={running} {dict(d.replica_states)}"
+            except Exception as e:  # the controller can be busy
+                state, running = f"status error {type(e).__name__}", None
+            if state != last:
+                self.states.append((now, state))
+                last = state
+            if self.t_kill is None:
+                continue
+            pids = [p for p in replica_pids() if p != self.old_pid]
+            if pids and self.t_new_process is None:
+                self.new_pid, self.t_new_process = pids[0], now
+            if running == 0 and self.t_unhealthy is None:
+                self.t_unhealthy = now
+            if running and self.t_unhealthy is not None and self.t_running is None:
+                self.t_running = now
+
+
+async def fault_load(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    kill_after: float,
+    watch: StatusWatch,
+    tries: int,
+) -> dict:
+    sent = ok = lost = retries = 0
+    latencies: list[float] = []  # per request, retries included
+    attempts: list[tuple[float, float, bool]] = []  # (start, end, ok) of every attempt
+    failures: dict[str, int] = {}
+    killed: dict = {}
+    async with client(url, concurrency, timeout=30.0) as http:
+        t_start = time.perf_counter()
+        t_end = t_start + seconds
+
+        async def worker():
+            nonlocal sent, ok, lost, retries
+            while (t0 := time.perf_counter()) < t_end:
+                sent += 1
+                for attempt in range(tries):
+                    a0 = time.perf_counter()
+                    try:
+                        r = await http.post("/solve", content=body)
+                        await r.aread()
+                        bad = None if r.status_code < 500 else f"HTTP {r.status_code}"
+                        done = r.status_code == 200
+                    except httpx.HTTPError as e:
+                        bad, done = type(e).__name__, False
+                    attempts.append((a0, time.perf_counter(), done))
+                    if bad is None:
+                        break
+                    failures[bad] = failures.get(bad, 0) + 1
+                    if attempt + 1 < tries:
+                        retries += 1
+                        await asyncio.sleep(0.1 * 2**attempt)
+                if done:
+                    ok += 1
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    lost += 1
+
+        async def killer():
+            await asyncio.sleep(kill_after)
+            pids = replica_pids()
+            killed["pids_before"] = pids
+            watch.t_kill = time.perf_counter()
+            os.kill(watch.old_pid, signal.SIGKILL)
+            killed["pid"] = watch.old_pid
+            killed["at_s"] = watch.t_kill - t_start
+            print(f"killed Surrogate replica pid {watch.old_pid} at {killed['at_s']:.1f} s")
+
+        await asyncio.gather(killer(), *(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t_start
+    t_kill = watch.t_kill
+    after = [a for a in attempts if a[0] >= t_kill]
+    first_ok = min((end for start, end, good in after if good), default=None)
+    failed_after = [a for a in attempts if not a[2] and a[1] >= t_kill]
+    last_fail = max((end for _, end, _ in failed_after), default=None)
+    return {
+        "concurrency": concurrency,
+        "seconds": elapsed,
+        "requests_sent": sent,
+        "answered_ok": ok,
+        "lost": lost,
+        "attempts": len(attempts),
+        "retries": retries,
+        "failed_attempts": failures,
+        "max_tries": tries,
+        "backoff": "0.1 s x 2^k between tries",
+        "kill": killed,
+        "p50_ms": 1e3 * percentile(latencies, 50),
+        "p99_ms": 1e3 * percentile(latencies, 99),
+        "max_ms": 1e3 * max(latencies) if latencies else None,
+        "requests_per_s": ok / elapsed,
+        "first_ok_attempt_started_after_kill_s": None if first_ok is None else first_ok - t_kill,
+        "last_failed_attempt_after_kill_s": None if last_fail is None else last_fail - t_kill,
+    }
+
+
+def fault(args, work: Path, registry: str, ref: str, body: bytes) -> None:
+    settings = settings_from(args, registry, ref)
+    seconds = 20.0 if args.quick else 30.0
+    url = start_service(settings)
+    try:
+        check_answer(url, body)
+        pids = replica_pids()
+        print(f"service ready at {url}; Surrogate replica pids {pids}", flush=True)
+        if len(pids) != 1:
+            raise RuntimeError(f"expected one Surrogate replica process, found {pids}")
+        watch = StatusWatch(pids[0])
+        watch.start()
+        row = asyncio.run(fault_load(url, body, 8, seconds, 8.0, watch, tries=8))
+        # Wait (a little) for serve.status() to report RUNNING if it has not yet.
+        deadline = time.perf_counter() + 30
+        while watch.t_running is None and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        watch.stop.set()
+        watch.join()
+        t_kill = watch.t_kill
+        rel = lambda t: None if t is None else t - t_kill  # noqa: E731
+        row.update(
+            new_replica_pid=watch.new_pid,
+            new_replica_process_after_s=rel(watch.t_new_process),
+            serve_status_unhealthy_after_s=rel(watch.t_unhealthy),
+            serve_status_running_again_after_s=rel(watch.t_running),
+            serve_status_timeline=[(round(t - t_kill, 2), s) for t, s in watch.states],
+        )
+        after = check_answer(url, body)
+        row["answer_after_recovery"] = after
+    finally:
+        stop_service()
+    for k in (
+        "requests_sent",
+        "answered_ok",
+        "lost",
+        "retries",
+        "failed_attempts",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "new_replica_process_after_s",
+        "serve_status_running_again_after_s",
+        "first_ok_attempt_started_after_kill_s",
+        "last_failed_attempt_after_kill_s",
+    ):
+        print(f"{k:40s} {row[k]}")
+    for t, s in row["serve_status_timeline"]:
+        print(f"  {t:+7.2f} s  {s}")
+    results = {
+        "model": MODEL,
+        "resolution": RESOLUTION,
+        "settings": settings.model_dump(exclude={"api_keys", "registry", "default_model"}),
+        **row,
+    }
+    goals = {"no request lost": goal(0, row["lost"], higher_is_better=False)}
+    print(f"wrote {write_results(args.name or 'serve-fault', results, goals)}")
+
+
+LOADAVG = os.getloadavg()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--fault", action="store_true", help="kill the Surrogate replica under load")
+    p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
+    p.add_argument("--name", help="results file name (default serve / serve-fault)")
+    d = ServiceSettings.model_fields
+    p.add_argument("--max-batch-size", type=int, default=d["max_batch_size"].default)
+    p.add_argument("--batch-wait-timeout-s", type=float, default=d["batch_wait_timeout_s"].default)
+    p.add_argument("--ort-threads", type=int, default=d["ort_threads"].default)
+    p.add_argument("--ingress-cpus", type=float, default=d["ingress_cpus"].default)
+    p.add_argument("--surrogate-cpus", type=float, default=d["surrogate_cpus"].default)
+    p.add_argument("--max-ongoing-requests", type=int, default=d["max_ongoing_requests"].default)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pdeserve-bench-serve-") as tmp:
+        work = Path(tmp)
+        ref = publish(work)
+        registry = str(work / "registry")
+        body, source, coefficients = request_body(ref)
+        if args.fault:
+            fault(args, work, registry, ref, body)
+        else:
+            bench(args, work, registry, ref, body, source, coefficients)
+
+
+if __name__ == "__main__":
+    main()
