@@ -41,6 +41,14 @@ def test_export_publishes_a_checked_onnx_model(checkpoint, tmp_path, root):
     assert not {n.op_type for n in graph.graph.node} & {"DFT", "Cos", "Sin"}  # constants
 
 
+def test_a_model_trained_on_the_fft_path_exports(tmp_path):
+    torch.manual_seed(1)
+    model = PDESurrogate(8, 4, n_layers=2, fc_dim=16, spectral="fft", solution_ref=2.0)
+    meta = {"data": {"resolution": 32, "envelope": {}}}
+    card = export(save_model(model, tmp_path / "ckpt", meta), "fft", str(tmp_path / "reg"))
+    assert card.ref == "fft@1" and card.model.args["spectral"] == "fft"
+
+
 @pytest.mark.parametrize("n", [32, 64])
 def test_parity_at_two_resolutions(checkpoint, n):
     from training.checkpoint import load_model
