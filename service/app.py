@@ -25,6 +25,7 @@ from fastapi import Body, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from datagen.resample import resample
@@ -69,6 +70,11 @@ class Surrogate:
         self.registry = Registry(settings.registry)
         self._batched.set_max_batch_size(settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        # Serve's batcher forms the next batch as soon as one starts running, so under load
+        # every request queued behind a running batch became a batch of one. Requests wait
+        # here while a batch runs and then enter the batcher together.
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def model(self, ref: str) -> OnnxSurrogate:
@@ -81,11 +87,19 @@ class Surrogate:
         return ",".join(runner.providers)
 
     async def predict(self, ref: str, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        """One problem at any grid: (n, n) float64, unified (6,) -> (n, n) float64."""
+        """One problem at any grid: (n, n), unified (6,) -> (n, n) float32."""
+        await self._idle.wait()
         return await self._batched((ref, source, coefficients))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        self._idle.clear()
+        try:
+            return await self._run_batch(items)
+        finally:
+            self._idle.set()
+
+    async def _run_batch(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(items)
         groups: dict[tuple[str, int], list[int]] = {}
         for i, (ref, source, _) in enumerate(items):
@@ -101,7 +115,7 @@ class Surrogate:
             if grid != n:
                 solutions = resample(solutions, n)
             for j, i in enumerate(index):
-                out[i] = np.asarray(solutions[j], dtype=np.float64)
+                out[i] = np.asarray(solutions[j], dtype=np.float32)
         return out
 
 
@@ -360,7 +374,9 @@ class Ingress:
 
         def surrogate():
             handle = self.surrogate.options(multiplexed_model_id=card.ref)
-            return timed("surrogate", handle.predict.remote(card.ref, source, coefficients))
+            # float32 is what the model takes; at 128^2 it also travels inline (< 100 KB)
+            source32 = source.astype(np.float32)
+            return timed("surrogate", handle.predict.remote(card.ref, source32, coefficients))
 
         def exact():
             return timed("exact", self.exact.solve.remote(pde, source, coefficients))
@@ -415,6 +431,11 @@ class Ingress:
             raise _error(
                 504, ["body"], f"no answer within {self.settings.request_timeout_s:g} s"
             ) from None
+        except (RayActorError, ActorUnavailableError):
+            # A replica died mid-request (Serve starts another): safe to retry, say so.
+            error = _error(503, ["body"], "a solver replica restarted; retry the request")
+            error.headers = {"Retry-After": "1"}
+            raise error from None
 
 
 def build_app(settings: ServiceSettings | None = None) -> serve.Application:

@@ -16,7 +16,14 @@ import math
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from datagen.systems import (
     DIFFUSION_SCALE,
@@ -47,6 +54,7 @@ class EncodedArray(BaseModel):
     dtype: Literal["float32", "float64"]
     shape: tuple[int, int]
     data: str
+    _array: np.ndarray | None = PrivateAttr(default=None)
 
     @classmethod
     def encode(cls, array: np.ndarray, dtype: str = "float32") -> EncodedArray:
@@ -54,6 +62,12 @@ class EncodedArray(BaseModel):
         return cls(dtype=dtype, shape=a.shape, data=base64.b64encode(a.tobytes()).decode())
 
     def decode(self) -> np.ndarray:
+        """float64 (n, n); decoded once per instance."""
+        if self._array is None:
+            self._array = self._decode()
+        return self._array
+
+    def _decode(self) -> np.ndarray:
         try:
             raw = base64.b64decode(self.data, validate=True)
         except (binascii.Error, ValueError):
@@ -190,6 +204,8 @@ class _Solve(BaseModel):
         "mean (with a warning) or reject the request",
     )
 
+    _array: np.ndarray | None = PrivateAttr(default=None)
+
     @field_validator("source")
     @classmethod
     def _valid_source(cls, value: FieldValue) -> FieldValue:
@@ -205,7 +221,10 @@ class _Solve(BaseModel):
         return self
 
     def source_array(self) -> np.ndarray:
-        return decode_field(self.source)
+        """The source as float64 (n, n) (base64 is decoded once, during validation)."""
+        if self._array is None:
+            self._array = decode_field(self.source)
+        return self._array
 
     def unified(self) -> np.ndarray:
         return self.coefficients.unified()
