@@ -441,17 +441,21 @@ class Ingress:
 def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     """The whole application, bound with ``settings`` (defaults: ServiceSettings())."""
     s = settings or ServiceSettings()
+    logging = {"enable_access_log": s.access_log}
     surrogate = Surrogate.options(
+        logging_config=logging,
         num_replicas=s.surrogate_replicas,
         ray_actor_options={"num_cpus": s.surrogate_cpus},
         max_ongoing_requests=s.max_ongoing_requests,
     ).bind(s)
     exact = ExactSolver.options(
+        logging_config=logging,
         num_replicas=s.exact_replicas,
         ray_actor_options={"num_cpus": s.exact_cpus},
         max_ongoing_requests=s.max_ongoing_requests,
     ).bind()
     return Ingress.options(
+        logging_config=logging,
         ray_actor_options={"num_cpus": s.ingress_cpus},
         max_ongoing_requests=s.max_ongoing_requests,
     ).bind(surrogate, exact, s)

@@ -27,7 +27,8 @@ class ServiceSettings(BaseModel):
     latest_ttl_s: float = Field(default=60.0, ge=0, description="re-resolve name@latest after")
     # Surrogate replica: dynamic batching, models kept per replica, ONNX Runtime threads.
     max_batch_size: int = Field(default=32, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    # Short: requests that queue behind a running batch enter the batcher together anyway.
+    batch_wait_timeout_s: float = Field(default=0.001, ge=0)
     ort_threads: int | None = Field(default=None, ge=1)
     # CPUs per replica: fractions, so the whole application fits on 2 CPUs.
     ingress_cpus: float = Field(default=0.25, gt=0)
@@ -36,6 +37,7 @@ class ServiceSettings(BaseModel):
     surrogate_replicas: int = Field(default=1, ge=1)
     exact_replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=128, ge=1)
+    access_log: bool = Field(default=False, description="Serve's per-request log lines")
 
 
 # The ingress replica's settings, for its HTTP middleware. Serve ships the deployment
