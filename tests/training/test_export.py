@@ -118,3 +118,18 @@ def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["mean_relative_l2"] == pytest.approx(
         expected, rel=1e-4
     )
+
+
+def test_the_parity_reference_runs_the_model_in_float64(checkpoint):
+    import copy
+
+    from training.checkpoint import load_model
+    from training.export import example_inputs
+
+    model = load_model(checkpoint).eval()
+    source, coefficients = example_inputs(3, 32)
+    with torch.no_grad():
+        single = model(source, coefficients)
+        double = copy.deepcopy(model).double()(source.double(), coefficients.double())
+    assert single.dtype == torch.float32 and double.dtype == torch.float64
+    assert torch.linalg.norm(double - single.double()) <= 1e-5 * torch.linalg.norm(double)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.layers.spectral import at_least_float32
+
 
 def rms(fields: torch.Tensor) -> torch.Tensor:
     """Discrete L2 norm on the unit square, sqrt(mean(f^2)), per example of (B, n, n)."""
-    return fields.float().square().mean(dim=(-2, -1)).sqrt()
+    return at_least_float32(fields).square().mean(dim=(-2, -1)).sqrt()
 
 
 class InputNormalization(nn.Module):
@@ -35,6 +37,6 @@ class InputNormalization(nn.Module):
         norm = rms(source)
         nonzero = norm > 0
         scale = torch.where(nonzero, norm / self.source_ref, torch.ones_like(norm))
-        source = source.float() / scale[:, None, None]
-        coefficients = coefficients.float() / scale[:, None] / self.coefficient_ref
+        source = at_least_float32(source) / scale[:, None, None]
+        coefficients = at_least_float32(coefficients) / scale[:, None] / self.coefficient_ref
         return source, coefficients, nonzero

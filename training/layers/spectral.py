@@ -38,6 +38,11 @@ SpectralPath = Literal["dft", "fft"]
 SPECTRAL_PATHS: tuple[str, ...] = ("dft", "fft")
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """float32, or float64 where given: half precision is lifted, double kept (references)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def kept_wavenumbers(m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ky, kx) of the kept modes: ky = 0..m-1, -m..-1 and kx = 0..m-1 (float64)."""
     ky = torch.cat([torch.arange(m), torch.arange(-m, 0)]).double()
@@ -65,7 +70,7 @@ class DFTMatrices(nn.Module):
     inverse_right_x (2m, n):  [cos; sin] over (kx, x), Hermitian weights, / n^2
     """
 
-    def __init__(self, n: int, m: int):
+    def __init__(self, n: int, m: int, dtype: torch.dtype = torch.float32):
         super().__init__()
         if 2 * m > n:
             raise ValueError(f"{m} modes need a grid of at least {2 * m} points, got {n}")
@@ -91,12 +96,12 @@ class DFTMatrices(nn.Module):
             "inverse_right_x": torch.cat([hermitian * cx, hermitian * sx]) / n**2,
         }
         for name, mat in mats.items():
-            self.register_buffer(name, mat.float().contiguous(), persistent=False)
+            self.register_buffer(name, mat.to(dtype).contiguous(), persistent=False)
 
 
 def truncated_rfft2(x: torch.Tensor, m: int) -> torch.Tensor:
     """Kept modes of ``rfft2`` of channels-first ``x`` (B, C, ny, nx): complex (B, C, ky, kx)."""
-    x_ft = torch.fft.rfft2(x.float())
+    x_ft = torch.fft.rfft2(at_least_float32(x))
     return torch.cat([x_ft[..., :m, :m], x_ft[..., -m:, :m]], dim=-2)
 
 
@@ -115,25 +120,27 @@ class SpectralConv2d(nn.Module):
         shape = (modes, 2 * modes, in_channels, out_channels)  # (kx, ky, in, out)
         self.weight_real = nn.Parameter(scale * torch.rand(shape))
         self.weight_imag = nn.Parameter(scale * torch.rand(shape))
-        self._dft: dict[int, DFTMatrices] = {}
+        self._dft: dict[tuple[int, torch.dtype], DFTMatrices] = {}
 
     def extra_repr(self) -> str:
         c_in, c_out = self.in_channels, self.out_channels
         return f"{c_in}, {c_out}, modes={self.modes}, path={self.path}"
 
-    def matrices(self, n: int, device: torch.device) -> DFTMatrices:
-        """DFT matrices for an n x n grid, built once per grid size and device."""
-        mats = self._dft.get(n)
+    def matrices(
+        self, n: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> DFTMatrices:
+        """DFT matrices for an n x n grid, built once per grid size, dtype and device."""
+        mats = self._dft.get((n, dtype))
         if mats is None or mats.forward_x.device != device:
-            mats = DFTMatrices(n, self.modes).to(device)
-            self._dft[n] = mats
+            mats = DFTMatrices(n, self.modes, dtype).to(device)
+            self._dft[(n, dtype)] = mats
         return mats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != x.shape[-2]:
             raise ValueError(f"expected a square grid (B, C, n, n), got {tuple(x.shape)}")
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
+            x = at_least_float32(x)
             if self.path == "fft":
                 return self._forward_fft(x)
             if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -144,7 +151,7 @@ class SpectralConv2d(nn.Module):
         b, c, n, _ = x.shape
         m, o = self.modes, self.out_channels
         k = 2 * m  # kept ky
-        mats = self.matrices(int(n), x.device)  # int: under tracing, a constant of the graph
+        mats = self.matrices(int(n), x.device, x.dtype)  # int: a constant of a traced graph
         # The mean mode goes apart, exactly: a field's constant part (the coefficient
         # channels are constant) would otherwise leak its rounding into every other mode.
         mean = x.mean(dim=(-2, -1))  # (B, C)
@@ -172,7 +179,7 @@ class SpectralConv2d(nn.Module):
         c, n = x.shape[1], x.shape[-1]
         m, o = self.modes, self.out_channels
         k = 2 * m
-        mats = self.matrices(int(n), x.device)
+        mats = self.matrices(int(n), x.device, x.dtype)
         mean = x.mean(dim=(-2, -1), keepdim=True)  # (B, C, 1, 1), apart as in _forward_dft
         dc = torch.matmul(mean.transpose(1, 3), self.weight_real[0, 0]).transpose(1, 3)
         p = torch.matmul(mats.left_y, torch.matmul(x - mean, mats.forward_x))  # (B, C, 4m, 2m)

@@ -15,6 +15,7 @@ import torch
 
 from datagen.systems import COEFFICIENT_NAMES
 from training.layers.normalization import InputNormalization
+from training.layers.spectral import at_least_float32
 from training.models.base import ModelBase
 from training.models.fno import FNO2d
 
@@ -71,5 +72,5 @@ class PDESurrogate(ModelBase):
         # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the 6 constant channels as a bias.
         bias = torch.nn.functional.linear(c, lift.weight[:, 1:], lift.bias)
         h = f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None]
-        u = self.fno.trunk(h)[:, 0].float()
+        u = at_least_float32(self.fno.trunk(h)[:, 0])
         return u * (self.normalize.solution_ref * nonzero[:, None, None])
