@@ -29,7 +29,15 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-serve: $(STAMP)
+# Until the pre-trained model ships in the repository, `make serve` trains a small
+# stand-in (training/configs/quickstart.yaml) and publishes it as `default` once.
+DEFAULT_MODEL := registry/default
+
+$(DEFAULT_MODEL): | $(STAMP)
+	$(VENV)/bin/pdeserve pretrain --config quickstart --no-ray --storage runs --run-name quickstart --quiet
+	$(VENV)/bin/pdeserve export --checkpoint runs/quickstart/model --name default --registry registry
+
+serve: $(STAMP) | $(DEFAULT_MODEL)
 	$(VENV)/bin/pdeserve serve
 
 bench: $(STAMP)
