@@ -10,8 +10,6 @@ runs, so bad input gets a 422 naming the field, never a 5xx.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from typing import Annotated, Literal
 
@@ -32,13 +30,13 @@ from datagen.systems import (
     unified_coefficients,
 )
 from datagen.systems import diffusion_tensor as _diffusion_tensor
+from service.wire import decode_array, encode_array
 
 MIN_N, MAX_N = 32, 512
 #: Largest magnitude of a source value or a coefficient: beyond it float32 and the
 #: solver's symbols overflow long before a physical problem needs it.
 MAX_VALUE = 1e12
 MAX_COEFFICIENT = 1e6
-DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
 
 Mode = Literal["surrogate", "exact", "validate"]
 EnvelopePolicy = Literal["fallback", "surrogate", "reject"]
@@ -58,8 +56,7 @@ class EncodedArray(BaseModel):
 
     @classmethod
     def encode(cls, array: np.ndarray, dtype: str = "float32") -> EncodedArray:
-        a = np.ascontiguousarray(array, dtype=DTYPES[dtype])
-        return cls(dtype=dtype, shape=a.shape, data=base64.b64encode(a.tobytes()).decode())
+        return cls(**encode_array(array, dtype))
 
     def decode(self) -> np.ndarray:
         """float64 (n, n); decoded once per instance."""
@@ -68,18 +65,7 @@ class EncodedArray(BaseModel):
         return self._array
 
     def _decode(self) -> np.ndarray:
-        try:
-            raw = base64.b64decode(self.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("data is not valid base64") from None
-        dtype = DTYPES[self.dtype]
-        want = self.shape[0] * self.shape[1] * dtype.itemsize
-        if len(raw) != want:
-            raise ValueError(
-                f"data holds {len(raw)} bytes, but shape {list(self.shape)} of {self.dtype} "
-                f"needs {want}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(self.shape).astype(np.float64)
+        return decode_array(self.dtype, self.shape, self.data)
 
 
 FieldValue = EncodedArray | list[list[float]]

@@ -1,0 +1,462 @@
+"""Python client of the pdeserve service: numpy arrays in, numpy arrays out.
+
+    from service.client import Client
+    with Client("http://127.0.0.1:8000") as client:
+        result = client.solve("helmholtz", source, omega=4)          # result.solution (n, n)
+        batch = client.solve_batch("poisson", sources, coefficients)  # (N, n, n), in order
+
+Needs numpy and httpx only (tqdm for progress bars, if installed): no Ray, torch or
+pydantic. Arrays travel as base64 float32 by default. Connection errors and 429, 502,
+503 and 504 answers are retried with exponential backoff and jitter (a solve is
+idempotent); any other 4xx raises :class:`RequestError` carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.wire import PUBLIC_COEFFICIENTS, decode_array, encode_array
+
+RETRY_STATUS = frozenset({429, 502, 503, 504})
+UNIFIED = ("k11", "k22", "k12", "v1", "v2", "w")  # datagen.systems.COEFFICIENT_NAMES
+DEFAULT_URL = os.environ.get("PDESERVE_URL", "http://127.0.0.1:8000")
+
+
+class PdeserveError(Exception):
+    """Base of the client's errors."""
+
+
+class RequestError(PdeserveError):
+    """The server refused the request (4xx): ``status``, ``message``, ``detail``."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status = status
+        self.detail = detail
+        self.message = _message(detail)
+        super().__init__(f"HTTP {status}: {self.message}")
+
+
+class ServiceUnavailable(PdeserveError):
+    """No answer after every retry (connection errors, 429, 5xx)."""
+
+
+def _message(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}"
+            if isinstance(d, dict)
+            else str(d)
+            for d in detail
+        )
+    return str(detail)
+
+
+@dataclass
+class SolveResult:
+    """One answer: the solution and what the service says about it."""
+
+    solution: np.ndarray
+    mode: str
+    model: str | None = None
+    reason: str | None = None
+    relative_l2: float | None = None
+    exact_solution: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SolveResult:
+        validation = data.get("validation") or {}
+        exact = validation.get("exact_solution")
+        return cls(
+            solution=_field(data["solution"]),
+            mode=data["mode"],
+            model=data.get("model"),
+            reason=data.get("reason"),
+            relative_l2=validation.get("relative_l2"),
+            exact_solution=None if exact is None else _field(exact),
+            warnings=list(data.get("warnings", [])),
+            timings_ms=dict(data.get("timings_ms", {})),
+        )
+
+
+@dataclass
+class BatchResult:
+    """``solve_batch``'s answer, in the order of the inputs."""
+
+    solutions: np.ndarray  # (N, n, n)
+    modes: list[str]
+    relative_l2: np.ndarray | None = None  # (N,) in validate mode
+    exact_solutions: np.ndarray | None = None  # (N, n, n) in validate mode
+    results: list[SolveResult] = field(default_factory=list)
+
+
+def _field(value: Any) -> np.ndarray:
+    if isinstance(value, dict):
+        return decode_array(value["dtype"], value["shape"], value["data"])
+    return np.asarray(value, dtype=np.float64)
+
+
+def coefficient_rows(
+    pde: str, n: int, coefficients: np.ndarray | Mapping[str, Any] | None, named: Mapping
+) -> list[dict[str, float]]:
+    """Per-example public coefficient dicts from a unified (N, 6) array or named arrays."""
+    if pde not in PUBLIC_COEFFICIENTS:
+        raise ValueError(f"unknown pde {pde!r}; choose one of {', '.join(PUBLIC_COEFFICIENTS)}")
+    if coefficients is not None and named:
+        raise ValueError("give coefficients either as an array/mapping or as keywords, not both")
+    if coefficients is None:
+        coefficients = dict(named)
+    if isinstance(coefficients, Mapping):
+        columns = {
+            k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
+            for k, v in coefficients.items()
+        }
+        return [{k: float(v[i]) for k, v in columns.items()} for i in range(n)]
+    c = np.asarray(coefficients, dtype=np.float64)
+    if c.ndim == 1:
+        c = np.broadcast_to(c, (n, c.shape[0]))
+    if c.shape != (n, len(UNIFIED)):
+        raise ValueError(
+            f"coefficients must be (N, 6) in the unified order {list(UNIFIED)} with N = {n}, "
+            f"got {c.shape}"
+        )
+    fields = PUBLIC_COEFFICIENTS[pde]
+    index = [UNIFIED.index(unified) for unified in fields.values()]
+    return [dict(zip(fields, map(float, row[index]), strict=True)) for row in c]
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        retries: int = 6,
+        backoff: float = 0.2,
+        max_backoff: float = 10.0,
+        dtype: str = "float32",
+    ):
+        self.url = url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("PDESERVE_API_KEY")
+        self.headers = {"X-API-Key": key} if key else {}
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.dtype = dtype
+
+    def _give_up(self, method: str, path: str, last: str) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"{method} {path}: no answer after {self.retries + 1} tries ({last})"
+        )
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Exponential backoff with full jitter; a Retry-After header is a floor."""
+        delay = random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+        if response is not None and response.headers.get("retry-after", "").isdigit():
+            delay = max(delay, float(response.headers["retry-after"]))
+        return delay
+
+    def _item(
+        self,
+        pde: str,
+        source: np.ndarray,
+        coefficients: Mapping[str, float],
+        mode: str,
+        model: str | None,
+        options: Mapping[str, Any],
+    ) -> dict:
+        body = {
+            "pde": pde,
+            "source": encode_array(np.asarray(source), self.dtype),
+            "coefficients": dict(coefficients),
+            "mode": mode,
+            **options,
+        }
+        if model is not None:
+            body["model"] = model
+        return body
+
+    @staticmethod
+    def _check(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            if response.status_code < 500:
+                raise RequestError(response.status_code, detail)
+            raise ServiceUnavailable(f"HTTP {response.status_code}: {_message(detail)}")
+        return response.json()
+
+    def _batch_result(self, answers: list[dict]) -> BatchResult:
+        results = [SolveResult.from_json(a) for a in answers]
+        validate = any(r.exact_solution is not None for r in results)
+        return BatchResult(
+            solutions=np.stack([r.solution for r in results]),
+            modes=[r.mode for r in results],
+            relative_l2=(
+                np.array([np.nan if r.relative_l2 is None else r.relative_l2 for r in results])
+                if validate
+                else None
+            ),
+            exact_solutions=(np.stack([r.exact_solution for r in results]) if validate else None),
+            results=results,
+        )
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="solve")
+
+
+class Client(_Base):
+    """Blocking client; ``solve_batch`` sends server batches from a thread pool."""
+
+    def __init__(self, url: str = DEFAULT_URL, **options: Any):
+        super().__init__(url, **options)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        self._http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, limits=limits
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(self.retries + 1):
+            response = None
+            try:
+                response = self._http.request(method, path, json=body)
+                if response.status_code not in RETRY_STATUS:
+                    return self._check(response)
+                last = f"HTTP {response.status_code}"
+            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+                last = f"{type(e).__name__}: {e}"
+            if attempt < self.retries:
+                time.sleep(self._delay(attempt, response))
+        raise ServiceUnavailable(
+            f"{method} {path}: no answer after {self.retries + 1} tries ({last})"
+        )
+
+    def health(self) -> dict:
+        return self._request("GET", "/healthz")
+
+    def models(self) -> list[dict]:
+        return self._request("GET", "/models")
+
+    def model(self, ref: str) -> dict:
+        return self._request("GET", f"/models/{ref}")
+
+    def solve(
+        self,
+        pde: str,
+        source: np.ndarray,
+        *,
+        mode: str = "surrogate",
+        model: str | None = None,
+        coefficients: Mapping[str, float] | None = None,
+        out_of_envelope: str = "fallback",
+        nonzero_mean: str = "project",
+        **named: float,
+    ) -> SolveResult:
+        """One problem: ``source`` (n, n); coefficients by their public names."""
+        (row,) = coefficient_rows(pde, 1, coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+        body = self._item(pde, source, row, mode, model, options)
+        return SolveResult.from_json(self._request("POST", "/solve", body))
+
+    def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
+        """The surrogate and the exact solver at once: ``relative_l2`` and ``exact_solution``."""
+        return self.solve(pde, source, mode="validate", **kwargs)
+
+    def solve_batch(
+        self,
+        pde: str,
+        sources: np.ndarray,
+        coefficients: np.ndarray | Mapping[str, Any] | None = None,
+        *,
+        mode: str = "surrogate",
+        model: str | None = None,
+        batch_size: int = 32,
+        concurrency: int = 4,
+        progress: bool = True,
+        out_of_envelope: str = "fallback",
+        nonzero_mean: str = "project",
+        on_chunk: Callable[[slice, BatchResult], None] | None = None,
+        **named: Any,
+    ) -> BatchResult:
+        """``sources`` (N, n, n); coefficients (N, 6) unified, or named arrays per pde.
+
+        Sent as server batches of ``batch_size`` with ``concurrency`` in flight; the
+        answer keeps the input order. ``on_chunk(slice, result)`` sees each server batch
+        as it arrives (in completion order).
+        """
+        sources = np.asarray(sources)
+        if sources.ndim != 3:
+            raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
+        rows = coefficient_rows(pde, len(sources), coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+        bar = _progress(len(sources), progress, f"{pde} {mode}")
+        answers: list[dict | None] = [None] * len(sources)
+
+        def send(part: slice) -> tuple[slice, list[dict]]:
+            items = [
+                self._item(pde, sources[i], rows[i], mode, model, options)
+                for i in range(part.start, part.stop)
+            ]
+            return part, self._request("POST", "/solve/batch", {"items": items})["items"]
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+                for part, got in pool.map(send, _chunks(len(sources), batch_size)):
+                    answers[part] = got
+                    if on_chunk is not None:
+                        on_chunk(part, self._batch_result(got))
+                    if bar is not None:
+                        bar.update(part.stop - part.start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._batch_result(answers)
+
+
+class AsyncClient(_Base):
+    """The same on asyncio: ``await client.solve(...)``; batches with bounded concurrency."""
+
+    def __init__(self, url: str = DEFAULT_URL, **options: Any):
+        super().__init__(url, **options)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=self.timeout, limits=limits
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        for attempt in range(self.retries + 1):
+            response = None
+            try:
+                response = await self._http.request(method, path, json=body)
+                if response.status_code not in RETRY_STATUS:
+                    return self._check(response)
+                last = f"HTTP {response.status_code}"
+            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+                last = f"{type(e).__name__}: {e}"
+            if attempt < self.retries:
+                await asyncio.sleep(self._delay(attempt, response))
+        raise ServiceUnavailable(
+            f"{method} {path}: no answer after {self.retries + 1} tries ({last})"
+        )
+
+    async def models(self) -> list[dict]:
+        return await self._request("GET", "/models")
+
+    async def solve(
+        self,
+        pde: str,
+        source: np.ndarray,
+        *,
+        mode: str = "surrogate",
+        model: str | None = None,
+        coefficients: Mapping[str, float] | None = None,
+        out_of_envelope: str = "fallback",
+        nonzero_mean: str = "project",
+        **named: float,
+    ) -> SolveResult:
+        (row,) = coefficient_rows(pde, 1, coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+        body = self._item(pde, source, row, mode, model, options)
+        return SolveResult.from_json(await self._request("POST", "/solve", body))
+
+    async def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
+        return await self.solve(pde, source, mode="validate", **kwargs)
+
+    async def solve_batch(
+        self,
+        pde: str,
+        sources: np.ndarray,
+        coefficients: np.ndarray | Mapping[str, Any] | None = None,
+        *,
+        mode: str = "surrogate",
+        model: str | None = None,
+        batch_size: int = 32,
+        concurrency: int = 4,
+        progress: bool = True,
+        out_of_envelope: str = "fallback",
+        nonzero_mean: str = "project",
+        **named: Any,
+    ) -> BatchResult:
+        sources = np.asarray(sources)
+        if sources.ndim != 3:
+            raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
+        rows = coefficient_rows(pde, len(sources), coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+        bar = _progress(len(sources), progress, f"{pde} {mode}")
+        gate = asyncio.Semaphore(max(1, concurrency))
+        answers: list[dict | None] = [None] * len(sources)
+
+        async def send(part: slice) -> None:
+            items = [
+                self._item(pde, sources[i], rows[i], mode, model, options)
+                for i in range(part.start, part.stop)
+            ]
+            async with gate:
+                got = await self._request("POST", "/solve/batch", {"items": items})
+            answers[part] = got["items"]
+            if bar is not None:
+                bar.update(part.stop - part.start)
+
+        try:
+            await asyncio.gather(*(send(p) for p in _chunks(len(sources), batch_size)))
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._batch_result(answers)
+
+
+__all__: Sequence[str] = (
+    "AsyncClient",
+    "BatchResult",
+    "Client",
+    "PdeserveError",
+    "RequestError",
+    "ServiceUnavailable",
+    "SolveResult",
+    "coefficient_rows",
+)

@@ -1,0 +1,45 @@
+"""What travels over HTTP, shared by the server's schema and the client (numpy only).
+
+- Arrays: ``{"dtype": "float32"|"float64", "shape": [n, n], "data": base64}`` of the
+  little-endian bytes, row-major ([y, x]).
+- Coefficients: the public field names per pde and the unified layout entry each one
+  fills (datagen.systems.COEFFICIENT_NAMES).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8")}
+
+#: pde -> {public coefficient name: unified coefficient name}, the direct form.
+#: Poisson and advection-diffusion also take ``eigenvalue, angle`` instead of k11, k22, k12.
+PUBLIC_COEFFICIENTS: dict[str, dict[str, str]] = {
+    "poisson": {"k11": "k11", "k22": "k22", "k12": "k12"},
+    "advection_diffusion": {"k11": "k11", "k22": "k22", "k12": "k12", "v1": "v1", "v2": "v2"},
+    "helmholtz": {"omega": "w"},
+}
+
+
+def encode_array(array: np.ndarray, dtype: str = "float32") -> dict:
+    a = np.ascontiguousarray(array, dtype=DTYPES[dtype])
+    return {"dtype": dtype, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+def decode_array(dtype: str, shape: tuple[int, ...] | list[int], data: str) -> np.ndarray:
+    """float64 array; ValueError naming what is wrong."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("data is not valid base64") from None
+    want = int(np.prod(shape)) * DTYPES[dtype].itemsize
+    if len(raw) != want:
+        raise ValueError(
+            f"data holds {len(raw)} bytes, but shape {list(shape)} of {dtype} needs {want}"
+        )
+    return np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape).astype(np.float64)
