@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "models": ("service.cli", "models_main", "list or show the models in the registry"),
     "eval": ("service.cli", "eval_main", "mean relative L2 of an ONNX model on a dataset"),
     "serve": ("service.cli", "serve_main", "start the solver service (Ray Serve, POST /solve)"),
+    "solve": ("service.client_cli", "solve_main", "one solve through the service (.npy in/out)"),
+    "emulate": ("service.client_cli", "emulate_main", "a dataset through the service to HDF5"),
 }
 
 

@@ -1,0 +1,128 @@
+"""Client-side commands: ``pdeserve solve`` and ``pdeserve emulate`` (numpy, httpx, h5py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.client import DEFAULT_URL, Client, PdeserveError
+
+COEFFICIENT_FLAGS = ("k11", "k22", "k12", "eigenvalue", "angle", "v1", "v2", "omega")
+
+
+def _connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
+    p.add_argument("--api-key", help="API key (default: $PDESERVE_API_KEY)")
+    p.add_argument("--model", help="name[@version] (default: the service's default model)")
+
+
+def solve_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="pdeserve solve", description="one solve from the shell")
+    _connection(p)
+    p.add_argument("--pde", required=True, choices=["poisson", "advection_diffusion", "helmholtz"])
+    p.add_argument("--source", required=True, help="n x n array (.npy)")
+    for name in COEFFICIENT_FLAGS:
+        p.add_argument(f"--{name}", type=float)
+    p.add_argument("--mode", default="surrogate", choices=["surrogate", "exact", "validate"])
+    p.add_argument("--out", required=True, help="solution (.npy)")
+    p.add_argument("--plot", help="PNG of source, solution (and exact and error in validate)")
+    args = p.parse_args(argv)
+    coefficients = {k: getattr(args, k) for k in COEFFICIENT_FLAGS if getattr(args, k) is not None}
+    source = np.load(args.source, allow_pickle=False)
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            result = client.solve(
+                args.pde, source, mode=args.mode, model=args.model, coefficients=coefficients
+            )
+    except (PdeserveError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    np.save(args.out, result.solution)
+    line = f"{args.pde}: answered by {result.mode}"
+    if result.model:
+        line += f" ({result.model})"
+    if result.reason:
+        line += f"; {result.reason}"
+    if result.relative_l2 is not None:
+        line += f"; relative L2 vs exact {result.relative_l2:.3e}"
+    timings = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
+    print(f"{line}; {timings}; wrote {args.out}")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.plot:
+        plot_solve(source, result, args.pde, Path(args.plot))
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def plot_solve(source: np.ndarray, result, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("source", source), (f"solution ({result.mode})", result.solution)]
+    if result.exact_solution is not None:
+        panels += [
+            ("exact", result.exact_solution),
+            (
+                f"difference (rel L2 {result.relative_l2:.2e})",
+                result.solution - result.exact_solution,
+            ),
+        ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (name, field) in zip(axes[0], panels, strict=True):
+        im = ax.imshow(field, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r")
+        ax.set_title(name, fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def emulate_main(argv: Sequence[str]) -> int:
+    from service.emulate import EmulationError, emulate
+
+    p = argparse.ArgumentParser(
+        prog="pdeserve emulate",
+        description="run a dataset's sources through the service into an HDF5 file; "
+        "an interrupted run continues where it stopped",
+    )
+    _connection(p)
+    p.add_argument("--input", required=True, help="HDF5 dataset (pdeserve's or the authors')")
+    p.add_argument("--output", required=True, help="HDF5 file to write")
+    p.add_argument(
+        "--pde",
+        choices=["poisson", "advection_diffusion", "helmholtz"],
+        help="the input's system when the file does not say",
+    )
+    p.add_argument("--mode", default="surrogate", choices=["surrogate", "validate", "exact"])
+    p.add_argument("--batch-size", type=int, default=32, help="examples per request")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    try:
+        with Client(args.url, api_key=args.api_key) as client:
+            out = emulate(
+                client,
+                args.input,
+                args.output,
+                pde=args.pde,
+                mode=args.mode,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                progress=not args.quiet,
+            )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue", file=sys.stderr)
+        return 130
+    except (PdeserveError, EmulationError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
