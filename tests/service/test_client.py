@@ -1,0 +1,294 @@
+"""The client SDK against the real service: round trips, order, retries, errors, emulation."""
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from typing import ClassVar
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+from service_helpers import API_KEY
+
+from datagen.pipeline import write_split
+from datagen.solver import solve
+from datagen.spec import SplitSpec
+from datagen.systems import unified_coefficients
+from service.client import AsyncClient, Client, RequestError, ServiceUnavailable
+from service.emulate import emulate, partial_path
+
+
+def smooth(n=32, seed=0, zero_mean=True):
+    rng = np.random.default_rng(seed)
+    x = np.arange(n) / n
+    xx, yy = np.meshgrid(x, x)
+    f = sum(
+        rng.uniform(0.2, 1) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.01)
+        for cx, cy in rng.uniform(0.3, 0.7, (3, 2))
+    )
+    return f - f.mean() if zero_mean else f
+
+
+COEFFICIENTS = {
+    "poisson": {"k11": 0.02, "k22": 0.01, "k12": 0.002},
+    "advection_diffusion": {"eigenvalue": 2.0, "angle": 0.3, "v1": 0.1, "v2": 0.05},
+    "helmholtz": {"omega": 4.0},
+}
+
+
+@pytest.fixture(scope="module")
+def sdk(service):
+    with Client(service, api_key=API_KEY, dtype="float64") as c:
+        yield c
+
+
+@pytest.mark.parametrize("pde", list(COEFFICIENTS))
+@pytest.mark.parametrize("mode", ["surrogate", "exact", "validate"])
+def test_round_trip(sdk, pde, mode):
+    f = smooth(zero_mean=pde != "helmholtz")
+    result = sdk.solve(pde, f, mode=mode, **COEFFICIENTS[pde])
+    assert result.solution.shape == f.shape and np.isfinite(result.solution).all()
+    assert result.mode == ("exact" if mode == "exact" else "surrogate")
+    if mode == "exact":
+        c = {"k11": 0.02, "k22": 0.01, "k12": 0.002} if pde == "poisson" else None
+        if c is not None:
+            want = solve(pde, f, unified_coefficients(**c))
+            assert np.allclose(result.solution, want, atol=1e-12 * np.abs(want).max())
+    if mode == "validate":
+        e = result.exact_solution
+        err = np.linalg.norm(result.solution - e) / np.linalg.norm(e)
+        assert result.relative_l2 == pytest.approx(err, rel=1e-9)
+    else:
+        assert result.exact_solution is None and result.relative_l2 is None
+
+
+def test_solve_batch_keeps_order_under_concurrency(sdk):
+    n = 37
+    sources = np.stack([smooth(seed=i, zero_mean=False) for i in range(n)])
+    omega = 1.0 + (np.arange(n) % 10)
+    got = sdk.solve_batch(
+        "helmholtz",
+        sources,
+        omega=omega,
+        mode="exact",
+        batch_size=4,
+        concurrency=4,
+        progress=False,
+    )
+    assert got.solutions.shape == sources.shape and got.modes == ["exact"] * n
+    want = solve("helmholtz", sources, unified_coefficients(0.01, 0.01, w=omega))
+    assert np.allclose(got.solutions, want, atol=1e-10 * np.abs(want).max())
+    unified = unified_coefficients(0.01, 0.01, w=omega)  # the (N, 6) form gives the same
+    again = sdk.solve_batch(
+        "helmholtz", sources, unified, mode="exact", batch_size=5, concurrency=3, progress=False
+    )
+    assert np.array_equal(again.solutions, got.solutions)
+
+
+def test_validate_batch_returns_errors_per_example(sdk):
+    sources = np.stack([smooth(seed=i) for i in range(6)])
+    got = sdk.solve_batch(
+        "poisson",
+        sources,
+        k11=0.01,
+        k22=0.02,
+        k12=0.0,
+        mode="validate",
+        batch_size=4,
+        progress=False,
+    )
+    diff = np.linalg.norm(got.solutions - got.exact_solutions, axis=(1, 2))
+    assert np.allclose(got.relative_l2, diff / np.linalg.norm(got.exact_solutions, axis=(1, 2)))
+
+
+def test_async_client(service):
+    import asyncio
+
+    async def main():
+        async with AsyncClient(service, api_key=API_KEY) as client:
+            one = await client.solve("helmholtz", smooth(zero_mean=False), omega=3)
+            many = await client.solve_batch(
+                "helmholtz",
+                np.stack([smooth(seed=i, zero_mean=False) for i in range(9)]),
+                omega=np.arange(1, 10),
+                mode="exact",
+                batch_size=2,
+                concurrency=3,
+                progress=False,
+            )
+            return one, many
+
+    one, many = asyncio.run(main())
+    assert one.mode == "surrogate" and many.solutions.shape == (9, 32, 32)
+
+
+def test_typed_errors_carry_the_servers_message(sdk):
+    with pytest.raises(RequestError) as info:
+        sdk.solve("helmholtz", smooth(zero_mean=False), omega=-1)
+    assert info.value.status == 422 and "omega" in info.value.message
+    with pytest.raises(RequestError) as info:
+        sdk.solve("helmholtz", smooth(zero_mean=False), omega=2, model="nosuch")
+    assert info.value.status == 404 and "nosuch" in info.value.message
+    with pytest.raises(ValueError, match="unknown pde"):
+        sdk.solve("heat", smooth(), omega=1)
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 503 twice, then drops one connection, then forwards to the service."""
+
+    upstream = ""
+    script: ClassVar[list[str]] = []
+    seen = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen += 1
+        step = self.script.pop(0) if self.script else "forward"
+        if step == "503":
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif step == "drop":
+            self.connection.shutdown(2)  # no answer at all
+        else:
+            r = httpx.post(
+                self.upstream + self.path,
+                content=body,
+                timeout=60,
+                headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
+            )
+            self.send_response(r.status_code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky(service):
+    _Flaky.upstream, _Flaky.seen = service, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_retries_503_and_dropped_connections(flaky):
+    _Flaky.script = ["503", "503", "drop"]
+    with Client(flaky, backoff=0.01, retries=4) as client:
+        result = client.solve("helmholtz", smooth(zero_mean=False), omega=2, mode="exact")
+    assert result.mode == "exact" and _Flaky.seen == 4
+
+
+def test_gives_up_after_the_last_retry(flaky):
+    _Flaky.script = ["503"] * 10
+    with Client(flaky, backoff=0.01, retries=2) as client, pytest.raises(ServiceUnavailable):
+        client.solve("helmholtz", smooth(zero_mean=False), omega=2)
+    assert _Flaky.seen == 3
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    spec = SplitSpec(system="helmholtz", n_examples=22, resolution=32, seed=5)
+    return write_split(spec, tmp_path_factory.mktemp("emulate") / "input.h5", progress=False)
+
+
+class _Interrupting(Client):
+    """Stops (as Ctrl-C would) on its n-th server batch; counts batches."""
+
+    def __init__(self, *args, stop_at=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_at, self.calls = stop_at, 0
+
+    def solve_batch(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise KeyboardInterrupt
+        return super().solve_batch(*args, **kwargs)
+
+
+def _read(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][()] for k in f}
+
+
+def test_emulate_interrupted_and_resumed_gives_the_same_file(service, dataset, tmp_path):
+    kwargs = dict(mode="validate", batch_size=2, concurrency=2, progress=False)  # chunks of 4
+    with Client(service, api_key=API_KEY) as client:
+        whole = emulate(client, dataset, tmp_path / "whole.h5", **kwargs)
+    out = tmp_path / "resumed.h5"
+    with (
+        _Interrupting(service, api_key=API_KEY, stop_at=3) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        emulate(client, dataset, out, **kwargs)
+    assert not out.exists() and partial_path(out).exists()
+    with h5py.File(partial_path(out), "r") as f:
+        assert list(f["done"][()]) == [1, 1, 0, 0, 0, 0]
+    with _Interrupting(service, api_key=API_KEY) as client:
+        emulate(client, dataset, out, **kwargs)
+    assert client.calls == 4  # the 4 chunks left, none redone
+    a, b = _read(whole), _read(out)
+    assert set(a) == set(b) >= {"fields", "coefficients", "tensor", "relative_l2", "done"}
+    for key in ("coefficients", "tensor", "done"):
+        assert np.array_equal(a[key], b[key])
+    assert np.array_equal(a["fields"][:, 0], b["fields"][:, 0])
+    assert np.allclose(a["fields"][:, 1], b["fields"][:, 1], rtol=0, atol=1e-6)
+    assert np.allclose(a["relative_l2"], b["relative_l2"], rtol=1e-5)
+    with h5py.File(dataset, "r") as f:
+        assert np.array_equal(a["fields"][:, 0], f["fields"][:, 0])
+    from datagen.dataset import open_dataset
+
+    with open_dataset(out) as reader:  # a dataset pdeserve reads back
+        assert len(reader) == 22 and reader.system.name == "helmholtz"
+
+
+def test_client_needs_no_ray_torch_or_pydantic():
+    code = (
+        "import sys, service.client, service.emulate, service.client_cli\n"
+        "heavy = [m for m in ('ray', 'torch', 'pydantic', 'onnxruntime') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pdeserve_solve_from_the_shell(service, tmp_path):
+    np.save(tmp_path / "f.npy", smooth(zero_mean=False))
+    env = os.environ | {"PDESERVE_API_KEY": API_KEY}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdeserve.cli",
+            "solve",
+            "--url",
+            service,
+            "--pde",
+            "helmholtz",
+            "--source",
+            str(tmp_path / "f.npy"),
+            "--omega",
+            "4",
+            "--mode",
+            "validate",
+            "--out",
+            str(tmp_path / "u.npy"),
+            "--plot",
+            str(tmp_path / "u.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "relative L2 vs exact" in run.stdout
+    assert np.load(tmp_path / "u.npy").shape == (32, 32)
+    assert (tmp_path / "u.png").stat().st_size > 10_000
