@@ -84,3 +84,25 @@ def test_relative_l2_is_defined_for_zero_references():
     assert relative_l2(z, z) == 0.0
     assert relative_l2(np.ones((4, 4)), z) is None
     assert relative_l2(2 * np.ones((4, 4)), np.ones((4, 4))) == pytest.approx(1.0)
+
+
+def test_the_wire_names_are_the_schemas_fields():
+    from service.schema import (
+        AdvectionDiffusionCoefficients,
+        DiffusionCoefficients,
+        HelmholtzCoefficients,
+    )
+    from service.wire import PUBLIC_COEFFICIENTS
+
+    models = {
+        "poisson": DiffusionCoefficients,
+        "advection_diffusion": AdvectionDiffusionCoefficients,
+        "helmholtz": HelmholtzCoefficients,
+    }
+    for pde, model in models.items():
+        assert set(PUBLIC_COEFFICIENTS[pde]) <= set(model.model_fields)
+        values = dict.fromkeys(PUBLIC_COEFFICIENTS[pde], 0.5) | {"k12": 0.1}
+        values = {k: v for k, v in values.items() if k in PUBLIC_COEFFICIENTS[pde]}
+        unified = model(**values).unified()
+        for public, name in PUBLIC_COEFFICIENTS[pde].items():
+            assert unified[("k11", "k22", "k12", "v1", "v2", "w").index(name)] == values[public]
