@@ -189,6 +189,32 @@ class _Base:
             body["model"] = model
         return body
 
+    def _solve_body(
+        self, pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
+    ) -> dict:
+        (row,) = coefficient_rows(pde, 1, coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+        return self._item(pde, source, row, mode, model, options)
+
+    def _batch_bodies(
+        self, pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+    ) -> tuple[np.ndarray, Callable[[slice], dict]]:
+        """Checked sources and a function: slice -> the /solve/batch body of those items."""
+        sources = np.asarray(sources)
+        if sources.ndim != 3:
+            raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
+        rows = coefficient_rows(pde, len(sources), coefficients, named)
+        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
+
+        def body(part: slice) -> dict:
+            items = [
+                self._item(pde, sources[i], rows[i], mode, model, options)
+                for i in range(part.start, part.stop)
+            ]
+            return {"items": items}
+
+        return sources, body
+
     @staticmethod
     def _check(response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -222,14 +248,15 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _progress(total: int, enabled: bool, desc: str):
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "solve", initial: int = 0):
+    """A tqdm bar where tqdm is installed and ``enabled``; else None."""
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="solve")
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit)
 
 
 class Client(_Base):
@@ -289,9 +316,9 @@ class Client(_Base):
         **named: float,
     ) -> SolveResult:
         """One problem: ``source`` (n, n); coefficients by their public names."""
-        (row,) = coefficient_rows(pde, 1, coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
-        body = self._item(pde, source, row, mode, model, options)
+        body = self._solve_body(
+            pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
+        )
         return SolveResult.from_json(self._request("POST", "/solve", body))
 
     def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
@@ -320,20 +347,14 @@ class Client(_Base):
         answer keeps the input order. ``on_chunk(slice, result)`` sees each server batch
         as it arrives (in completion order).
         """
-        sources = np.asarray(sources)
-        if sources.ndim != 3:
-            raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
-        rows = coefficient_rows(pde, len(sources), coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
-        bar = _progress(len(sources), progress, f"{pde} {mode}")
+        sources, body = self._batch_bodies(
+            pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+        )
+        bar = progress_bar(len(sources), progress, f"{pde} {mode}")
         answers: list[dict | None] = [None] * len(sources)
 
         def send(part: slice) -> tuple[slice, list[dict]]:
-            items = [
-                self._item(pde, sources[i], rows[i], mode, model, options)
-                for i in range(part.start, part.stop)
-            ]
-            return part, self._request("POST", "/solve/batch", {"items": items})["items"]
+            return part, self._request("POST", "/solve/batch", body(part))["items"]
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
@@ -399,9 +420,9 @@ class AsyncClient(_Base):
         nonzero_mean: str = "project",
         **named: float,
     ) -> SolveResult:
-        (row,) = coefficient_rows(pde, 1, coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
-        body = self._item(pde, source, row, mode, model, options)
+        body = self._solve_body(
+            pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
+        )
         return SolveResult.from_json(await self._request("POST", "/solve", body))
 
     async def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
@@ -422,22 +443,16 @@ class AsyncClient(_Base):
         nonzero_mean: str = "project",
         **named: Any,
     ) -> BatchResult:
-        sources = np.asarray(sources)
-        if sources.ndim != 3:
-            raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
-        rows = coefficient_rows(pde, len(sources), coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
-        bar = _progress(len(sources), progress, f"{pde} {mode}")
+        sources, body = self._batch_bodies(
+            pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+        )
+        bar = progress_bar(len(sources), progress, f"{pde} {mode}")
         gate = asyncio.Semaphore(max(1, concurrency))
         answers: list[dict | None] = [None] * len(sources)
 
         async def send(part: slice) -> None:
-            items = [
-                self._item(pde, sources[i], rows[i], mode, model, options)
-                for i in range(part.start, part.stop)
-            ]
             async with gate:
-                got = await self._request("POST", "/solve/batch", {"items": items})
+                got = await self._request("POST", "/solve/batch", body(part))
             answers[part] = got["items"]
             if bar is not None:
                 bar.update(part.stop - part.start)

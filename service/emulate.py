@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from datagen.dataset import FORMAT, FORMAT_VERSION, open_dataset
-from service.client import Client
+from service.client import Client, progress_bar
 
 
 class EmulationError(ValueError):
@@ -93,7 +93,8 @@ def emulate(
         with h5py.File(partial, "r+") as f:
             done = f["done"]
             todo = [i for i in range(len(done)) if not done[i]]
-            bar = _bar(len(reader), len(reader) - _remaining(todo, chunk, len(reader)), progress)
+            initial = len(reader) - _remaining(todo, chunk, len(reader))
+            bar = progress_bar(len(reader), progress, "emulate", "example", initial)
             for i in todo:
                 start, stop = i * chunk, min(len(reader), (i + 1) * chunk)
                 part = reader.read(start, stop)
@@ -126,13 +127,3 @@ def emulate(
 
 def _remaining(todo: list[int], chunk: int, n: int) -> int:
     return sum(min(n, (i + 1) * chunk) - i * chunk for i in todo)
-
-
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="emulate", unit="example")

@@ -1,11 +1,10 @@
 """One real Serve instance for the service tests, serving tiny models published here."""
 
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import API_KEY, free_port, publish_tiny
+from service_helpers import API_KEY, free_port, publish_tiny, wait_ready
 
 from service.registry import Registry
 
@@ -51,15 +50,7 @@ def service(registry_root, ports):
         serve.run(serve_app := build_app(settings), name="pdeserve", route_prefix="/")
         del serve_app
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the service did not become ready in 60 s"
-            time.sleep(0.5)
+        wait_ready(url, 60)
         yield url
     finally:
         serve.shutdown()

@@ -1,8 +1,10 @@
 """Shared by the service tests: a tiny published model and the test API key."""
 
 import socket
+import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from training.checkpoint import save_model
@@ -31,3 +33,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(url: str, seconds: float, alive=lambda: True) -> None:
+    """Poll GET /readyz until 200; fail after ``seconds`` or once ``alive()`` is false."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert alive(), "the service process ended"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{url} did not become ready in {seconds:g} s"
+        time.sleep(0.5)

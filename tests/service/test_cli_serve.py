@@ -5,11 +5,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-from service_helpers import free_port
+from service_helpers import free_port, wait_ready
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "helmholtz.json"
 
@@ -39,16 +38,7 @@ def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "pdeserve serve did not become ready"
-            time.sleep(1)
+        wait_ready(url, 120, alive=lambda: proc.poll() is None)
         r = httpx.post(f"{url}/solve", json=json.loads(EXAMPLE.read_text()), timeout=60)
         assert r.status_code == 200, r.text
         out = r.json()
