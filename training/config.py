@@ -95,9 +95,14 @@ class ModelConfig(Strict):
     n_layers: int = Field(4, ge=1)
     fc_dim: int = Field(128, ge=1)
     spectral: Literal["auto", "dft", "fft"] = "auto"
+    # A model directory (card.json + weights.safetensors) whose architecture, weights and
+    # normalisation start the run: fine-tuning. The fields above are then not used.
+    init: str | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> ModelConfig:
+        if self.init is not None:
+            return self
         if self.preset is not None and self.preset not in MODEL_PRESETS:
             raise ValueError(
                 f"unknown model preset {self.preset!r}; known: {sorted(MODEL_PRESETS)}"

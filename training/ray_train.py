@@ -72,6 +72,7 @@ def fit_on_ray(
     storage: str,
     run_name: str,
     progress: bool = True,
+    callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run the job; returns Ray's result (its ``checkpoint`` is the last one reported)."""
     marker = fault_marker(storage, run_name)
@@ -89,6 +90,7 @@ def fit_on_ray(
             storage_path=storage,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()

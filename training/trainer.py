@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.checkpoint import STATE, load_state, save_model, save_state
+from training.checkpoint import STATE, load_model, load_state, save_model, save_state
 from training.config import TrainConfig
 from training.context import RunContext
 from training.data import BatchLoader
@@ -43,7 +43,7 @@ class TrainResult:
     best_val: float
 
 
-def choose_spectral(config: TrainConfig, device: torch.device) -> str:
+def choose_spectral(config: TrainConfig, device: torch.device, modes: int | None = None) -> str:
     """The faster training path, as bench/train.py measured it (the export is always DFT).
 
     CPU: DFT-matmul for every preset. H100: rfft2 for m = 16 (fno-1m), DFT-matmul
@@ -51,7 +51,7 @@ def choose_spectral(config: TrainConfig, device: torch.device) -> str:
     """
     if config.model.spectral != "auto":
         return config.model.spectral
-    modes = config.model.constructor_args()["modes"]
+    modes = modes or config.model.constructor_args()["modes"]
     return "fft" if device.type == "cuda" and modes < 32 else "dft"
 
 
@@ -65,6 +65,13 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 def build_model(config: TrainConfig, data: PreparedData, device: torch.device) -> PDESurrogate:
     torch.manual_seed(config.seed)
+    if config.model.init is not None:  # fine-tuning: the architecture and weights given
+        model = load_model(config.model.init)
+        if not isinstance(model, PDESurrogate):
+            raise ValueError(f"{config.model.init} holds a {type(model).__name__}")
+        modes = model.fno.blocks[0].spectral.modes
+        model.set_spectral_path(choose_spectral(config, device, modes))
+        return model.to(device)
     model = PDESurrogate(
         **config.model.constructor_args(),
         spectral=choose_spectral(config, device),
