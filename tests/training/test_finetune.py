@@ -1,0 +1,129 @@
+"""Fine-tuning: zero-shot then an lr sweep from the base model (or from scratch)."""
+
+import json
+
+import pytest
+
+from datagen.pipeline import write_split
+from datagen.spec import SamplingRanges, SplitSpec
+from service.registry import Registry
+from training.export import export
+from training.finetune import FinetuneConfig, main, run
+from training.pretrain import main as pretrain_main
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> str:
+    """The smoke preset pre-trained (Poisson e in (1, 5), 32^2) and published."""
+    root = tmp_path_factory.mktemp("base")
+    code = pretrain_main(
+        [
+            "--config",
+            "smoke",
+            "--no-ray",
+            "--storage",
+            str(root / "runs"),
+            "--run-name",
+            "base",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    export(root / "runs" / "base" / "model", "smoke", str(root / "registry"))
+    return str(root / "registry")
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory) -> dict[str, str]:
+    """The downstream task: Poisson with e in (5, 10) (the paper's SYS-1 shift)."""
+    root = tmp_path_factory.mktemp("shifted")
+    files = {}
+    for split, n in (("train", 64), ("val", 32), ("test", 32)):
+        spec = SplitSpec(
+            system="poisson",
+            n_examples=n,
+            split=split,
+            resolution=32,
+            seed=3,
+            ranges=SamplingRanges(eig=(5.0, 10.0)),
+        )
+        files[split] = str(write_split(spec, root / f"{split}.h5", progress=False))
+    return files
+
+
+def _config(base, shifted, tmp_path, **kw) -> FinetuneConfig:
+    return FinetuneConfig(
+        base="smoke",
+        registry=base,
+        **shifted,
+        storage=str(tmp_path / "ft"),
+        **({"n_examples": 8, "lrs": [1e-3, 1e-2], "epochs": 15, "use_ray": False} | kw),
+    )
+
+
+def test_eight_examples_lower_the_test_error_and_the_sweep_picks_the_best(base, shifted, tmp_path):
+    results = run(_config(base, shifted, tmp_path, publish="smoke-tl"))
+    assert results["test"]["poisson"] < results["zero_shot"]["poisson"]
+    best = min(results["validation"], key=results["validation"].get)
+    assert float(best) == results["chosen_lr"]
+    assert results["chosen_val"] == min(results["validation"].values())
+    card = Registry(base).card(results["published"])
+    assert card.parent == "smoke@1" and "test_rel_l2/poisson" in card.metrics
+
+
+def test_scratch_shares_the_sweep_and_has_no_zero_shot(base, shifted, tmp_path):
+    results = run(_config(base, shifted, tmp_path, scratch=True, lrs=[1e-2], epochs=3))
+    assert results["zero_shot"] is None and results["scratch"] is True
+    assert set(results["validation"]) == {"0.01"} and results["test"]["all"] > 0
+
+
+def test_zero_examples_is_zero_shot_only(base, shifted, tmp_path):
+    results = run(_config(base, shifted, tmp_path, n_examples=0))
+    assert set(results) == {"base", "n_examples", "scratch", "zero_shot"}
+    assert 0 < results["zero_shot"]["poisson"] < 2
+
+
+def test_more_examples_than_the_file_holds_is_a_clear_error(base, shifted, tmp_path, capsys):
+    code = main(
+        [
+            "--base",
+            "smoke",
+            "--registry",
+            base,
+            "--train",
+            shifted["train"],
+            "--val",
+            shifted["val"],
+            "--test",
+            shifted["test"],
+            "--n-examples",
+            "65",
+            "--no-ray",
+        ]
+    )
+    assert code == 2 and "holds 64 examples" in capsys.readouterr().err
+
+
+def test_a_pde_the_base_never_saw(base, tmp_path):
+    files = {}
+    for split, n in (("train", 16), ("val", 16), ("test", 16)):
+        spec = SplitSpec(system="helmholtz", n_examples=n, split=split, resolution=32, seed=4)
+        files[split] = str(write_split(spec, tmp_path / f"h-{split}.h5", progress=False))
+    results = run(_config(base, files, tmp_path, n_examples=8, lrs=[3e-3], epochs=2))
+    assert set(results["test"]) == {"helmholtz", "all"}
+
+
+@pytest.mark.slow
+def test_the_sweep_on_ray_tune(base, shifted, tmp_path):
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = run(_config(base, shifted, tmp_path, use_ray=True, epochs=2))
+    finally:
+        ray.shutdown()
+    assert set(results["validation"]) == {"0.001", "0.01"}
+    assert results["chosen_val"] == min(results["validation"].values())
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps(results))
+    assert json.loads(out.read_text())["test"]["poisson"] > 0
