@@ -5,50 +5,9 @@ import json
 import pytest
 
 from datagen.pipeline import write_split
-from datagen.spec import SamplingRanges, SplitSpec
+from datagen.spec import SplitSpec
 from service.registry import Registry
-from training.export import export
 from training.finetune import FinetuneConfig, main, run
-from training.pretrain import main as pretrain_main
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> str:
-    """The smoke preset pre-trained (Poisson e in (1, 5), 32^2) and published."""
-    root = tmp_path_factory.mktemp("base")
-    code = pretrain_main(
-        [
-            "--config",
-            "smoke",
-            "--no-ray",
-            "--storage",
-            str(root / "runs"),
-            "--run-name",
-            "base",
-            "--quiet",
-        ]
-    )
-    assert code == 0
-    export(root / "runs" / "base" / "model", "smoke", str(root / "registry"))
-    return str(root / "registry")
-
-
-@pytest.fixture(scope="module")
-def shifted(tmp_path_factory) -> dict[str, str]:
-    """The downstream task: Poisson with e in (5, 10) (the paper's SYS-1 shift)."""
-    root = tmp_path_factory.mktemp("shifted")
-    files = {}
-    for split, n in (("train", 64), ("val", 32), ("test", 32)):
-        spec = SplitSpec(
-            system="poisson",
-            n_examples=n,
-            split=split,
-            resolution=32,
-            seed=3,
-            ranges=SamplingRanges(eig=(5.0, 10.0)),
-        )
-        files[split] = str(write_split(spec, root / f"{split}.h5", progress=False))
-    return files
 
 
 def _config(base, shifted, tmp_path, **kw) -> FinetuneConfig:
