@@ -18,7 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 from service.wire import PUBLIC_COEFFICIENTS, decode_array, encode_array
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
+MAX_BATCH_ITEMS = 256  # the service's default max_batch_items
 UNIFIED = ("k11", "k22", "k12", "v1", "v2", "w")  # datagen.systems.COEFFICIENT_NAMES
 DEFAULT_URL = os.environ.get("PDESERVE_URL", "http://127.0.0.1:8000")
 
@@ -103,7 +104,8 @@ class BatchResult:
 
 def _field(value: Any) -> np.ndarray:
     if isinstance(value, dict):
-        return decode_array(value["dtype"], value["shape"], value["data"])
+        # float32 answers stay float32: a 4,096-example batch at 128^2 is 256 MB, not 512
+        return decode_array(value["dtype"], value["shape"], value["data"], widen=False)
     return np.asarray(value, dtype=np.float64)
 
 
@@ -197,9 +199,22 @@ class _Base:
         return self._item(pde, source, row, mode, model, options)
 
     def _batch_bodies(
-        self, pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+        self,
+        pde,
+        sources,
+        coefficients,
+        named,
+        mode,
+        model,
+        out_of_envelope,
+        nonzero_mean,
+        batch_size,
     ) -> tuple[np.ndarray, Callable[[slice], dict]]:
         """Checked sources and a function: slice -> the /solve/batch body of those items."""
+        if not 1 <= batch_size <= MAX_BATCH_ITEMS:
+            raise ValueError(
+                f"batch_size must be 1..{MAX_BATCH_ITEMS} (the service's default limit)"
+            )
         sources = np.asarray(sources)
         if sources.ndim != 3:
             raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
@@ -286,7 +301,7 @@ class Client(_Base):
                 if response.status_code not in RETRY_STATUS:
                     return self._check(response)
                 last = f"HTTP {response.status_code}"
-            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+            except httpx.TransportError as e:  # connection refused or dropped, timeouts
                 last = f"{type(e).__name__}: {e}"
             if attempt < self.retries:
                 time.sleep(self._delay(attempt, response))
@@ -348,7 +363,15 @@ class Client(_Base):
         as it arrives (in completion order).
         """
         sources, body = self._batch_bodies(
-            pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+            pde,
+            sources,
+            coefficients,
+            named,
+            mode,
+            model,
+            out_of_envelope,
+            nonzero_mean,
+            batch_size,
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")
         answers: list[dict | None] = [None] * len(sources)
@@ -358,7 +381,9 @@ class Client(_Base):
 
         try:
             with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-                for part, got in pool.map(send, _chunks(len(sources), batch_size)):
+                futures = [pool.submit(send, p) for p in _chunks(len(sources), batch_size)]
+                for future in as_completed(futures):
+                    part, got = future.result()
                     answers[part] = got
                     if on_chunk is not None:
                         on_chunk(part, self._batch_result(got))
@@ -397,7 +422,7 @@ class AsyncClient(_Base):
                 if response.status_code not in RETRY_STATUS:
                     return self._check(response)
                 last = f"HTTP {response.status_code}"
-            except (httpx.TransportError, httpx.RemoteProtocolError) as e:
+            except httpx.TransportError as e:  # connection refused or dropped, timeouts
                 last = f"{type(e).__name__}: {e}"
             if attempt < self.retries:
                 await asyncio.sleep(self._delay(attempt, response))
@@ -444,7 +469,15 @@ class AsyncClient(_Base):
         **named: Any,
     ) -> BatchResult:
         sources, body = self._batch_bodies(
-            pde, sources, coefficients, named, mode, model, out_of_envelope, nonzero_mean
+            pde,
+            sources,
+            coefficients,
+            named,
+            mode,
+            model,
+            out_of_envelope,
+            nonzero_mean,
+            batch_size,
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")
         gate = asyncio.Semaphore(max(1, concurrency))

@@ -29,8 +29,10 @@ def encode_array(array: np.ndarray, dtype: str = "float32") -> dict:
     return {"dtype": dtype, "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
 
 
-def decode_array(dtype: str, shape: tuple[int, ...] | list[int], data: str) -> np.ndarray:
-    """float64 array; ValueError naming what is wrong."""
+def decode_array(
+    dtype: str, shape: tuple[int, ...] | list[int], data: str, *, widen: bool = True
+) -> np.ndarray:
+    """The array as float64 (``widen``) or in its wire dtype; ValueError naming what is wrong."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     try:
@@ -42,4 +44,5 @@ def decode_array(dtype: str, shape: tuple[int, ...] | list[int], data: str) -> n
         raise ValueError(
             f"data holds {len(raw)} bytes, but shape {list(shape)} of {dtype} needs {want}"
         )
-    return np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape).astype(np.float64)
+    array = np.frombuffer(raw, dtype=DTYPES[dtype]).reshape(shape)
+    return array.astype(np.float64) if widen else array.astype(DTYPES[dtype].newbyteorder("="))
