@@ -45,6 +45,7 @@ def service(registry_root, ports):
         log_to_driver=False,
         _metrics_export_port=ports["metrics"],
     )
+    _STOP.append(_stop_ray)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(serve_app := build_app(settings), name="pdeserve", route_prefix="/")
@@ -53,8 +54,28 @@ def service(registry_root, ports):
         wait_ready(url, 60)
         yield url
     finally:
+        _stop_ray()
+
+
+# This folder is no Python package, so "package" scope lasts the whole session here:
+# the Ray instance is stopped after the folder's last test instead (other tests start
+# Ray instances of their own, and 2 CPUs do not hold two).
+_STOP: list = []
+
+
+def _stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
         serve.shutdown()
         ray.shutdown()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    here = Path(__file__).parent
+    if _STOP and (nextitem is None or here not in Path(nextitem.path).parents):
+        _STOP.pop()()
 
 
 @pytest.fixture(scope="package")
