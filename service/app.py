@@ -18,6 +18,7 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import numpy as np
@@ -220,6 +221,19 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     return JSONResponse(status_code=422, content={"detail": errors})
 
 
+@dataclass
+class _Plan:
+    """What is decided about one request before anything is computed."""
+
+    source: np.ndarray  # float64 (n, n), mean projected where needed
+    coefficients: np.ndarray  # unified (6,)
+    mode: str  # surrogate | exact | validate: what will run
+    loc: list[Any]  # where the request sits in the body, for errors
+    warnings: list[str] = field(default_factory=list)
+    card: ModelCard | None = None
+    reason: str | None = None  # why the mode differs from the request's
+
+
 class _Metrics:
     """Counters and a histogram exported with Ray Serve's Prometheus metrics."""
 
@@ -325,7 +339,7 @@ class Ingress:
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
-    def _plan(self, request: SolveRequest, loc: list[Any]) -> dict[str, Any]:
+    def _plan(self, request: SolveRequest, loc: list[Any]) -> _Plan:
         """Everything decided before computing: source, mode, model, reasons, warnings."""
         system = get_system(request.pde)
         source = request.source_array()
@@ -343,27 +357,26 @@ class Ingress:
                 source = source - mean
                 warnings.append(f"subtracted the source's mean {mean:.4g} ({request.pde} needs 0)")
         coefficients = request.unified()
-        plan = {"source": source, "coefficients": coefficients, "warnings": warnings}
-        plan.update(mode=request.mode, card=None, reason=None, loc=loc)
+        plan = _Plan(source, coefficients, request.mode, loc, warnings)
         if request.mode == "exact":
             return plan
         card = self.card(request.model, [*loc, "model"])
-        plan["card"] = card
+        plan.card = card
         reasons = envelope_reasons(card, request.pde, source, coefficients)
         if reasons:
             why = "; ".join(reasons)
             if request.out_of_envelope == "reject":
                 raise _error(422, [*loc, "coefficients"], f"outside the model's envelope: {why}")
             if request.out_of_envelope == "fallback":
-                plan["mode"] = "exact"
-                plan["reason"] = f"fell back to the exact solver: {why}"
+                plan.mode = "exact"
+                plan.reason = f"fell back to the exact solver: {why}"
             else:
                 warnings.append(f"answered by the surrogate outside its envelope: {why}")
         return plan
 
-    async def _run(self, request: SolveRequest, plan: dict[str, Any]) -> SolveResponse:
-        pde, source, coefficients = request.pde, plan["source"], plan["coefficients"]
-        card: ModelCard | None = plan["card"]
+    async def _run(self, request: SolveRequest, plan: _Plan) -> SolveResponse:
+        pde, source, coefficients = request.pde, plan.source, plan.coefficients
+        card = plan.card
         timings: dict[str, float] = {}
 
         async def timed(name: str, call: Awaitable[np.ndarray]) -> np.ndarray:
@@ -381,10 +394,10 @@ class Ingress:
         def exact():
             return timed("exact", self.exact.solve.remote(pde, source, coefficients))
 
-        mode, validation = plan["mode"], None
+        mode, validation = plan.mode, None
         if mode == "exact":
             solution = await exact()
-            if plan["reason"]:
+            if plan.reason:
                 self.metrics.fallbacks.inc(tags={"pde": pde})
         elif mode == "surrogate":
             solution = await surrogate()
@@ -397,7 +410,7 @@ class Ingress:
             if error is not None:
                 self.metrics.validation.observe(error, tags={"pde": pde})
             mode = "surrogate"
-        self._check_output(solution, request, plan["loc"])
+        self._check_output(solution, request, plan.loc)
         used = "exact" if mode == "exact" else "surrogate"
         self.metrics.solves.inc(tags={"pde": pde, "mode": used})
         return SolveResponse(
@@ -405,10 +418,10 @@ class Ingress:
             n=source.shape[-1],
             solution=encode_like(solution, request.source),
             mode=used,
-            reason=plan["reason"],
+            reason=plan.reason,
             model=card.ref if card is not None and used == "surrogate" else None,
             validation=validation,
-            warnings=plan["warnings"],
+            warnings=plan.warnings,
             timings_ms=timings,
         )
 

@@ -124,28 +124,29 @@ def serve_main(argv: Sequence[str]) -> int:
         ray.init(address=args.address)
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(settings), name="pdeserve", route_prefix="/")
     url = f"http://{args.host}:{args.port}"
-    print(
-        f"pdeserve is serving {args.model} from {registry}\n"
-        f"  URL:  {url}\n"
-        f"  docs: {url}/docs\n"
-        f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
-        f"-d @examples/helmholtz.json\n"
-        "Ctrl-C stops it.",
-        flush=True,
-    )
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(settings), name="pdeserve", route_prefix="/")
+        print(
+            f"pdeserve is serving {args.model} from {registry}\n"
+            f"  URL:  {url}\n"
+            f"  docs: {url}/docs\n"
+            f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
+            f"-d @examples/helmholtz.json\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
         while not stop:
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also during start-up: stop what was started
         pass
-    if args.address:
-        serve.delete("pdeserve")
-    else:
-        serve.shutdown()
-        ray.shutdown()
+    finally:
+        if args.address:
+            serve.delete("pdeserve")
+        else:
+            serve.shutdown()
+            ray.shutdown()
     return 0

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -37,7 +39,17 @@ def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
+        # The proxy answers before serve.run has returned: wait for the banner, which the
+        # command prints once the application is up, so Ctrl-C meets the serving loop.
+        deadline = time.monotonic() + 180
+        while not any("Ctrl-C stops it" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "no banner in 180 s"
+            time.sleep(0.5)
         wait_ready(url, 120, alive=lambda: proc.poll() is None)
         r = httpx.post(f"{url}/solve", json=json.loads(EXAMPLE.read_text()), timeout=60)
         assert r.status_code == 200, r.text
@@ -46,9 +58,11 @@ def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            output, _ = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+            proc.wait()
+        reader.join(timeout=10)
+    output = "".join(lines)
     assert proc.returncode == 0, output[-2000:]
     assert f"URL:  {url}" in output and f"{url}/docs" in output and "curl" in output
