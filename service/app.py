@@ -15,7 +15,6 @@ same for ``serve run`` / ``serve deploy`` config files.
 
 import asyncio
 import hmac
-import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -48,7 +47,6 @@ from service.schema import (
 )
 from service.settings import ServiceSettings, activate, active
 
-log = logging.getLogger("ray.serve")
 HEALTH_ROUTES = {"/healthz", "/readyz"}
 OPEN_ROUTES = HEALTH_ROUTES | {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 

@@ -25,11 +25,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from datagen.systems import COEFFICIENT_NAMES
 from service.wire import PUBLIC_COEFFICIENTS, decode_array, encode_array
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_BATCH_ITEMS = 256  # the service's default max_batch_items
-UNIFIED = ("k11", "k22", "k12", "v1", "v2", "w")  # datagen.systems.COEFFICIENT_NAMES
+UNIFIED = COEFFICIENT_NAMES  # datagen.systems imports numpy only
 DEFAULT_URL = os.environ.get("PDESERVE_URL", "http://127.0.0.1:8000")
 
 

@@ -87,6 +87,7 @@ def test_relative_l2_is_defined_for_zero_references():
 
 
 def test_the_wire_names_are_the_schemas_fields():
+    from datagen.systems import COEFFICIENT_NAMES
     from service.schema import (
         AdvectionDiffusionCoefficients,
         DiffusionCoefficients,
@@ -105,4 +106,4 @@ def test_the_wire_names_are_the_schemas_fields():
         values = {k: v for k, v in values.items() if k in PUBLIC_COEFFICIENTS[pde]}
         unified = model(**values).unified()
         for public, name in PUBLIC_COEFFICIENTS[pde].items():
-            assert unified[("k11", "k22", "k12", "v1", "v2", "w").index(name)] == values[public]
+            assert unified[COEFFICIENT_NAMES.index(name)] == values[public]

@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,15 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+from service_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_finetune_runs_as_a_ray_job(base, shifted):
@@ -35,10 +29,10 @@ def test_finetune_runs_as_a_ray_job(base, shifted):
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     client_env = env
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # Every port of our own: a Ray instance of another test or user may hold the defaults.
     ports = [
-        f"--{name}={_free_port()}"
+        f"--{name}={free_port()}"
         for name in (
             "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port",
