@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datagen.dataset import open_dataset
 from service.registry import WEIGHTS, ModelCard, Registry, RegistryError
@@ -47,7 +47,8 @@ class FinetuneConfig(BaseModel):
     """Everything a fine-tuning job needs; the CLI and the Ray job share it."""
 
     model_config = ConfigDict(extra="forbid")
-    base: str
+    base: str | None = None  # NAME[@VERSION]: what TL starts from (scratch: its shape)
+    model: str | None = None  # scratch without a base: a model preset (fno-64k, ...)
     registry: str = DEFAULT_REGISTRY
     train: str
     val: str
@@ -71,6 +72,16 @@ class FinetuneConfig(BaseModel):
             raise ValueError(f"learning rates must be > 0, got {lrs}")
         return lrs
 
+    @model_validator(mode="after")
+    def _starting_point(self) -> FinetuneConfig:
+        if not self.scratch and not self.base:
+            raise ValueError("fine-tuning needs --base NAME[@VERSION]")
+        if self.scratch and not (self.base or self.model):
+            raise ValueError("--scratch needs --base (its architecture) or --model PRESET")
+        if self.base and self.model:
+            raise ValueError("give --base or --model, not both")
+        return self
+
 
 def materialize_base(config: FinetuneConfig, into: Path) -> ModelCard:
     """The base model's card and weights (checksums verified) as a model directory."""
@@ -92,9 +103,13 @@ def check_examples(config: FinetuneConfig) -> int:
     return available
 
 
-def train_config(config: FinetuneConfig, base_dir: Path, card: ModelCard, lr: float) -> TrainConfig:
+def train_config(
+    config: FinetuneConfig, base_dir: Path, card: ModelCard | None, lr: float
+) -> TrainConfig:
     """One run of the sweep: TL from the base, or the same architecture from scratch."""
-    if config.scratch:
+    if card is None:
+        model = ModelConfig(preset=config.model)
+    elif config.scratch:
         args = card.model.args
         model = ModelConfig(
             width=args["width"],
@@ -120,10 +135,10 @@ def train_config(config: FinetuneConfig, base_dir: Path, card: ModelCard, lr: fl
     )
 
 
-def prepared(config: TrainConfig, card: ModelCard, scratch: bool) -> PreparedData:
+def prepared(config: TrainConfig, card: ModelCard | None, scratch: bool) -> PreparedData:
     """The data; TL keeps the base model's normalisation (its weights were trained on it)."""
     data = prepare_data(config.data, progress=False)
-    if scratch:
+    if scratch or card is None:
         return data
     norm = card.normalization
     stats = NormalizationStats(
@@ -211,15 +226,19 @@ def sweep_ray(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedDat
 def run(config: FinetuneConfig) -> dict[str, Any]:
     """The whole job; returns the results (also what ``--out`` writes)."""
     check_examples(config)
-    root = (
-        Path(config.storage) / f"{config.base.replace('@', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
+    start = config.base or config.model
+    root = Path(config.storage) / f"{start.replace('@', '-')}-{time.strftime('%Y%m%d-%H%M%S')}"
     root.mkdir(parents=True, exist_ok=True)
     base_dir = root / "base"
-    card = materialize_base(config, base_dir)
-    resolution = card.resolution
+    card = materialize_base(config, base_dir) if config.base else None
+    if card is not None:
+        resolution = card.resolution
+    else:
+        with open_dataset(config.train) as reader:
+            resolution = reader.resolution
     results: dict[str, Any] = {
-        "base": card.ref,
+        "base": card.ref if card else None,
+        "model": config.model,
         "n_examples": config.n_examples,
         "scratch": config.scratch,
         "zero_shot": None if config.scratch else test_errors(base_dir, resolution, config.test),
@@ -241,7 +260,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         model_dir=str(chosen),
     )
     if config.publish:
-        parent = None if config.scratch else card.ref
+        parent = None if config.scratch or card is None else card.ref
         published = export(chosen, config.publish, config.registry, parent, [Path(config.test)])
         results["published"] = published.ref
     return results
@@ -251,7 +270,8 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
     p = argparse.ArgumentParser(
         prog="python -m training.finetune", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--base", required=True, help="NAME[@VERSION] in the registry")
+    p.add_argument("--base", help="NAME[@VERSION] in the registry")
+    p.add_argument("--model", help="with --scratch and no --base: a model preset")
     p.add_argument("--registry", default=DEFAULT_REGISTRY)
     p.add_argument("--train", required=True)
     p.add_argument("--val", required=True)
@@ -270,6 +290,7 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
     args = p.parse_args(argv)
     config = FinetuneConfig(
         base=args.base,
+        model=args.model,
         registry=args.registry,
         train=args.train,
         val=args.val,

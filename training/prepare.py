@@ -14,7 +14,7 @@ import numpy as np
 
 from datagen.pipeline import write_split
 from datagen.systems import anisotropy
-from training.config import DataConfig, DataSource
+from training.config import DataConfig, DataSource, GenerateSpec
 from training.data import FieldData
 from training.normalization import NormalizationStats, compute_stats
 
@@ -43,13 +43,17 @@ def resolve_source(source: DataSource, cache_dir: Path, progress: bool = True) -
         if missing:
             raise FileNotFoundError(f"data files not found: {missing}")
     else:
-        spec = source.generate
-        path = (cache_dir / spec.cache_name()).resolve()
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_split(spec.split_spec(), path, workers=generation_workers(), progress=progress)
-        paths = [path]
+        paths = [generated_file(source.generate, cache_dir, progress)]
     return FieldData.from_files(paths, subsample=source.subsample, group=source.group)
+
+
+def generated_file(spec: GenerateSpec, cache_dir: Path, progress: bool = True) -> Path:
+    """The file a datagen spec names in the cache, generated first if absent."""
+    path = (Path(cache_dir) / spec.cache_name()).resolve()
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_split(spec.split_spec(), path, workers=generation_workers(), progress=progress)
+    return path
 
 
 def envelope(data: FieldData) -> dict[str, dict]:

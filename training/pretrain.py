@@ -68,15 +68,39 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
 def run(args: argparse.Namespace) -> Path | str:
     config = _with_overrides(load_config(args.config), args)
     run_name = args.run_name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    progress = not args.quiet
+    return pretrain(
+        config,
+        run_name,
+        storage=args.storage,
+        use_ray=not args.no_ray,
+        gpu=args.gpu,
+        address=args.address,
+        progress=not args.quiet,
+    )
+
+
+def pretrain(
+    config: TrainConfig,
+    run_name: str,
+    storage: str = DEFAULT_STORAGE,
+    use_ray: bool = True,
+    gpu: bool = False,
+    address: str | None = None,
+    progress: bool = True,
+) -> Path | str:
+    """Train ``config`` into ``STORAGE/RUN_NAME``; returns the model directory (or URL).
+
+    ``use_ray=False`` trains in this process; otherwise a Ray Train job on the cluster at
+    ``address`` (or one started here). A rerun with the same run name resumes.
+    """
     data = prepare_data(config.data, progress=progress)
-    check_world(config, data, 1 if args.no_ray else config.num_workers)
-    if args.no_ray:
-        if "://" in args.storage:
+    check_world(config, data, config.num_workers if use_ray else 1)
+    if not use_ray:
+        if "://" in storage:
             raise ValueError("--no-ray writes to a local --storage path")
-        run_dir = Path(args.storage).expanduser() / run_name
+        run_dir = Path(storage).expanduser() / run_name
         context = LocalContext(
-            device=default_device(args.gpu),
+            device=default_device(gpu),
             run_dir=run_dir,
             fault_marker=run_dir / "fault-injected",
         )
@@ -84,26 +108,32 @@ def run(args: argparse.Namespace) -> Path | str:
         _finish(run_dir, context.latest)
         print(f"best val rel L2 {result.best_val:.4f} at epoch {result.best_epoch}")
         return run_dir / "model"
-    return _run_ray(config, data, args, run_name, progress)
+    return _run_ray(config, data, storage, gpu, address, run_name, progress)
 
 
 def _run_ray(
-    config: TrainConfig, data, args: argparse.Namespace, run_name: str, progress: bool
+    config: TrainConfig,
+    data,
+    storage: str,
+    gpu: bool,
+    address: str | None,
+    run_name: str,
+    progress: bool,
 ) -> Path | str:
     import ray
 
     from training.ray_train import fit_on_ray
 
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    storage = storage if "://" in storage else str(Path(storage).resolve())
     started = not ray.is_initialized()
     if started:
-        ray.init(address=args.address, include_dashboard=False)
+        ray.init(address=address, include_dashboard=False)
     try:
         result = fit_on_ray(
             config,
             data,
             num_workers=config.num_workers,
-            use_gpu=args.gpu,
+            use_gpu=gpu,
             storage=storage,
             run_name=run_name,
             progress=progress,

@@ -1,0 +1,626 @@
+"""The paper's transfer-learning experiments (Q1 to Q4 and the data savings of Fig. B.1).
+
+    python -m training.experiments NAME --out DIR [--scale small|paper] [--ray|--no-ray]
+
+NAME is one of ``data-scaling`` (Fig. 3), ``model-scaling`` (Fig. 4), ``ood-shift``
+(Fig. 5, Table 1), ``mixed`` (Fig. 6) or ``data-savings`` (Fig. B.1). Every experiment
+is a set of panels; a panel is one downstream task with curves of test error against
+the number of downstream examples N: fine-tuning a pre-trained model (TL) and
+training the same architecture from scratch, each point with its own learning-rate
+sweep picked on validation error (paper A.4, through ``training.finetune``).
+
+Everything lands under ``--out``: generated data (``data/``), pre-trained bases
+(``registry/``), one JSON per point (``points/``, so a killed run resumes where it
+stopped and experiments share the points they have in common), and per experiment
+``NAME.json`` and ``NAME.png`` (with ``NAME-savings.png``: the from-scratch examples
+that reach TL's error, by log-log interpolation of the scratch curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import math
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from datagen.spec import DEFAULT_EIG, DEFAULT_OMEGA, DEFAULT_RATIO
+from service.registry import Registry, RegistryError
+from training.config import (
+    DataConfig,
+    DataSource,
+    GenerateSpec,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
+from training.finetune import FinetuneConfig
+from training.finetune import run as finetune
+from training.prepare import generated_file
+
+PRETRAIN_SEED = 0
+DOWNSTREAM_SEED = 7  # downstream sources never repeat the pre-training ones
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- tasks: a system and the coefficient range that defines its distribution ---------
+
+#: The paper's name for each system and the range that distinguishes its tasks.
+SYSTEM_NAMES = {
+    "poisson": ("SYS-1", "eig"),
+    "advection_diffusion": ("SYS-2", "ratio"),
+    "helmholtz": ("SYS-3", "omega"),
+}
+
+
+class Task(Strict):
+    """A data distribution: ``SYS-1(5,10)`` is Poisson with diffusion eigenvalue e in (5, 10)."""
+
+    system: str
+    eig: tuple[float, float] = DEFAULT_EIG
+    ratio: tuple[float, float] = DEFAULT_RATIO
+    omega: tuple[int, int] = DEFAULT_OMEGA
+
+    @property
+    def label(self) -> str:
+        name, key = SYSTEM_NAMES[self.system]
+        low, high = getattr(self, key)
+        return f"{name}({low:g},{high:g})"
+
+    @property
+    def range_name(self) -> str:
+        return {"eig": "e", "ratio": "Ψ", "omega": "ω"}[SYSTEM_NAMES[self.system][1]]
+
+    def spec(self, split: str, n: int, resolution: int, seed: int) -> GenerateSpec:
+        return GenerateSpec(
+            system=self.system,
+            n_examples=n,
+            split=split,
+            resolution=resolution,
+            seed=seed,
+            eig=self.eig,
+            ratio=self.ratio,
+            omega=self.omega,
+        )
+
+
+def sys1(low: float, high: float) -> Task:
+    return Task(system="poisson", eig=(low, high))
+
+
+def sys2(low: float, high: float) -> Task:
+    return Task(system="advection_diffusion", ratio=(low, high))
+
+
+def sys3(low: int, high: int) -> Task:
+    return Task(system="helmholtz", omega=(low, high))
+
+
+# --- scales --------------------------------------------------------------------------
+
+
+class Scale(Strict):
+    """How big every run of an experiment is; ``small`` fits 2 CPUs, ``paper`` is the paper."""
+
+    name: str
+    resolution: int
+    model: str  # the preset of every experiment but model-scaling
+    ladder: list[str]  # model-scaling's presets
+    pretrain_examples: int = Field(ge=1)  # per system
+    pretrain_val: int = Field(ge=1)
+    pretrain_epochs: int = Field(ge=1)
+    pretrain_lr: float
+    pretrain_batch: int
+    n_examples: list[int]  # downstream N, TL and scratch
+    scratch_extra: list[int]  # larger N for scratch only: its curve must reach TL's errors
+    n_val: int
+    n_test: int
+    lrs: list[float]
+    batch_size: int
+    epochs: int  # at least this many epochs per fine-tuning run...
+    min_steps: int  # ...and at least this many optimiser steps...
+    max_epochs: int  # ...but never more epochs than this
+    use_ray: bool
+    num_workers: int = 1
+
+    def epochs_for(self, n: int) -> int:
+        """Few examples make short epochs: give them enough steps to converge."""
+        batch = min(self.batch_size, n)
+        steps_per_epoch = max(1, n // batch)
+        return min(self.max_epochs, max(self.epochs, math.ceil(self.min_steps / steps_per_epoch)))
+
+    @property
+    def largest_n(self) -> int:
+        return max(self.n_examples + self.scratch_extra)
+
+
+SCALES = {
+    # About 45 minutes per experiment on 2 CPUs: 32x32 grids, the 64K model, 2,048
+    # pre-training examples per system, 3 learning rates, Ray skipped (its start-up per
+    # trial costs more than a small trial).
+    "small": Scale(
+        name="small",
+        resolution=32,
+        model="fno-64k",
+        ladder=["fno-64k", "fno-1m"],
+        pretrain_examples=2048,
+        pretrain_val=256,
+        pretrain_epochs=30,
+        pretrain_lr=3e-3,
+        pretrain_batch=32,
+        n_examples=[0, 8, 32, 128, 512],
+        scratch_extra=[2048],
+        n_val=128,
+        n_test=256,
+        lrs=[1e-3, 3e-3, 1e-2],
+        batch_size=16,
+        epochs=30,
+        min_steps=200,
+        max_epochs=100,
+        use_ray=False,
+    ),
+    # Seconds: what the tests run.
+    "smoke": Scale(
+        name="smoke",
+        resolution=32,
+        model="fno-64k",
+        ladder=["fno-64k"],
+        pretrain_examples=128,
+        pretrain_val=32,
+        pretrain_epochs=2,
+        pretrain_lr=3e-3,
+        pretrain_batch=32,
+        n_examples=[0, 8],
+        scratch_extra=[32],
+        n_val=32,
+        n_test=32,
+        lrs=[1e-3, 1e-2],
+        batch_size=8,
+        epochs=2,
+        min_steps=4,
+        max_epochs=4,
+        use_ray=False,
+    ),
+    # The paper (A.3, A.4): 128x128, 32K pre-training examples, 500 epochs, five learning
+    # rates, downstream N up to 32K, the 64K..256M ladder; each sweep a Ray Tune job.
+    "paper": Scale(
+        name="paper",
+        resolution=128,
+        model="fno-16m",
+        ladder=["fno-64k", "fno-1m", "fno-16m", "fno-256m"],
+        pretrain_examples=32768,
+        pretrain_val=4096,
+        pretrain_epochs=500,
+        pretrain_lr=1e-3,
+        pretrain_batch=128,
+        n_examples=[0, 8, 32, 128, 512, 2048, 8192, 32768],
+        scratch_extra=[],
+        n_val=4096,
+        n_test=4096,
+        lrs=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+        batch_size=32,
+        epochs=500,
+        min_steps=2000,
+        max_epochs=5000,
+        use_ray=True,
+        num_workers=4,
+    ),
+}
+
+
+# --- panels and curves ---------------------------------------------------------------
+
+
+class Curve(Strict):
+    """Test error against N: fine-tuned from a base pre-trained on ``pretrain``, or scratch."""
+
+    kind: Literal["tl", "scratch"]
+    model: str
+    pretrain: tuple[Task, ...] = ()  # empty for scratch
+    label: str
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(self.model_dump(exclude={"label"}), sort_keys=True)
+        return f"{self.kind}-{self.model}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+class Panel(Strict):
+    title: str
+    downstream: Task
+    curves: list[Curve]
+
+
+def tl(pretrain: tuple[Task, ...], model: str, label: str | None = None) -> Curve:
+    name = label or f"TL from {' + '.join(t.label for t in pretrain)}"
+    return Curve(kind="tl", model=model, pretrain=pretrain, label=name)
+
+
+def scratch(model: str, label: str = "from scratch") -> Curve:
+    return Curve(kind="scratch", model=model, label=label)
+
+
+SYS1_BASE, SYS2_BASE, SYS3_BASE = sys1(1, 5), sys2(0.2, 1), sys3(1, 10)
+MIXED = (SYS1_BASE, SYS2_BASE, SYS3_BASE)
+
+
+def transfer_panel(base: Task, downstream: Task, model: str, title: str) -> Panel:
+    return Panel(title=title, downstream=downstream, curves=[tl((base,), model), scratch(model)])
+
+
+def data_scaling(scale: Scale) -> list[Panel]:
+    """Q1, Fig. 3: moderate OOD shifts, SYS-1 (1,5) -> (5,10) and SYS-2 (0.2,1) -> (1,2)."""
+    return [
+        transfer_panel(SYS1_BASE, sys1(5, 10), scale.model, "SYS-1: e (1,5) → (5,10)"),
+        transfer_panel(SYS2_BASE, sys2(1, 2), scale.model, "SYS-2: Ψ (0.2,1) → (1,2)"),
+    ]
+
+
+def model_scaling(scale: Scale) -> list[Panel]:
+    """Q2, Fig. 4: the data-scaling curves for every model of the size ladder."""
+    panels = []
+    for base, downstream in ((SYS1_BASE, sys1(5, 10)), (SYS2_BASE, sys2(1, 2))):
+        curves = []
+        for model in scale.ladder:
+            curves += [tl((base,), model, f"TL {model}"), scratch(model, f"scratch {model}")]
+        panels.append(
+            Panel(title=f"{base.label} → {downstream.label}", downstream=downstream, curves=curves)
+        )
+    return panels
+
+
+#: Table 1. The paper's table repeats SYS-2's "None" row for "Mild"; Psi in (0.6, 1.4),
+#: half inside the pre-training range like SYS-1's mild shift, stands in for it here.
+SHIFTS = {
+    "poisson": {
+        "none": sys1(1, 2.5),
+        "mild": sys1(2.5, 7.5),
+        "med": sys1(5, 10),
+        "large": sys1(10, 20),
+    },
+    "advection_diffusion": {
+        "none": sys2(0.2, 0.4),
+        "mild": sys2(0.6, 1.4),
+        "med": sys2(1, 2),
+        "large": sys2(2, 5),
+    },
+}
+
+
+def ood_shift(scale: Scale) -> list[Panel]:
+    """Q3, Fig. 5 and A.2: none, mild, med and large shifts from each pre-training set."""
+    panels = []
+    for base in (SYS1_BASE, SYS2_BASE):
+        for shift, downstream in SHIFTS[base.system].items():
+            title = f"{shift}: {base.label} → {downstream.label}"
+            panels.append(transfer_panel(base, downstream, scale.model, title))
+    return panels
+
+
+def mixed(scale: Scale) -> list[Panel]:
+    """Q4, Fig. 6: one model pre-trained on all three systems against system-specific ones."""
+    model = scale.model
+    panels = []
+    for base, downstream in (
+        (SYS1_BASE, sys1(1, 2.5)),
+        (SYS2_BASE, sys2(0.2, 0.4)),
+        (SYS3_BASE, sys3(1, 5)),
+    ):
+        curves = [tl(MIXED, model, "TL from mixed"), tl((base,), model), scratch(model)]
+        panels.append(Panel(title=downstream.label, downstream=downstream, curves=curves))
+    return panels
+
+
+EXPERIMENTS: dict[str, Callable[[Scale], list[Panel]]] = {
+    "data-scaling": data_scaling,
+    "model-scaling": model_scaling,
+    "ood-shift": ood_shift,
+    "mixed": mixed,
+    # Fig. B.1 reads the Table 1 shifts; its points are the ood-shift ones.
+    "data-savings": ood_shift,
+}
+
+
+# --- data savings (Fig. B.1) ---------------------------------------------------------
+
+
+def scratch_equivalent(scratch_points: list[tuple[int, float]], error: float) -> float | None:
+    """The N at which training from scratch reaches ``error``, log-log interpolated.
+
+    The scratch curve is made monotone (its running minimum); None where ``error`` lies
+    below the best scratch error (TL beats every scratch run) or above the first.
+    """
+    points = sorted((n, e) for n, e in scratch_points if n > 0)
+    best, envelope = math.inf, []
+    for n, e in points:
+        best = min(best, e)
+        envelope.append((n, best))
+    for (n0, e0), (n1, e1) in itertools.pairwise(envelope):
+        if e1 <= error <= e0:
+            if e0 == e1:
+                return float(n0)
+            t = (math.log(e0) - math.log(error)) / (math.log(e0) - math.log(e1))
+            return float(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))))
+    return None
+
+
+def savings(panel: dict) -> list[dict]:
+    """For each TL point of a panel: the from-scratch examples that reach its error."""
+    scratch_curves = [c for c in panel["curves"] if c["kind"] == "scratch"]
+    out = []
+    for curve in panel["curves"]:
+        if curve["kind"] != "tl":
+            continue
+        ref = next((s for s in scratch_curves if s["model"] == curve["model"]), None)
+        if ref is None:
+            continue
+        scratch_points = [(p["n"], p["error"]) for p in ref["points"]]
+        for p in curve["points"]:
+            n_eq = scratch_equivalent(scratch_points, p["error"])
+            out.append(
+                {
+                    "curve": curve["label"],
+                    "n": p["n"],
+                    "error": p["error"],
+                    "scratch_equivalent": n_eq,
+                    "saving": None if n_eq is None else n_eq - p["n"],
+                }
+            )
+    return out
+
+
+# --- running -------------------------------------------------------------------------
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+class Runner:
+    """Makes data, pre-trained bases and points on demand, each once, under ``out``."""
+
+    def __init__(self, out: Path, scale: Scale, use_ray: bool, gpu: bool = False):
+        self.out, self.scale, self.use_ray, self.gpu = out, scale, use_ray, gpu
+        self.registry = str(out / "registry")
+        self.data_dir = out / "data"
+
+    # data
+    def dataset(self, task: Task, split: str, n: int, seed: int) -> Path:
+        return generated_file(task.spec(split, n, self.scale.resolution, seed), self.data_dir)
+
+    def downstream(self, task: Task) -> dict[str, str]:
+        s = self.scale
+        sizes = {"train": s.largest_n, "val": s.n_val, "test": s.n_test}
+        return {k: str(self.dataset(task, k, n, DOWNSTREAM_SEED)) for k, n in sizes.items()}
+
+    # bases
+    def base(self, pretrain: tuple[Task, ...], model: str) -> str:
+        """The registry ref of a model pre-trained on ``pretrain``: trained once, then reused."""
+        s = self.scale
+        specs = [
+            t.spec("train", s.pretrain_examples, s.resolution, PRETRAIN_SEED) for t in pretrain
+        ]
+        vals = [t.spec("val", s.pretrain_val, s.resolution, PRETRAIN_SEED) for t in pretrain]
+        key = json.dumps(
+            [model, [x.model_dump() for x in specs], s.pretrain_epochs], sort_keys=True
+        )
+        name = f"base-{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        try:
+            return Registry(self.registry).card(name).ref
+        except RegistryError:
+            pass
+        from training.export import export
+        from training.pretrain import pretrain as run_pretrain
+
+        config = TrainConfig(
+            name=name,
+            seed=PRETRAIN_SEED,
+            model=ModelConfig(preset=model),
+            data=DataConfig(
+                train=[DataSource(generate=x) for x in specs],
+                val=[DataSource(generate=x) for x in vals],
+                cache_dir=str(self.data_dir),
+                chunk_size=64,
+            ),
+            optim=OptimConfig(
+                lr=s.pretrain_lr, batch_size=s.pretrain_batch, epochs=s.pretrain_epochs
+            ),
+            num_workers=s.num_workers,
+        )
+        tqdm.write(f"pre-training {name} on {' + '.join(t.label for t in pretrain)} ({model})")
+        log = self.out / "runs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as stream, redirect_stdout(stream):
+            model_dir = run_pretrain(
+                config,
+                name,
+                storage=str(self.out / "runs"),
+                use_ray=self.use_ray,
+                gpu=self.gpu,
+                progress=False,
+            )
+            return export(Path(model_dir), name, self.registry).ref
+
+    # points
+    def point_path(self, panel: Panel, curve: Curve, n: int) -> Path:
+        return self.out / "points" / panel.downstream.label / curve.key / f"n{n:05d}.json"
+
+    def point(self, panel: Panel, curve: Curve, n: int) -> dict:
+        """One sweep (or the zero-shot error at N = 0), run once and kept as JSON."""
+        path = self.point_path(panel, curve, n)
+        if path.exists():
+            return json.loads(path.read_text())
+        s = self.scale
+        storage = path.with_suffix("")
+        shutil.rmtree(storage, ignore_errors=True)  # what a killed sweep left
+        start = {"base": self.base(curve.pretrain, curve.model)} if curve.kind == "tl" else {}
+        config = FinetuneConfig(
+            **start,
+            model=None if start else curve.model,
+            registry=self.registry,
+            **self.downstream(panel.downstream),
+            n_examples=n,
+            lrs=s.lrs,
+            epochs=s.epochs_for(n) if n else 1,
+            batch_size=s.batch_size,
+            num_workers=s.num_workers,
+            gpu=self.gpu,
+            scratch=curve.kind == "scratch",
+            use_ray=self.use_ray,
+            storage=str(storage),
+        )
+        t0 = time.perf_counter()
+        log = path.with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as stream, redirect_stdout(stream):  # every epoch of every trial
+            result = finetune(config)
+        shutil.rmtree(storage, ignore_errors=True)  # every trial's checkpoints: not kept
+        result.pop("model_dir", None)
+        point = {
+            **result,
+            "n": n,
+            "error": (result["test"] if n else result["zero_shot"])["all"],
+            "epochs": config.epochs if n else 0,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        atomic_write_json(path, point)
+        return point
+
+    def curve_ns(self, curve: Curve) -> list[int]:
+        ns = self.scale.n_examples + (self.scale.scratch_extra if curve.kind == "scratch" else [])
+        return sorted(n for n in set(ns) if n > 0 or curve.kind == "tl")
+
+    def run(self, name: str, panels: list[Panel]) -> dict:
+        """Every point of every panel (cached ones are read back), then the results JSON."""
+        todo = [(p, c, n) for p in panels for c in p.curves for n in self.curve_ns(c)]
+        results = {
+            "experiment": name,
+            "scale": self.scale.model_dump(),
+            "ray": self.use_ray,
+            "panels": [],
+        }
+        bar = tqdm(total=len(todo), unit="point", desc=name)
+        done: dict[tuple, dict] = {}
+        for panel, curve, n in todo:
+            cached = self.point_path(panel, curve, n).exists()
+            point = self.point(panel, curve, n)
+            done[(panel.title, curve.label, n)] = point
+            if not cached:
+                lr = f", lr {point['chosen_lr']:g}" if n else ""
+                tqdm.write(
+                    f"{panel.downstream.label} {curve.label} N={n}: test {point['error']:.4f}"
+                    f"{lr} ({point['seconds']:.0f} s)"
+                )
+            bar.update()
+        bar.close()
+        for panel in panels:
+            entry = {
+                "title": panel.title,
+                "downstream": panel.downstream.label,
+                "range": panel.downstream.range_name,
+                "curves": [
+                    {
+                        "label": c.label,
+                        "kind": c.kind,
+                        "model": c.model,
+                        "pretrain": [t.label for t in c.pretrain],
+                        "points": [done[(panel.title, c.label, n)] for n in self.curve_ns(c)],
+                    }
+                    for c in panel.curves
+                ],
+            }
+            entry["savings"] = savings(entry)
+            results["panels"].append(entry)
+        return results
+
+
+def run_experiment(
+    name: str, out: Path, scale: Scale, use_ray: bool | None = None, gpu: bool = False
+) -> dict:
+    """Run (or finish) experiment ``name`` under ``out``; writes NAME.json and the plots."""
+    from training.experiment_plots import plot_curves, plot_savings
+
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    use_ray = scale.use_ray if use_ray is None else use_ray
+    out.mkdir(parents=True, exist_ok=True)
+    started = False
+    if use_ray:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False)
+            started = True
+    try:
+        results = Runner(out, scale, use_ray, gpu).run(name, EXPERIMENTS[name](scale))
+    finally:
+        if started:
+            ray.shutdown()
+    atomic_write_json(out / f"{name}.json", results)
+    results["plots"] = [
+        str(plot_curves(results, out / f"{name}.png")),
+        str(plot_savings(results, out / f"{name}-savings.png")),
+    ]
+    atomic_write_json(out / f"{name}.json", results)
+    return results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.experiments", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("name", choices=sorted(EXPERIMENTS))
+    p.add_argument("--out", type=Path, required=True, help="results, plots, data, models")
+    p.add_argument("--scale", choices=sorted(SCALES), default="small")
+    ray = p.add_mutually_exclusive_group()
+    ray.add_argument(
+        "--ray",
+        dest="ray",
+        action="store_true",
+        default=None,
+        help="each sweep a Ray Tune job (default at paper scale)",
+    )
+    ray.add_argument(
+        "--no-ray",
+        dest="ray",
+        action="store_false",
+        help="every run in this process (default at small scale)",
+    )
+    p.add_argument("--gpu", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = run_experiment(args.name, args.out, SCALES[args.scale], args.ray, args.gpu)
+    except (ValueError, FileNotFoundError, RegistryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for panel in results["panels"]:
+        print(panel["title"])
+        for curve in panel["curves"]:
+            row = "  ".join(f"N={p['n']}: {p['error']:.4f}" for p in curve["points"])
+            print(f"  {curve['label']:<28} {row}")
+    print("\n".join(results["plots"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
