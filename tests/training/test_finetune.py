@@ -36,9 +36,38 @@ def test_scratch_shares_the_sweep_and_has_no_zero_shot(base, shifted, tmp_path):
     assert set(results["validation"]) == {"0.01"} and results["test"]["all"] > 0
 
 
+def test_scratch_from_a_preset_needs_no_base(shifted, tmp_path):
+    config = FinetuneConfig(
+        model="fno-64k",
+        **shifted,
+        storage=str(tmp_path / "ft"),
+        n_examples=8,
+        lrs=[1e-2],
+        epochs=2,
+        scratch=True,
+        use_ray=False,
+    )
+    results = run(config)
+    assert results["base"] is None and results["model"] == "fno-64k"
+    assert results["zero_shot"] is None and 0 < results["test"]["poisson"] < 10
+
+
+@pytest.mark.parametrize(
+    "start, message",
+    [
+        ({}, "fine-tuning needs --base"),
+        ({"scratch": True}, "--scratch needs --base"),
+        ({"base": "smoke", "model": "fno-64k", "scratch": True}, "not both"),
+    ],
+)
+def test_a_run_names_where_it_starts(start, message, shifted):
+    with pytest.raises(ValueError, match=message):
+        FinetuneConfig(**start, **shifted, n_examples=8)
+
+
 def test_zero_examples_is_zero_shot_only(base, shifted, tmp_path):
     results = run(_config(base, shifted, tmp_path, n_examples=0))
-    assert set(results) == {"base", "n_examples", "scratch", "zero_shot"}
+    assert set(results) == {"base", "model", "n_examples", "scratch", "zero_shot"}
     assert 0 < results["zero_shot"]["poisson"] < 2
 
 

@@ -1,0 +1,103 @@
+"""The transfer experiments: definitions, the data-savings interpolation, a smoke run."""
+
+import json
+import math
+
+import pytest
+
+from training import experiments
+from training.experiments import (
+    EXPERIMENTS,
+    SCALES,
+    SHIFTS,
+    main,
+    scratch_equivalent,
+    sys1,
+    sys2,
+    sys3,
+)
+
+
+def test_tasks_are_named_as_in_the_paper():
+    assert sys1(5, 10).label == "SYS-1(5,10)"
+    assert sys2(0.2, 1).label == "SYS-2(0.2,1)"
+    assert sys3(1, 10).label == "SYS-3(1,10)"
+    spec = sys2(1, 2).spec("test", 16, 32, seed=7).split_spec()
+    assert spec.ranges.ratio == (1, 2) and spec.ranges.eig == (1.0, 5.0)
+    assert spec.split == "test" and spec.resolution == 32
+
+
+def test_scratch_equivalent_inverts_a_power_law():
+    # scratch error = N^-1/2: the error TL reaches, 0.1, takes N = 100 from scratch.
+    curve = [(n, n**-0.5) for n in (8, 32, 128, 512, 2048)]
+    assert scratch_equivalent(curve, 0.1) == pytest.approx(100, rel=1e-9)
+    assert scratch_equivalent(curve, 32**-0.5) == pytest.approx(32)
+    assert scratch_equivalent(curve, 0.001) is None  # better than every scratch run
+    assert scratch_equivalent(curve, 0.9) is None  # worse than the smallest
+
+
+def test_scratch_equivalent_uses_the_running_minimum():
+    # A scratch run that got worse with more data does not make TL's saving smaller.
+    curve = [(8, 0.5), (32, 0.2), (128, 0.3), (512, 0.05)]
+    n = scratch_equivalent(curve, 0.1)
+    expected = math.exp(
+        math.log(128)
+        + (math.log(0.2) - math.log(0.1))
+        / (math.log(0.2) - math.log(0.05))
+        * (math.log(512) - math.log(128))
+    )
+    assert n == pytest.approx(expected)
+
+
+def test_few_examples_get_enough_steps_and_many_get_the_epoch_floor():
+    small = SCALES["small"]
+    assert small.epochs_for(8) == small.max_epochs  # 1 step per epoch
+    assert small.epochs_for(2048) == small.epochs
+    n = 128
+    assert small.epochs_for(n) * (n // small.batch_size) >= small.min_steps
+
+
+def test_the_experiments_ask_the_papers_questions():
+    small = SCALES["small"]
+    data = EXPERIMENTS["data-scaling"](small)
+    assert [p.downstream.label for p in data] == ["SYS-1(5,10)", "SYS-2(1,2)"]
+    assert all({c.kind for c in p.curves} == {"tl", "scratch"} for p in data)
+    ladder = EXPERIMENTS["model-scaling"](small)
+    assert {c.model for p in ladder for c in p.curves} == set(small.ladder)
+    shifts = EXPERIMENTS["ood-shift"](small)
+    assert len(shifts) == 8
+    assert [p.downstream.label for p in shifts[:4]] == [t.label for t in SHIFTS["poisson"].values()]
+    mixed = EXPERIMENTS["mixed"](small)
+    assert [len(p.curves) for p in mixed] == [3, 3, 3]
+    assert all(len(p.curves[0].pretrain) == 3 for p in mixed)  # one base, three systems
+
+
+def test_smoke_data_scaling_writes_results_and_plots_and_resumes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "exp"
+    assert main(["data-scaling", "--out", str(out), "--scale", "smoke"]) == 0
+    results = json.loads((out / "data-scaling.json").read_text())
+    assert results["scale"]["name"] == "smoke" and results["ray"] is False
+    panel = results["panels"][0]
+    tl, scratch = panel["curves"]
+    assert [p["n"] for p in tl["points"]] == [0, 8]
+    assert [p["n"] for p in scratch["points"]] == [8, 32]  # scratch has no zero-shot
+    for point in tl["points"] + scratch["points"]:
+        assert 0 < point["error"] < 10
+    assert tl["points"][1]["chosen_lr"] in SCALES["smoke"].lrs
+    assert {s["n"] for s in panel["savings"]} == {0, 8}
+    for plot in results["plots"]:
+        assert (out / plot.split("/")[-1]).read_bytes()[:4] == b"\x89PNG"
+
+    # Every point is kept: a second run trains nothing.
+    def no_training(config):
+        raise AssertionError("a cached point was recomputed")
+
+    monkeypatch.setattr(experiments, "finetune", no_training)
+    assert main(["data-scaling", "--out", str(out), "--scale", "smoke"]) == 0
+    assert json.loads((out / "data-scaling.json").read_text())["panels"][0] == panel
+
+
+def test_unknown_experiment_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fig-7", "--out", str(tmp_path)])
+    assert "invalid choice" in capsys.readouterr().err
