@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("service.cli", "serve_main", "start the solver service (Ray Serve, POST /solve)"),
     "solve": ("service.client_cli", "solve_main", "one solve through the service (.npy in/out)"),
     "emulate": ("service.client_cli", "emulate_main", "a dataset through the service to HDF5"),
+    "demo": ("service.demo", "demo_main", "one solve per system, errors, timings and a PNG"),
 }
 
 

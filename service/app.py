@@ -28,7 +28,6 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from datagen.resample import resample
 from datagen.solver import MEAN_TOLERANCE
 from datagen.solver import solve as exact_solve
 from datagen.systems import get_system
@@ -103,16 +102,11 @@ class Surrogate:
         groups: dict[tuple[str, int], list[int]] = {}
         for i, (ref, source, _) in enumerate(items):
             groups.setdefault((ref, source.shape[-1]), []).append(i)
-        for (ref, n), index in groups.items():
+        for (ref, _grid), index in groups.items():
             runner = await self.model(ref)
-            grid = runner.card.resolution or n
             sources = np.stack([items[i][1] for i in index])
             coefficients = np.stack([items[i][2] for i in index])
-            if grid != n:
-                sources = resample(sources, grid)
             solutions = await asyncio.to_thread(runner.predict, sources, coefficients)
-            if grid != n:
-                solutions = resample(solutions, n)
             for j, i in enumerate(index):
                 out[i] = np.asarray(solutions[j], dtype=np.float32)
         return out

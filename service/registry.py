@@ -31,6 +31,11 @@ CARD_FORMAT = "pdeserve-model"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 
 
+#: The registry that ships with the repository: it holds the default model.
+BUNDLED_REGISTRY = Path(__file__).resolve().parents[1] / "models"
+#: Where models are looked up by name and published to, unless told otherwise.
+DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", str(BUNDLED_REGISTRY))
+
 FileMaker = Callable[["ModelCard"], dict[str, bytes]]
 
 
@@ -77,6 +82,7 @@ class ModelCard(BaseModel):
     lineage: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     parent: str | None = None  # "name@version" of the model this one was fine-tuned from
+    notes: str | None = None  # what a reader should know: the scale training reached, ...
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     files: dict[str, str] = {}  # file name -> SHA-256
 

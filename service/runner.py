@@ -8,10 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
-from service.registry import CARD, ONNX, ModelCard, Registry, RegistryError, sha256_bytes
+from datagen.resample import resample
+from service.registry import (
+    CARD,
+    DEFAULT_REGISTRY,
+    ONNX,
+    ModelCard,
+    Registry,
+    RegistryError,
+    sha256_bytes,
+)
 
-#: Where models are looked up by name, and the name served by default.
-DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", "registry")
+#: The name served by default.
 DEFAULT_MODEL = os.environ.get("PDESERVE_MODEL", "default")
 
 
@@ -78,9 +86,15 @@ class OnnxSurrogate:
         return cls(card, files[ONNX])
 
     def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
+        """Solutions on the sources' grid; another grid than the model's is resampled
+        spectrally to it and back (exact for fields band-limited below both Nyquists)."""
+        n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
+        if grid != n:
+            source = resample(source, grid)
         source = np.asarray(source, dtype=np.float32)
         coefficients = np.asarray(coefficients, dtype=np.float32)
-        return np.concatenate(list(self._batches(source, coefficients, batch)))
+        solution = np.concatenate(list(self._batches(source, coefficients, batch)))
+        return solution if grid == n else resample(solution, n).astype(np.float32)
 
     def _batches(self, source, coefficients, batch) -> Iterator[np.ndarray]:
         for i in range(0, len(source), batch):

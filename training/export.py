@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ import onnx
 import torch
 
 from service.registry import (
+    DEFAULT_REGISTRY,
     ONNX,
     WEIGHTS,
     ModelCard,
@@ -35,7 +35,6 @@ from training.models.surrogate import PDESurrogate
 
 PARITY_BATCHES = (1, 7, 64)
 PARITY_RTOL = 1e-5
-DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", "registry")
 INPUTS = ("source", "coefficients")
 
 
@@ -149,12 +148,15 @@ def export(
     registry: str,
     parent: str | None = None,
     test: list[Path] | None = None,
+    notes: str | None = None,
 ) -> ModelCard:
     model = load_model(checkpoint)
     if not isinstance(model, PDESurrogate):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
     model.eval()
     card = card_from_checkpoint(checkpoint, parent)
+    if notes:
+        card.notes = notes
     weights = (checkpoint / WEIGHTS).read_bytes()
     checked: dict[str, float] = {}
 
@@ -185,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="root folder or fsspec URL")
     p.add_argument("--parent", help="NAME@VERSION this model was fine-tuned from")
     p.add_argument("--test", type=Path, nargs="+", help="test datasets: metrics go in the card")
+    p.add_argument("--notes", help="what a reader of the card should know (the scale reached)")
     args = p.parse_args(argv)
     try:
-        card = export(args.checkpoint, args.name, args.registry, args.parent, args.test)
+        card = export(args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes)
     except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

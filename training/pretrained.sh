@@ -5,9 +5,11 @@
 #   3. export to ONNX with the test errors in the card, published as `default`.
 #
 #   bash training/pretrained.sh            # GPU if there is one, else CPU
-# Knobs (environment): EPOCHS, TRAIN_SECONDS (stop pre-training after, keeping the best
-# epoch), N_TEST, REGISTRY (default models), NAME (default), RUNS, PY, NO_RAY (1: one
-# process; default 1), SUBSAMPLE (train examples per system; default all).
+# Knobs (environment): CONFIG (default pretrained; mixed-small is the CPU-sized one),
+# EPOCHS, TRAIN_SECONDS (stop pre-training after, keeping the best epoch), N_TEST,
+# REGISTRY (default models), NAME (default), RUNS, RUN, PY, NO_RAY (1: one process;
+# default 1), NOTES (text for the card), MODEL_DIR (publish this trained model
+# directory instead of training: steps 1 and 3 only).
 set -euo pipefail
 PY=${PY:-python3}
 CONFIG=${CONFIG:-pretrained}
@@ -35,6 +37,12 @@ for system in poisson advection_diffusion helmholtz; do
   tests+=("$TEST_DIR/$system/test.h5")
 done
 
+if [ -n "${MODEL_DIR:-}" ]; then
+  $PY -m training.export --checkpoint "$MODEL_DIR" --name "$NAME" --registry "$REGISTRY" \
+    --test "${tests[@]}" ${NOTES:+--notes "$NOTES"}
+  exit
+fi
+
 SECONDS=0
 status=0
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
@@ -51,4 +59,4 @@ if [ ! -f "$model/card.json" ]; then  # stopped early: the best epoch so far
   [ -f "$model/card.json" ] || { echo "no model was saved" >&2; exit 1; }
 fi
 $PY -m training.export --checkpoint "$model" --name "$NAME" --registry "$REGISTRY" \
-  --test "${tests[@]}"
+  --test "${tests[@]}" ${NOTES:+--notes "$NOTES"}

@@ -1,0 +1,67 @@
+"""`pdeserve demo`: one example per system through a running service, and one it starts."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from service_helpers import API_KEY, RESOLUTION, free_port
+
+from datagen.solver import relative_l2
+from service.client import Client, PdeserveError
+from service.demo import SYSTEMS, answers, demo_main, examples, service_at
+
+
+def test_demo_examples_are_exact_solutions_of_each_system():
+    items = examples(32)
+    assert [e.system for e in items] == list(SYSTEMS)
+    for e in items:
+        assert e.source.shape == e.exact.shape == (32, 32)
+        assert np.isfinite(e.exact).all() and np.abs(e.exact).max() > 0
+    assert set(items[2].coefficients) == {"omega"} and 1 <= items[2].coefficients["omega"] <= 10
+
+
+def test_demo_against_a_running_service(service, tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    code = demo_main(
+        ["--url", service, "--api-key", API_KEY, "--resolution", str(RESOLUTION), "--out", str(out)]
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    for label in ("SYS-1 Poisson", "SYS-2 advection-diffusion", "SYS-3 Helmholtz", "validate"):
+        assert label in text
+    assert "default@1" in text and f"wrote {out}" in text
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_services_validation_agrees_with_the_local_exact_solution(service):
+    with Client(service, api_key=API_KEY) as client:
+        outcomes = answers(client, examples(RESOLUTION))
+    for o in outcomes:
+        assert o.surrogate.mode == "surrogate" and o.validate.mode == "surrogate"
+        # The service's exact solver and datagen's are one solver: the same reference.
+        exact = o.validate.exact_solution
+        assert relative_l2(exact[None], o.example.exact[None])[0] < 1e-5
+        assert o.validate.relative_l2 == pytest.approx(o.surrogate_error, rel=1e-4)
+        assert o.surrogate_ms > 0 and o.validate.timings_ms
+
+
+def test_the_demo_starts_nothing_remote():
+    starting = service_at("http://192.0.2.1:9", None)
+    with pytest.raises(PdeserveError, match="starts services locally only"):
+        starting.__enter__()
+
+
+def test_the_demo_starts_a_local_service_when_none_answers(service, registry_root, tmp_path):
+    """The service fixture holds this machine's 2 CPUs; the demo's own service shares them."""
+    url = f"http://127.0.0.1:{free_port()}"
+    old_home, os.environ["HOME"] = os.environ.get("HOME"), str(tmp_path)  # Ray's ~/.ray
+    try:
+        with service_at(url, str(registry_root)) as process:
+            assert process is not None and process.poll() is None
+            assert process.args[:3] == [sys.executable, "-m", "pdeserve.cli"]
+            with Client(url) as client:
+                assert client.health()
+        assert process.returncode is not None
+    finally:
+        os.environ["HOME"] = old_home or ""
