@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 CONSTRAINTS := constraints/cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint format serve bench clean
+.PHONY: venv test lint format serve demo pretrained bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -29,16 +29,19 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-# Until the pre-trained model ships in the repository, `make serve` trains a small
-# stand-in (training/configs/quickstart.yaml) and publishes it as `default` once.
-DEFAULT_MODEL := registry/default
-
-$(DEFAULT_MODEL): | $(STAMP)
-	$(VENV)/bin/pdeserve pretrain --config quickstart --no-ray --storage runs --run-name quickstart --quiet
-	$(VENV)/bin/pdeserve export --checkpoint runs/quickstart/model --name default --registry registry
-
-serve: $(STAMP) | $(DEFAULT_MODEL)
+# The service on the bundled default model (models/default), at http://127.0.0.1:8000.
+serve: $(STAMP)
 	$(VENV)/bin/pdeserve serve
+
+# One solve per system in surrogate and validate modes, errors, timings and demo.png;
+# starts the service when none answers at $$PDESERVE_URL (default 127.0.0.1:8000).
+demo: $(STAMP)
+	$(VENV)/bin/pdeserve demo --out demo.png
+
+# The bundled model's recipe, data generation to publish (GPU: the paper's scale;
+# CPU: CONFIG=mixed-small make pretrained, about an hour on 2 cores).
+pretrained: $(STAMP)
+	PY=$(PY) bash training/pretrained.sh
 
 bench: $(STAMP)
 	$(PY) bench/datagen.py
