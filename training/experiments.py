@@ -135,6 +135,25 @@ class Scale(Strict):
     max_epochs: int  # ...but never more epochs than this
     use_ray: bool
     num_workers: int = 1
+    # Per experiment, fields that differ (fewer N where an experiment has many panels).
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def for_experiment(self, name: str) -> Scale:
+        if not self.overrides.get(name):
+            return self
+        return Scale.model_validate(self.model_dump() | self.overrides[name])
+
+    def sweep_key(self, n: int) -> str:
+        """What a point's sweep depends on beyond its curve, N and downstream task."""
+        fields = {
+            "resolution": self.resolution,
+            "lrs": self.lrs,
+            "batch_size": self.batch_size,
+            "epochs": self.epochs_for(n),
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
     def epochs_for(self, n: int) -> int:
         """Few examples make short epochs: give them enough steps to converge."""
@@ -171,6 +190,13 @@ SCALES = {
         min_steps=200,
         max_epochs=100,
         use_ray=False,
+        # Many panels: fewer N each (points shared with data-scaling are reused).
+        overrides={
+            "ood-shift": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+            "data-savings": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+            "mixed": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+            "model-scaling": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+        },
     ),
     # Seconds: what the tests run.
     "smoke": Scale(
@@ -459,7 +485,8 @@ class Runner:
 
     # points
     def point_path(self, panel: Panel, curve: Curve, n: int) -> Path:
-        return self.out / "points" / panel.downstream.label / curve.key / f"n{n:05d}.json"
+        name = f"n{n:05d}-{self.scale.sweep_key(n)}.json"
+        return self.out / "points" / panel.downstream.label / curve.key / name
 
     def point(self, panel: Panel, curve: Curve, n: int) -> dict:
         """One sweep (or the zero-shot error at N = 0), run once and kept as JSON."""
@@ -558,6 +585,7 @@ def run_experiment(
 
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
+    scale = scale.for_experiment(name)
     use_ray = scale.use_ray if use_ray is None else use_ray
     out.mkdir(parents=True, exist_ok=True)
     started = False

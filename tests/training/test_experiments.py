@@ -101,3 +101,14 @@ def test_unknown_experiment_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fig-7", "--out", str(tmp_path)])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_experiments_with_many_panels_run_fewer_points_and_share_the_rest():
+    small = SCALES["small"]
+    shifts = small.for_experiment("ood-shift")
+    assert shifts.n_examples == [0, 8, 128] and shifts.largest_n == 512
+    assert small.for_experiment("data-scaling") is small
+    # A point is shared where its sweep is the same, and only there.
+    assert shifts.sweep_key(128) == small.sweep_key(128)
+    other = small.model_copy(update={"lrs": [1e-3]})
+    assert other.sweep_key(128) != small.sweep_key(128)
