@@ -123,6 +123,9 @@ def serve_main(argv: Sequence[str]) -> int:
     if args.address:
         ray.init(address=args.address)
     else:
+        # Serve kills a proxy that misses a 5 s ready check; on a machine whose cores are
+        # busy (a training run beside it) start-up takes longer. Workers inherit this.
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
     url = f"http://{args.host}:{args.port}"
     stop = []
