@@ -156,7 +156,9 @@ class Scale(Strict):
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
     def epochs_for(self, n: int) -> int:
-        """Few examples make short epochs: give them enough steps to converge."""
+        """Few examples make short epochs: give them enough steps to converge (N = 0: none)."""
+        if n == 0:
+            return 0
         batch = min(self.batch_size, n)
         steps_per_epoch = max(1, n // batch)
         return min(self.max_epochs, max(self.epochs, math.ceil(self.min_steps / steps_per_epoch)))
@@ -609,6 +611,30 @@ def run_experiment(
     return results
 
 
+def markdown(results: dict) -> str:
+    """The results as Markdown: per panel, test error by N for every curve, then savings."""
+    out = []
+    for panel in results["panels"]:
+        ns = sorted({p["n"] for c in panel["curves"] for p in c["points"]})
+        out += [f"**{panel['title']}**", ""]
+        out.append("| curve | " + " | ".join(f"N={n}" for n in ns) + " |")
+        out.append("| --- |" + " --- |" * len(ns))
+        for curve in panel["curves"]:
+            by_n = {p["n"]: p["error"] for p in curve["points"]}
+            cells = [f"{by_n[n]:.3f}" if n in by_n else "" for n in ns]
+            out.append(f"| {curve['label']} | " + " | ".join(cells) + " |")
+        saved = [s for s in panel["savings"] if s["n"] > 0]
+        if saved:
+            text = ", ".join(
+                f"N={s['n']}: "
+                + (f"{s['scratch_equivalent']:.0f}" if s["scratch_equivalent"] else "n/a")
+                for s in saved
+            )
+            out += ["", f"From-scratch examples for TL's error ({saved[0]['curve']}): {text}"]
+        out.append("")
+    return "\n".join(out)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training.experiments", description=__doc__.split("\n")[0]
@@ -641,11 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for panel in results["panels"]:
-        print(panel["title"])
-        for curve in panel["curves"]:
-            row = "  ".join(f"N={p['n']}: {p['error']:.4f}" for p in curve["points"])
-            print(f"  {curve['label']:<28} {row}")
+    print(markdown(results))
     print("\n".join(results["plots"]))
     return 0
 
