@@ -27,6 +27,15 @@ def _grid(n_panels: int):
     return plt, fig, list(axes.flat[:n_panels])
 
 
+def _label_log_y(ax) -> None:
+    """Ticks at 1, 2 and 5 per decade, labelled: errors often span less than a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
 def zero_position(ns: list[int]) -> float:
     """Where N = 0 (zero-shot) sits on the log axis: a factor 4 left of the smallest N."""
     positive = [n for n in ns if n > 0]
@@ -48,6 +57,7 @@ def plot_curves(results: dict, out: Path) -> Path:
         ax.set_xticks([x0] + [n for n in ns if n > 0])
         ax.set_xticklabels(["0"] + [str(n) for n in ns if n > 0], fontsize=8)
         ax.minorticks_off()
+        _label_log_y(ax)
         ax.set(title=panel["title"], xlabel="downstream examples N", ylabel="test rel. L2")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
