@@ -396,6 +396,7 @@ def savings(panel: dict) -> list[dict]:
         if ref is None:
             continue
         scratch_points = [(p["n"], p["error"]) for p in ref["points"]]
+        best = min(e for _, e in scratch_points)
         for p in curve["points"]:
             n_eq = scratch_equivalent(scratch_points, p["error"])
             out.append(
@@ -405,6 +406,9 @@ def savings(panel: dict) -> list[dict]:
                     "error": p["error"],
                     "scratch_equivalent": n_eq,
                     "saving": None if n_eq is None else n_eq - p["n"],
+                    # TL beat every scratch run: the saving is more than the curve shows
+                    "beats_scratch": n_eq is None and p["error"] < best,
+                    "largest_scratch_n": max(n for n, _ in scratch_points),
                 }
             )
     return out
@@ -627,7 +631,13 @@ def markdown(results: dict) -> str:
         for label in dict.fromkeys(s["curve"] for s in saved):
             text = ", ".join(
                 f"N={s['n']}: "
-                + (f"{s['scratch_equivalent']:.0f}" if s["scratch_equivalent"] else "n/a")
+                + (
+                    f"{s['scratch_equivalent']:.0f}"
+                    if s["scratch_equivalent"]
+                    else f"> {s['largest_scratch_n']} (TL beats every scratch run)"
+                    if s["beats_scratch"]
+                    else "n/a"
+                )
                 for s in saved
                 if s["curve"] == label
             )

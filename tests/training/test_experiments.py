@@ -112,3 +112,21 @@ def test_experiments_with_many_panels_run_fewer_points_and_share_the_rest():
     assert shifts.sweep_key(128) == small.sweep_key(128)
     other = small.model_copy(update={"lrs": [1e-3]})
     assert other.sweep_key(128) != small.sweep_key(128)
+
+
+def test_savings_say_where_tl_beats_every_scratch_run():
+    def curve(kind, points):
+        return {"kind": kind, "model": "fno-64k", "label": kind,
+                "points": [{"n": n, "error": e} for n, e in points]}  # fmt: skip
+
+    panel = {
+        "curves": [
+            curve("tl", [(0, 0.5), (8, 0.1), (32, 0.01)]),
+            curve("scratch", [(8, 0.4), (32, 0.2), (128, 0.05)]),
+        ]
+    }
+    rows = {r["n"]: r for r in experiments.savings(panel)}
+    assert rows[0]["scratch_equivalent"] is None and not rows[0]["beats_scratch"]
+    assert rows[8]["scratch_equivalent"] == pytest.approx(scratch_equivalent(
+        [(8, 0.4), (32, 0.2), (128, 0.05)], 0.1))  # fmt: skip
+    assert rows[32]["beats_scratch"] and rows[32]["largest_scratch_n"] == 128
