@@ -75,6 +75,8 @@ def plot_savings(results: dict, out: Path) -> Path:
     Points above the dashed diagonal are examples saved; TL points better than every
     scratch run, or worse than the smallest, have no equivalent and are left out.
     """
+    from matplotlib.ticker import NullLocator
+
     panels = results["panels"]
     plt, fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels, strict=True):
@@ -87,6 +89,9 @@ def plot_savings(results: dict, out: Path) -> Path:
             ax.loglog(xs, [s["scratch_equivalent"] for s in mine], "-o", label=label)
         lim = [x0, max(ns + [s["scratch_equivalent"] for s in rows] + [1]) * 2]
         ax.loglog(lim, lim, "k--", linewidth=1, label="no saving")
+        ax.set_xticks([x0] + [n for n in ns if n > 0])
+        ax.set_xticklabels(["0"] + [str(n) for n in ns if n > 0], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set(
             title=panel["title"],
             xlabel="TL examples N",
