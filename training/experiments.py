@@ -449,9 +449,8 @@ class Runner:
             t.spec("train", s.pretrain_examples, s.resolution, PRETRAIN_SEED) for t in pretrain
         ]
         vals = [t.spec("val", s.pretrain_val, s.resolution, PRETRAIN_SEED) for t in pretrain]
-        key = json.dumps(
-            [model, [x.model_dump() for x in specs], s.pretrain_epochs], sort_keys=True
-        )
+        settings = s.model_dump(include={"pretrain_epochs", "pretrain_lr", "pretrain_batch"})
+        key = json.dumps([model, [x.model_dump() for x in specs + vals], settings], sort_keys=True)
         name = f"base-{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
         try:
             return Registry(self.registry).card(name).ref
@@ -606,7 +605,6 @@ def run_experiment(
     finally:
         if started:
             ray.shutdown()
-    atomic_write_json(out / f"{name}.json", results)
     results["plots"] = [
         str(plot_curves(results, out / f"{name}.png")),
         str(plot_savings(results, out / f"{name}-savings.png")),

@@ -1,6 +1,5 @@
 """`pdeserve demo`: one example per system through a running service, and one it starts."""
 
-import os
 import sys
 
 import numpy as np
@@ -52,16 +51,15 @@ def test_the_demo_starts_nothing_remote():
         starting.__enter__()
 
 
-def test_the_demo_starts_a_local_service_when_none_answers(service, registry_root, tmp_path):
+def test_the_demo_starts_a_local_service_when_none_answers(
+    service, registry_root, tmp_path, monkeypatch
+):
     """The service fixture holds this machine's 2 CPUs; the demo's own service shares them."""
     url = f"http://127.0.0.1:{free_port()}"
-    old_home, os.environ["HOME"] = os.environ.get("HOME"), str(tmp_path)  # Ray's ~/.ray
-    try:
-        with service_at(url, str(registry_root)) as process:
-            assert process is not None and process.poll() is None
-            assert process.args[:3] == [sys.executable, "-m", "pdeserve.cli"]
-            with Client(url) as client:
-                assert client.health()
-        assert process.returncode is not None
-    finally:
-        os.environ["HOME"] = old_home or ""
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray writes ~/.ray
+    with service_at(url, str(registry_root)) as process:
+        assert process is not None and process.poll() is None
+        assert process.args[:3] == [sys.executable, "-m", "pdeserve.cli"]
+        with Client(url) as client:
+            assert client.health()
+    assert process.returncode is not None
