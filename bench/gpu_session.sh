@@ -10,16 +10,9 @@ EPOCHS=${EPOCHS:-20}
 TRAIN_SECONDS=${TRAIN_SECONDS:-240}
 DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:-1}
-PY=${PY:-python3}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the repo, where it is not installed
-if [ -d .whl ] && ! $PY -c "import pydantic" 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PYTHONPATH
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.txt"
-$PY -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
+gpu_facts "$OUT/gpu.txt"
 spectral=auto
 if [ "$BENCH" = 1 ]; then
   $PY bench/train.py --device "$DEVICE" --name train-gpu 2>&1 | tee "$OUT/bench.log"

@@ -1,6 +1,7 @@
 """The paper's transfer-learning experiments (Q1 to Q4 and the data savings of Fig. B.1).
 
-    python -m training.experiments NAME --out DIR [--scale small|paper] [--ray|--no-ray]
+    python -m training.experiments NAME --out DIR [--scale small|gpu|paper]
+        [--ray | --no-ray [--jobs K]] [--gpu]
 
 NAME is one of ``data-scaling`` (Fig. 3), ``model-scaling`` (Fig. 4), ``ood-shift``
 (Fig. 5, Table 1), ``mixed`` (Fig. 6) or ``data-savings`` (Fig. B.1). Every experiment
@@ -14,6 +15,10 @@ Everything lands under ``--out``: generated data (``data/``), pre-trained bases
 stopped and experiments share the points they have in common), and per experiment
 ``NAME.json`` and ``NAME.png`` (with ``NAME-savings.png``: the from-scratch examples
 that reach TL's error, by log-log interpolation of the scratch curve).
+
+Without Ray, ``--jobs K`` runs K points at once in worker processes (the data and the
+pre-trained bases are made first, so workers never race to make the same file): small
+models leave most of a GPU, or of a core's worth of threads, idle in a single process.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import redirect_stdout
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,13 +163,19 @@ class Scale(Strict):
         }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
 
+    def steps_per_epoch(self, n: int) -> int:
+        return max(1, n // min(self.batch_size, n)) if n else 0
+
     def epochs_for(self, n: int) -> int:
         """Few examples make short epochs: give them enough steps to converge (N = 0: none)."""
         if n == 0:
             return 0
-        batch = min(self.batch_size, n)
-        steps_per_epoch = max(1, n // batch)
-        return min(self.max_epochs, max(self.epochs, math.ceil(self.min_steps / steps_per_epoch)))
+        steps = self.steps_per_epoch(n)
+        return min(self.max_epochs, max(self.epochs, math.ceil(self.min_steps / steps)))
+
+    def sweep_steps(self, n: int) -> int:
+        """Optimiser steps of a point's whole sweep: what orders the work of parallel jobs."""
+        return self.epochs_for(n) * self.steps_per_epoch(n) * len(self.lrs)
 
     @property
     def largest_n(self) -> int:
@@ -199,6 +213,29 @@ SCALES = {
             "mixed": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
             "model-scaling": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
         },
+    ),
+    # A few minutes on one H100/H200 with --jobs 8 (16 cores): 64x64 grids, the 1M model,
+    # 8,192 pre-training examples per system, scratch up to 8,192 downstream examples.
+    "gpu": Scale(
+        name="gpu",
+        resolution=64,
+        model="fno-1m",
+        ladder=["fno-64k", "fno-1m", "fno-16m"],
+        pretrain_examples=8192,
+        pretrain_val=512,
+        pretrain_epochs=40,
+        pretrain_lr=3e-3,
+        pretrain_batch=32,
+        n_examples=[0, 8, 32, 128, 512, 2048],
+        scratch_extra=[8192],
+        n_val=256,
+        n_test=512,
+        lrs=[3e-4, 1e-3, 3e-3],
+        batch_size=32,
+        epochs=30,
+        min_steps=300,
+        max_epochs=150,
+        use_ray=False,
     ),
     # Seconds: what the tests run.
     "smoke": Scale(
@@ -427,8 +464,10 @@ def atomic_write_json(path: Path, value: Any) -> None:
 class Runner:
     """Makes data, pre-trained bases and points on demand, each once, under ``out``."""
 
-    def __init__(self, out: Path, scale: Scale, use_ray: bool, gpu: bool = False):
-        self.out, self.scale, self.use_ray, self.gpu = out, scale, use_ray, gpu
+    def __init__(self, out: Path, scale: Scale, use_ray: bool, gpu: bool = False, jobs: int = 1):
+        if jobs > 1 and use_ray:
+            raise ValueError("--jobs runs points in local processes; it does not mix with --ray")
+        self.out, self.scale, self.use_ray, self.gpu, self.jobs = out, scale, use_ray, gpu, jobs
         self.registry = str(out / "registry")
         self.data_dir = out / "data"
 
@@ -442,20 +481,35 @@ class Runner:
         return {k: str(self.dataset(task, k, n, DOWNSTREAM_SEED)) for k, n in sizes.items()}
 
     # bases
-    def base(self, pretrain: tuple[Task, ...], model: str) -> str:
-        """The registry ref of a model pre-trained on ``pretrain``: trained once, then reused."""
+    def pretrain_specs(self, pretrain: tuple[Task, ...]) -> tuple[list, list]:
         s = self.scale
         specs = [
             t.spec("train", s.pretrain_examples, s.resolution, PRETRAIN_SEED) for t in pretrain
         ]
         vals = [t.spec("val", s.pretrain_val, s.resolution, PRETRAIN_SEED) for t in pretrain]
-        settings = s.model_dump(include={"pretrain_epochs", "pretrain_lr", "pretrain_batch"})
+        return specs, vals
+
+    def base_name(self, pretrain: tuple[Task, ...], model: str) -> str:
+        specs, vals = self.pretrain_specs(pretrain)
+        settings = self.scale.model_dump(
+            include={"pretrain_epochs", "pretrain_lr", "pretrain_batch"}
+        )
         key = json.dumps([model, [x.model_dump() for x in specs + vals], settings], sort_keys=True)
-        name = f"base-{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+        return f"base-{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+    def published_base(self, name: str) -> str | None:
         try:
             return Registry(self.registry).card(name).ref
         except RegistryError:
-            pass
+            return None
+
+    def base(self, pretrain: tuple[Task, ...], model: str) -> str:
+        """The registry ref of a model pre-trained on ``pretrain``: trained once, then reused."""
+        s = self.scale
+        specs, vals = self.pretrain_specs(pretrain)
+        name = self.base_name(pretrain, model)
+        if ref := self.published_base(name):
+            return ref
         from training.export import export
         from training.pretrain import pretrain as run_pretrain
 
@@ -549,17 +603,23 @@ class Runner:
         }
         bar = tqdm(total=len(todo), unit="point", desc=name)
         done: dict[tuple, dict] = {}
-        for panel, curve, n in todo:
-            cached = self.point_path(panel, curve, n).exists()
-            point = self.point(panel, curve, n)
+
+        def record(panel: Panel, curve: Curve, n: int, point: dict, fresh: bool) -> None:
             done[(panel.title, curve.label, n)] = point
-            if not cached:
+            if fresh:
                 lr = f", lr {point['chosen_lr']:g}" if n else ""
                 tqdm.write(
                     f"{panel.downstream.label} {curve.label} N={n}: test {point['error']:.4f}"
                     f"{lr} ({point['seconds']:.0f} s)"
                 )
             bar.update()
+
+        if self.jobs > 1:
+            self.run_parallel(todo, record)
+        else:
+            for panel, curve, n in todo:
+                cached = self.point_path(panel, curve, n).exists()
+                record(panel, curve, n, self.point(panel, curve, n), not cached)
         bar.close()
         for panel in panels:
             entry = {
@@ -581,9 +641,82 @@ class Runner:
             results["panels"].append(entry)
         return results
 
+    def run_parallel(self, todo: list[tuple[Panel, Curve, int]], record: Callable) -> None:
+        """Every point not yet on disk in ``jobs`` processes, the longest sweeps first.
+
+        Data is made here first, then the missing bases in the pool beside the scratch
+        points; a base's TL points are queued as soon as it is published.
+        """
+        for panel, curve, n in todo:
+            if self.point_path(panel, curve, n).exists():
+                record(panel, curve, n, self.point(panel, curve, n), False)
+        todo = [t for t in todo if not self.point_path(*t).exists()]
+        if not todo:
+            return
+        for panel in {t[0].downstream for t in todo}:
+            self.downstream(panel)
+
+        def base_of(t: tuple[Panel, Curve, int]) -> tuple[tuple[Task, ...], str]:
+            return t[1].pretrain, t[1].model
+
+        bases = {base_of(t) for t in todo if t[1].kind == "tl"}
+        for pretrain, _ in bases:
+            for spec in itertools.chain(*self.pretrain_specs(pretrain)):
+                generated_file(spec, self.data_dir)
+        todo.sort(key=lambda t: self.scale.sweep_steps(t[2]), reverse=True)
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        job = (self.out, self.scale, self.gpu, threads)
+        ready = {b for b in bases if self.published_base(self.base_name(*b))}
+        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
+            running: dict[Future, tuple] = {
+                pool.submit(_make_base, *job, *b): b for b in bases - ready
+            }
+            waiting = list(todo)
+            while waiting or running:
+                startable = [t for t in waiting if t[1].kind == "scratch" or base_of(t) in ready]
+                for t in startable:
+                    waiting.remove(t)
+                    running[pool.submit(_make_point, *job, *t)] = t
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    result = future.result()  # a failed job stops the run, its error shown
+                    if len(task) == 2:
+                        ready.add(task)
+                        tqdm.write(f"pre-trained {result}")
+                    else:
+                        record(*task, result, True)
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _make_base(
+    out: Path, scale: Scale, gpu: bool, threads: int, pretrain: tuple[Task, ...], model: str
+) -> str:
+    """A worker's job: pre-train and publish one base (its data exists)."""
+    _worker_threads(threads)
+    return Runner(out, scale, use_ray=False, gpu=gpu).base(pretrain, model)
+
+
+def _make_point(
+    out: Path, scale: Scale, gpu: bool, threads: int, panel: Panel, curve: Curve, n: int
+) -> dict:
+    """A worker's job: one point (its data and base exist)."""
+    _worker_threads(threads)
+    return Runner(out, scale, use_ray=False, gpu=gpu).point(panel, curve, n)
+
 
 def run_experiment(
-    name: str, out: Path, scale: Scale, use_ray: bool | None = None, gpu: bool = False
+    name: str,
+    out: Path,
+    scale: Scale,
+    use_ray: bool | None = None,
+    gpu: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Run (or finish) experiment ``name`` under ``out``; writes NAME.json and the plots."""
     from training.experiment_plots import plot_curves, plot_savings
@@ -592,6 +725,8 @@ def run_experiment(
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
     scale = scale.for_experiment(name)
     use_ray = scale.use_ray if use_ray is None else use_ray
+    if jobs > 1 and use_ray:
+        raise ValueError("--jobs runs points in local processes; it does not mix with --ray")
     out.mkdir(parents=True, exist_ok=True)
     started = False
     if use_ray:
@@ -601,7 +736,7 @@ def run_experiment(
             ray.init(include_dashboard=False)
             started = True
     try:
-        results = Runner(out, scale, use_ray, gpu).run(name, EXPERIMENTS[name](scale))
+        results = Runner(out, scale, use_ray, gpu, jobs).run(name, EXPERIMENTS[name](scale))
     finally:
         if started:
             ray.shutdown()
@@ -666,13 +801,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="every run in this process (default at small scale)",
     )
     p.add_argument("--gpu", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="K",
+        help="without Ray: K points at once, each in its own process (default 1)",
+    )
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        results = run_experiment(args.name, args.out, SCALES[args.scale], args.ray, args.gpu)
+        results = run_experiment(
+            args.name, args.out, SCALES[args.scale], args.ray, args.gpu, args.jobs
+        )
     except (ValueError, FileNotFoundError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

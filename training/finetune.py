@@ -151,12 +151,16 @@ def prepared(config: TrainConfig, card: ModelCard | None, scratch: bool) -> Prep
 
 def test_errors(model_dir: Path, resolution: int, test: str) -> dict[str, float]:
     """Mean relative L2 of the model's ONNX graph on the test file: per system and overall."""
+    import torch
+
     from service.cli import evaluate
     from service.runner import OnnxSurrogate
 
     card = ModelCard.model_validate_json((model_dir / "card.json").read_text())
     graph = export_onnx(load_model(model_dir), resolution, {})
-    result = evaluate(OnnxSurrogate(card, graph), test, progress=False)
+    # As many ONNX Runtime threads as torch has: parallel sweeps each get their share.
+    surrogate = OnnxSurrogate(card, graph, threads=torch.get_num_threads())
+    result = evaluate(surrogate, test, progress=False)
     return {**result["per_system"], "all": result["mean_relative_l2"]}
 
 
