@@ -95,6 +95,58 @@ def test_smoke_data_scaling_writes_results_and_plots_and_resumes(tmp_path, monke
     monkeypatch.setattr(experiments, "finetune", no_training)
     assert main(["data-scaling", "--out", str(out), "--scale", "smoke"]) == 0
     assert json.loads((out / "data-scaling.json").read_text())["panels"][0] == panel
+    monkeypatch.undo()
+
+    # Worker processes (--jobs) give the serial run's points: same data, bases and seeds.
+    parallel = tmp_path / "parallel"
+    args = ["data-scaling", "--out", str(parallel), "--scale", "smoke", "--jobs", "2"]
+    assert main(args) == 0
+    again = json.loads((parallel / "data-scaling.json").read_text())
+    for a, b in zip(results["panels"], again["panels"], strict=True):
+        for ca, cb in zip(a["curves"], b["curves"], strict=True):
+            assert [p["n"] for p in ca["points"]] == [p["n"] for p in cb["points"]]
+            for pa, pb in zip(ca["points"], cb["points"], strict=True):
+                assert pb["error"] == pytest.approx(pa["error"], rel=1e-3)
+    assert len(list((parallel / "registry").iterdir())) == 2  # each base made once
+
+
+def test_jobs_do_not_mix_with_ray(tmp_path, capsys):
+    assert main(["data-scaling", "--out", str(tmp_path), "--ray", "--jobs", "2"]) == 2
+    assert "--jobs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data-scaling", "--out", str(tmp_path), "--jobs", "0"])
+
+
+def test_widening_a_sweep_trains_only_the_added_rates(tmp_path, monkeypatch):
+    smoke = SCALES["smoke"]
+    narrow = smoke.model_copy(update={"lrs": [1e-3]})
+    panel = experiments.data_scaling(smoke)[0]
+    out = tmp_path / "exp"
+    first = experiments.Runner(out, narrow, use_ray=False).run("narrow", [panel])
+
+    swept = []
+
+    def recording(config):
+        swept.append((config.n_examples, config.lrs))
+        return experiments_finetune(config)
+
+    experiments_finetune = experiments.finetune
+    monkeypatch.setattr(experiments, "finetune", recording)
+    wide = experiments.Runner(out, smoke, use_ray=False).run("wide", [panel])
+    assert swept and all(lrs == [1e-2] for _, lrs in swept)  # 1e-3 came from disk
+    assert all(n > 0 for n, _ in swept)  # zero-shot needs no sweep
+    pairs = zip(first["panels"][0]["curves"], wide["panels"][0]["curves"], strict=True)
+    for narrow_curve, curve in pairs:
+        for before, point in zip(narrow_curve["points"], curve["points"], strict=True):
+            if point["n"] == 0:
+                assert point == before
+                continue
+            assert set(point["validation"]) == {"0.001", "0.01"}
+            best = min(point["validation"], key=point["validation"].get)
+            assert float(best) == point["chosen_lr"]
+            assert point["chosen_val"] == point["validation"][best]
+            if best == "0.001":
+                assert point["test"] == before["test"]
 
 
 def test_unknown_experiment_is_refused(tmp_path, capsys):
