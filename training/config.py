@@ -119,6 +119,10 @@ class ModelConfig(Strict):
         return {**args, "n_layers": self.n_layers, "fc_dim": self.fc_dim}
 
 
+#: Training losses (``OptimConfig.loss``).
+Loss = Literal["mse", "relative_l2"]
+
+
 class OptimConfig(Strict):
     """Adam with cosine decay from ``lr`` to ``lr * min_lr_ratio`` over all steps."""
 
@@ -128,6 +132,9 @@ class OptimConfig(Strict):
     epochs: int = Field(ge=1)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     grad_clip: float | None = Field(None, gt=0)
+    # mse: the paper's loss. relative_l2: the mean of the metric itself, which weighs every
+    # example alike where a few solutions are far larger than the rest (SYS-2, Psi > 1).
+    loss: Loss = "mse"
 
 
 class FaultInjection(Strict):

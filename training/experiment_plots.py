@@ -17,10 +17,10 @@ def _pyplot():
 
 def _grid(n_panels: int):
     plt = _pyplot()
-    cols = min(n_panels, 4)
+    cols = min(n_panels, 4)  # one panel: wide enough for the figure title
     rows = math.ceil(n_panels / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(4.2 * cols, 3.6 * rows), layout="constrained", squeeze=False
+        rows, cols, figsize=(max(4.2 * cols, 7.5), 3.6 * rows), layout="constrained", squeeze=False
     )
     for ax in axes.flat[n_panels:]:
         ax.set_visible(False)

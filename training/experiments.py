@@ -4,7 +4,8 @@
         [--ray | --no-ray [--jobs K]] [--gpu]
 
 NAME is one of ``data-scaling`` (Fig. 3), ``model-scaling`` (Fig. 4), ``ood-shift``
-(Fig. 5, Table 1), ``mixed`` (Fig. 6) or ``data-savings`` (Fig. B.1). Every experiment
+(Fig. 5, Table 1), ``mixed`` (Fig. 6), ``data-savings`` (Fig. B.1) or ``loss`` (not in
+the paper: SYS-2 fine-tuned with MSE and with a relative-L2 loss). Every experiment
 is a set of panels; a panel is one downstream task with curves of test error against
 the number of downstream examples N: fine-tuning a pre-trained model (TL) and
 training the same architecture from scratch, each point with its own learning-rate
@@ -48,6 +49,7 @@ from training.config import (
     DataConfig,
     DataSource,
     GenerateSpec,
+    Loss,
     ModelConfig,
     OptimConfig,
     TrainConfig,
@@ -212,6 +214,7 @@ SCALES = {
             "data-savings": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
             "mixed": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
             "model-scaling": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+            "loss": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
         },
     ),
     # A few minutes on one H100/H200 with --jobs 8 (16 cores): 64x64 grids, the 1M model,
@@ -236,6 +239,7 @@ SCALES = {
         min_steps=300,
         max_epochs=150,
         use_ray=False,
+        overrides={"loss": {"n_examples": [0, 8, 128, 2048], "scratch_extra": []}},
     ),
     # Seconds: what the tests run.
     "smoke": Scale(
@@ -296,10 +300,13 @@ class Curve(Strict):
     model: str
     pretrain: tuple[Task, ...] = ()  # empty for scratch
     label: str
+    loss: Loss = "mse"  # of the fine-tuning (the bases are pre-trained with MSE)
 
     @property
     def key(self) -> str:
-        text = json.dumps(self.model_dump(exclude={"label"}), sort_keys=True)
+        # The paper's loss leaves the key as it was before losses could differ.
+        skip = {"label"} | ({"loss"} if self.loss == "mse" else set())
+        text = json.dumps(self.model_dump(exclude=skip), sort_keys=True)
         return f"{self.kind}-{self.model}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
@@ -309,13 +316,15 @@ class Panel(Strict):
     curves: list[Curve]
 
 
-def tl(pretrain: tuple[Task, ...], model: str, label: str | None = None) -> Curve:
+def tl(
+    pretrain: tuple[Task, ...], model: str, label: str | None = None, loss: Loss = "mse"
+) -> Curve:
     name = label or f"TL from {' + '.join(t.label for t in pretrain)}"
-    return Curve(kind="tl", model=model, pretrain=pretrain, label=name)
+    return Curve(kind="tl", model=model, pretrain=pretrain, label=name, loss=loss)
 
 
-def scratch(model: str, label: str = "from scratch") -> Curve:
-    return Curve(kind="scratch", model=model, label=label)
+def scratch(model: str, label: str = "from scratch", loss: Loss = "mse") -> Curve:
+    return Curve(kind="scratch", model=model, label=label, loss=loss)
 
 
 SYS1_BASE, SYS2_BASE, SYS3_BASE = sys1(1, 5), sys2(0.2, 1), sys3(1, 10)
@@ -389,11 +398,27 @@ def mixed(scale: Scale) -> list[Panel]:
     return panels
 
 
+def loss(scale: Scale) -> list[Panel]:
+    """Not in the paper: Q1's SYS-2 panel fine-tuned with the paper's MSE and with the mean
+    relative L2 itself. Psi in (1,2) has a few solutions far larger than the rest; MSE
+    spends the fit on them while the metric weighs every example alike."""
+    model = scale.model
+    curves = [
+        tl((SYS2_BASE,), model, "TL, MSE loss"),
+        tl((SYS2_BASE,), model, "TL, relative-L2 loss", loss="relative_l2"),
+        scratch(model, "scratch, MSE loss"),
+        scratch(model, "scratch, relative-L2 loss", loss="relative_l2"),
+    ]
+    title = f"{SYS2_BASE.label} → {sys2(1, 2).label}: training loss"
+    return [Panel(title=title, downstream=sys2(1, 2), curves=curves)]
+
+
 EXPERIMENTS: dict[str, Callable[[Scale], list[Panel]]] = {
     "data-scaling": data_scaling,
     "model-scaling": model_scaling,
     "ood-shift": ood_shift,
     "mixed": mixed,
+    "loss": loss,
     # Fig. B.1 reads the Table 1 shifts; its points are the ood-shift ones.
     "data-savings": ood_shift,
 }
@@ -429,7 +454,8 @@ def savings(panel: dict) -> list[dict]:
     for curve in panel["curves"]:
         if curve["kind"] != "tl":
             continue
-        ref = next((s for s in scratch_curves if s["model"] == curve["model"]), None)
+        same = ("model", "loss")
+        ref = next((s for s in scratch_curves if all(s.get(k) == curve.get(k) for k in same)), None)
         if ref is None:
             continue
         scratch_points = [(p["n"], p["error"]) for p in ref["points"]]
@@ -604,6 +630,7 @@ class Runner:
             num_workers=s.num_workers,
             gpu=self.gpu,
             scratch=curve.kind == "scratch",
+            loss=curve.loss,
             use_ray=self.use_ray,
             storage=str(storage),
         )
@@ -667,6 +694,7 @@ class Runner:
                         "label": c.label,
                         "kind": c.kind,
                         "model": c.model,
+                        "loss": c.loss,
                         "pretrain": [t.label for t in c.pretrain],
                         "points": [done[(panel.title, c.label, n)] for n in self.curve_ns(c)],
                     }

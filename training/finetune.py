@@ -25,14 +25,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datagen.dataset import open_dataset
 from service.registry import WEIGHTS, ModelCard, Registry, RegistryError
 from training.checkpoint import load_model
-from training.config import DataConfig, DataSource, ModelConfig, OptimConfig, TrainConfig
+from training.config import (
+    DataConfig,
+    DataSource,
+    Loss,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from training.context import LocalContext, default_device
 from training.export import DEFAULT_REGISTRY, export, export_onnx
 from training.normalization import NormalizationStats
@@ -60,6 +67,7 @@ class FinetuneConfig(BaseModel):
     num_workers: int = Field(default=1, ge=1)
     gpu: bool = False
     scratch: bool = False
+    loss: Loss = "mse"
     use_ray: bool = True
     publish: str | None = None
     storage: str = "runs/finetune"
@@ -130,7 +138,7 @@ def train_config(
             val=[DataSource(files=[config.val])],
             chunk_size=max(1, min(64, config.n_examples)),
         ),
-        optim=OptimConfig(lr=lr, batch_size=batch, epochs=config.epochs),
+        optim=OptimConfig(lr=lr, batch_size=batch, epochs=config.epochs, loss=config.loss),
         num_workers=world,
     )
 
@@ -287,6 +295,7 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--gpu", action="store_true")
     p.add_argument("--scratch", action="store_true", help="random init (the baseline)")
+    p.add_argument("--loss", choices=get_args(Loss), default="mse", help="training loss")
     p.add_argument("--no-ray", action="store_true", help="the sweep in this process")
     p.add_argument("--publish", help="publish the chosen model under this name")
     p.add_argument("--storage", default="runs/finetune")
@@ -306,6 +315,7 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
         num_workers=args.num_workers,
         gpu=args.gpu,
         scratch=args.scratch,
+        loss=args.loss,
         use_ray=not args.no_ray,
         publish=args.publish,
         storage=args.storage,

@@ -12,7 +12,7 @@ PREFIX = "val_rel_l2/"
 
 
 def plot_metrics(log: Path, out: Path, title: str | None = None) -> Path:
-    """Train MSE and validation mean relative L2 per group against the epoch (PNG)."""
+    """Training loss and validation mean relative L2 per group against the epoch (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,8 +24,10 @@ def plot_metrics(log: Path, out: Path, title: str | None = None) -> Path:
     epochs = [r["epoch"] for r in records]
     groups = sorted({k[len(PREFIX) :] for r in records for k in r if k.startswith(PREFIX)})
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
-    ax_loss.semilogy(epochs, [r["train_mse"] for r in records], color="black")
-    ax_loss.set(xlabel="epoch", ylabel="train MSE (normalised)", title="training loss")
+    loss = "train_relative_l2" if "train_relative_l2" in records[0] else "train_mse"
+    ax_loss.semilogy(epochs, [r[loss] for r in records], color="black")
+    ylabel = "train MSE (normalised)" if loss == "train_mse" else "train mean relative L2"
+    ax_loss.set(xlabel="epoch", ylabel=ylabel, title="training loss")
     for g in groups:
         style = {"color": "black", "linewidth": 2} if g == "all" else {}
         values = [r.get(PREFIX + g, float("nan")) for r in records]

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.checkpoint import STATE, load_model, load_state, save_model, save_state
-from training.config import TrainConfig
+from training.config import OptimConfig, TrainConfig
 from training.context import RunContext
 from training.data import BatchLoader
 from training.metrics import MetricsLog, read_log, relative_l2
@@ -235,21 +235,32 @@ class _RunState:
         MetricsLog(checkpoint / HISTORY).write_all(self.history)
 
 
+def training_loss(
+    name: str, pred: torch.Tensor, target: torch.Tensor, solution_ref: torch.Tensor
+) -> torch.Tensor:
+    """``mse``: the paper's loss, in units of the solution reference; ``relative_l2``: the
+    batch mean of the per-example metric."""
+    if name == "relative_l2":
+        return relative_l2(pred, target).mean()
+    return torch.nn.functional.mse_loss(pred / solution_ref, target / solution_ref)
+
+
 def _train_epoch(
     net: torch.nn.Module,
     run: _RunState,
     batches,
     solution_ref: torch.Tensor,
     bf16: bool,
-    grad_clip: float | None,
+    optim: OptimConfig,
 ) -> torch.Tensor:
-    """One pass of MSE steps (the paper's loss, in units of the solution reference)."""
+    """One pass of optimiser steps; returns the sum of the batch losses."""
     net.train()
+    grad_clip = optim.grad_clip
     loss_sum = torch.zeros((), device=solution_ref.device, dtype=torch.float64)
     for batch in batches:
         with torch.autocast(batch.source.device.type, dtype=torch.bfloat16, enabled=bf16):
             pred = net(batch.source, batch.coefficients)
-        loss = torch.nn.functional.mse_loss(pred / solution_ref, batch.solution / solution_ref)
+        loss = training_loss(optim.loss, pred, batch.solution, solution_ref)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -294,13 +305,13 @@ def _epochs(
             mininterval=2,
             leave=False,
         )
-        loss_sum = _train_epoch(net, run, bar, solution_ref, bf16, config.optim.grad_clip)
+        loss_sum = _train_epoch(net, run, bar, solution_ref, bf16, config.optim)
         train_time = time.perf_counter() - t0
         train_loss = float(all_sum(loss_sum.clone()) / (steps * world))
         val = evaluate(net, val_loader, groups, bf16)
         record = {
             "epoch": epoch + 1,
-            "train_mse": train_loss,
+            f"train_{config.optim.loss}": train_loss,
             **val,
             "lr": scheduler.get_last_lr()[0],
             "train_samples_per_s": steps * config.optim.batch_size / train_time,
@@ -318,7 +329,8 @@ def _epochs(
             run.save(checkpoint, epoch, best_dir)
         if context.is_main:
             shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items())
-            print(f"epoch {epoch + 1}: train_mse={train_loss:.4g} val rel L2 {shown}", flush=True)
+            loss = f"train_{config.optim.loss}={train_loss:.4g}"
+            print(f"epoch {epoch + 1}: {loss} val rel L2 {shown}", flush=True)
         context.report(record, checkpoint)
         _maybe_fail(config, context.rank, epoch + 1, context)
     return TrainResult(run.history, run.best_epoch, run.best_val)

@@ -115,3 +115,16 @@ def test_the_sweep_on_ray_tune(base, shifted, tmp_path):
     out = tmp_path / "results.json"
     out.write_text(json.dumps(results))
     assert json.loads(out.read_text())["test"]["poisson"] > 0
+
+
+def test_a_relative_l2_loss_trains_on_the_metric(base, shifted, tmp_path, capsys):
+    results = run(_config(base, shifted, tmp_path, loss="relative_l2", lrs=[1e-3]))
+    assert results["test"]["poisson"] < results["zero_shot"]["poisson"]
+    losses = [
+        float(line.split("train_relative_l2=")[1].split()[0])
+        for line in capsys.readouterr().out.splitlines()
+        if "train_relative_l2=" in line
+    ]
+    assert len(losses) == 15 and "train_mse" not in capsys.readouterr().out
+    # The loss is the metric itself: a relative error, falling as the model fits.
+    assert 0 < losses[-1] < losses[0] < 2

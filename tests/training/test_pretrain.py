@@ -181,3 +181,24 @@ def test_pdeserve_cli_runs_pretrain(capsys):
         cli(["pretrain", "--help"])
     assert e.value.code == 0
     assert "--no-ray" in capsys.readouterr().out
+
+
+def test_training_losses_match_their_definitions():
+    import numpy as np
+
+    from training.trainer import training_loss
+
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(3, 8, 8)) * np.array([1.0, 10.0, 100.0])[:, None, None]
+    pred = target + rng.normal(size=target.shape)
+    ref = 4.0
+    mse = np.mean(((pred - target) / ref) ** 2)
+    rel = np.mean(
+        [np.sqrt(np.sum((p - t) ** 2) / np.sum(t**2)) for p, t in zip(pred, target, strict=True)]
+    )
+    t = {k: torch.tensor(v, dtype=torch.float32) for k, v in {"p": pred, "t": target}.items()}
+    ref_t = torch.tensor(ref)
+    assert float(training_loss("mse", t["p"], t["t"], ref_t)) == pytest.approx(mse, rel=1e-5)
+    assert float(training_loss("relative_l2", t["p"], t["t"], ref_t)) == pytest.approx(
+        rel, rel=1e-5
+    )
