@@ -147,11 +147,16 @@ class Scale(Strict):
     num_workers: int = 1
     # Per experiment, fields that differ (fewer N where an experiment has many panels).
     overrides: dict[str, dict[str, Any]] = {}
+    # Examples in each downstream training file (N takes its first N); 0: the largest N.
+    # Points are shared between experiments, so all draw on the same file.
+    train_pool: int = Field(0, ge=0)
 
     def for_experiment(self, name: str) -> Scale:
         if not self.overrides.get(name):
             return self
-        return Scale.model_validate(self.model_dump() | self.overrides[name])
+        # Fewer N, same downstream file: a point means the same data in every experiment.
+        keep = {"train_pool": self.train_pool or self.largest_n}
+        return Scale.model_validate(self.model_dump() | self.overrides[name] | keep)
 
     def sweep_key(self, n: int) -> str:
         """What a point's sweep depends on beyond its curve, N and downstream task."""
@@ -516,7 +521,7 @@ class Runner:
 
     def downstream(self, task: Task) -> dict[str, str]:
         s = self.scale
-        sizes = {"train": s.largest_n, "val": s.n_val, "test": s.n_test}
+        sizes = {"train": s.train_pool or s.largest_n, "val": s.n_val, "test": s.n_test}
         return {k: str(self.dataset(task, k, n, DOWNSTREAM_SEED)) for k, n in sizes.items()}
 
     # bases

@@ -159,6 +159,7 @@ def test_experiments_with_many_panels_run_fewer_points_and_share_the_rest():
     small = SCALES["small"]
     shifts = small.for_experiment("ood-shift")
     assert shifts.n_examples == [0, 8, 128] and shifts.largest_n == 512
+    assert shifts.train_pool == small.largest_n == 2048  # the same downstream files
     assert small.for_experiment("data-scaling") is small
     # A point is shared where its sweep is the same, and only there.
     assert shifts.sweep_key(128) == small.sweep_key(128)
