@@ -62,9 +62,10 @@ def plot_curves(results: dict, out: Path) -> Path:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
     scale = results["scale"]
+    models = ", ".join(dict.fromkeys(c["model"] for p in results["panels"] for c in p["curves"]))
     fig.suptitle(
         f"{results['experiment']} ({scale['name']} scale: {scale['resolution']}², "
-        f"{scale['model']}, {scale['pretrain_examples']} pre-training examples per system)"
+        f"{models}, {scale['pretrain_examples']} pre-training examples per system)"
     )
     return _save(plt, fig, out)
 
