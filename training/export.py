@@ -95,7 +95,11 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
     The torch side runs in float64, the model's function without rounding: two float32
     evaluations in different orders (the graph's sandwich products, torch's GEMMs) each
     carry rounding of a few 1e-6 on trained weights, and against each other they came out
-    at 1.02e-5 on a trained fno-1m.
+    at 1.02e-5 on a trained fno-1m. Some trained models are worse conditioned than that:
+    a mixed-system fno-64k's own float32 torch forward is 1.6e-5 from float64 at batch 1.
+    No float32 program can do better, so the tolerance is ``PARITY_RTOL`` or twice the
+    torch float32 error, whichever is larger: the graph must be as exact as the model's
+    float32 arithmetic allows.
     """
     import copy
 
@@ -109,11 +113,16 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
         (got,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
         with torch.no_grad():
             want = reference(source.double(), coefficients.double()).numpy()
-        errors[batch] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
-        if not errors[batch] <= PARITY_RTOL:
+            float32 = model.eval()(source, coefficients).numpy()
+        scale = np.linalg.norm(want)
+        errors[batch] = float(np.linalg.norm(got - want) / scale)
+        floor = float(np.linalg.norm(float32 - want) / scale)
+        tolerance = max(PARITY_RTOL, 2 * floor)
+        if not errors[batch] <= tolerance:
             raise ParityError(
                 f"ONNX Runtime differs from torch by {errors[batch]:.2e} (relative L2) at batch "
-                f"{batch}; the tolerance is {PARITY_RTOL:.0e}"
+                f"{batch}; the tolerance is {tolerance:.1e} (the larger of {PARITY_RTOL:.0e} "
+                f"and twice torch's own float32 error, {floor:.1e})"
             )
     return errors
 

@@ -69,6 +69,23 @@ def test_parity_failure_is_reported(checkpoint):
         check_parity(model, graph, 32)
 
 
+def test_parity_tolerance_is_the_float32_floor_where_that_is_larger(checkpoint, monkeypatch):
+    """A graph as exact as torch's own float32 passes even under an impossible tolerance;
+    one that computes something else still fails."""
+    from training import export as export_module
+    from training.checkpoint import load_model
+
+    monkeypatch.setattr(export_module, "PARITY_RTOL", 1e-12)  # below float32's rounding
+    model = load_model(checkpoint).eval()
+    graph = export_onnx(model, 32, {})
+    errors = check_parity(model, graph, 32)
+    assert all(1e-12 < e <= 1e-5 for e in errors.values())
+    with torch.no_grad():
+        model.fno.lift.bias += 1e-3
+    with pytest.raises(ParityError, match="twice torch's own float32 error"):
+        check_parity(model, graph, 32)
+
+
 def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     """`pdeserve models` lists and shows; `pdeserve eval` agrees with the torch model."""
     import json
