@@ -736,7 +736,8 @@ class Runner:
         todo.sort(key=lambda t: self.scale.sweep_steps(t[2]), reverse=True)
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         job = (self.out, self.scale, self.gpu, threads)
-        with ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+        try:
             running: dict[Future, tuple] = {
                 pool.submit(_make_base, *job, *b): b for b in bases - ready
             }
@@ -755,6 +756,12 @@ class Runner:
                         tqdm.write(f"pre-trained {result}")
                     else:
                         record(*task, result, True)
+        except BaseException:
+            # A failure (or Ctrl-C) stops the run: jobs not yet started are dropped, the
+            # running ones finish and keep their points for the next run.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
 
 def _worker_threads(threads: int) -> None:

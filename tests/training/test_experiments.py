@@ -183,3 +183,14 @@ def test_savings_say_where_tl_beats_every_scratch_run():
     assert rows[8]["scratch_equivalent"] == pytest.approx(scratch_equivalent(
         [(8, 0.4), (32, 0.2), (128, 0.05)], 0.1))  # fmt: skip
     assert rows[32]["beats_scratch"] and rows[32]["largest_scratch_n"] == 128
+
+
+def test_a_failing_job_stops_a_parallel_run_with_its_error(tmp_path):
+    """The worker's exception reaches the caller; the pool does not run on to the end."""
+    smoke = SCALES["smoke"].model_copy(update={"train_pool": 16})  # N=32 cannot be drawn
+    panel = experiments.Panel(
+        title="scratch only", downstream=sys1(5, 10), curves=[experiments.scratch("fno-64k")]
+    )
+    runner = experiments.Runner(tmp_path / "exp", smoke, use_ray=False, jobs=2)
+    with pytest.raises(ValueError, match="--n-examples 32"):
+        runner.run("failing", [panel])
