@@ -113,7 +113,7 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
         (got,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
         with torch.no_grad():
             want = reference(source.double(), coefficients.double()).numpy()
-            float32 = model.eval()(source, coefficients).numpy()
+            float32 = model(source, coefficients).numpy()
         scale = np.linalg.norm(want)
         errors[batch] = float(np.linalg.norm(got - want) / scale)
         floor = float(np.linalg.norm(float32 - want) / scale)
