@@ -738,20 +738,21 @@ class Runner:
         job = (self.out, self.scale, self.gpu, threads)
         pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
         try:
-            running: dict[Future, tuple] = {
-                pool.submit(_make_base, *job, *b): b for b in bases - ready
+            # a future's task: ("base", (pretrain, model)) or ("point", (panel, curve, n))
+            running: dict[Future, tuple[str, tuple]] = {
+                pool.submit(_make_base, *job, *b): ("base", b) for b in bases - ready
             }
             waiting = list(todo)
             while waiting or running:
                 startable = [t for t in waiting if t[1].kind == "scratch" or base_of(t) in ready]
                 for t in startable:
                     waiting.remove(t)
-                    running[pool.submit(_make_point, *job, *t)] = t
+                    running[pool.submit(_make_point, *job, *t)] = ("point", t)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    task = running.pop(future)
+                    kind, task = running.pop(future)
                     result = future.result()  # a failed job stops the run, its error shown
-                    if len(task) == 2:
+                    if kind == "base":
                         ready.add(task)
                         tqdm.write(f"pre-trained {result}")
                     else:
@@ -801,8 +802,7 @@ def run_experiment(
         raise ValueError(f"unknown experiment {name!r}; known: {sorted(EXPERIMENTS)}")
     scale = scale.for_experiment(name)
     use_ray = scale.use_ray if use_ray is None else use_ray
-    if jobs > 1 and use_ray:
-        raise ValueError("--jobs runs points in local processes; it does not mix with --ray")
+    runner = Runner(out, scale, use_ray, gpu, jobs)  # refuses bad settings before Ray starts
     out.mkdir(parents=True, exist_ok=True)
     started = False
     if use_ray:
@@ -812,7 +812,7 @@ def run_experiment(
             ray.init(include_dashboard=False)
             started = True
     try:
-        results = Runner(out, scale, use_ray, gpu, jobs).run(name, EXPERIMENTS[name](scale))
+        results = runner.run(name, EXPERIMENTS[name](scale))
     finally:
         if started:
             ray.shutdown()

@@ -120,11 +120,12 @@ def test_the_sweep_on_ray_tune(base, shifted, tmp_path):
 def test_a_relative_l2_loss_trains_on_the_metric(base, shifted, tmp_path, capsys):
     results = run(_config(base, shifted, tmp_path, loss="relative_l2", lrs=[1e-3]))
     assert results["test"]["poisson"] < results["zero_shot"]["poisson"]
+    out = capsys.readouterr().out
     losses = [
         float(line.split("train_relative_l2=")[1].split()[0])
-        for line in capsys.readouterr().out.splitlines()
+        for line in out.splitlines()
         if "train_relative_l2=" in line
     ]
-    assert len(losses) == 15 and "train_mse" not in capsys.readouterr().out
+    assert len(losses) == 15 and "train_mse" not in out
     # The loss is the metric itself: a relative error, falling as the model fits.
     assert 0 < losses[-1] < losses[0] < 2
