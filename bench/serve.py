@@ -9,6 +9,9 @@ base64 Helmholtz solves (omega = 4, inside the envelope, so the surrogate answer
 grid at concurrency 1, 8 and 32 over loopback HTTP, and the raw ONNX Runtime figures of the
 same model.onnx, measured in this process before Ray starts (so they do not share the CPUs):
 batch-1 latency and the best samples/s over batches 1, 8 and 32 ("raw throughput").
+The application runs as ``pdeserve serve`` runs it (``service.embedded``: the ingress
+replica answers HTTP itself); each level is also measured through Serve's proxy, the
+default path of Ray Serve, for comparison.
 Goals (2 cores): served req/s at concurrency 32 >= 0.7 x raw throughput; p50 at
 concurrency 1 <= raw batch-1 p50 + 15 ms.
 
@@ -26,7 +29,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +45,8 @@ import torch
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
+from service import embedded  # noqa: E402
+from service.embedded import Embedded, free_port  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.runner import OnnxSurrogate  # noqa: E402
 from service.schema import EncodedArray, HelmholtzRequest  # noqa: E402
@@ -212,43 +216,21 @@ def raw_onnxruntime(
 # The service
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(settings: ServiceSettings) -> str:
-    import ray
-    from ray import serve
-
-    from service.app import build_app
-
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings), name="pdeserve", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
+def start_service(settings: ServiceSettings) -> Embedded:
+    """The application as ``pdeserve serve`` runs it (direct ingress), once ready."""
+    app = embedded.start(
+        settings, port=free_port(), num_cpus=2, include_dashboard=False, log_to_driver=False
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=10).status_code == 200:
-                return url
+            if httpx.get(f"{app.url}/readyz", timeout=10).status_code == 200:
+                return app
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError("the service did not become ready in 120 s")
         time.sleep(0.5)
-
-
-def stop_service() -> None:
-    import ray
-    from ray import serve
-
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
 
 
 def client(url: str, concurrency: int, timeout: float = 60.0) -> httpx.AsyncClient:
@@ -338,23 +320,26 @@ def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coeffi
     )
     settings = settings_from(args, registry, ref)
     served: dict = {}
-    url = start_service(settings)
+    proxied: dict = {}
+    app = start_service(settings)
     try:
-        first = check_answer(url, body)
-        print(f"service ready at {url}: {first}", flush=True)
+        first = check_answer(app.url, body)
+        print(f"service ready at {app.url}: {first}", flush=True)
         for c in CONCURRENCY:
-            wait_quiet()
-            row = asyncio.run(load(url, body, c, seconds, warmup=1.0 if args.quick else 3.0))
-            served[f"concurrency {c}"] = row
-            print(
-                f"concurrency {c:2d}: {row['requests_per_s']:7.1f} req/s  "
-                f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
-                f"(ingress->Surrogate p50 {row['surrogate_call_p50_ms']:.1f} ms)  "
-                f"errors {row['errors']}  (others used {row['other_processes_cores']:.2f} cores)",
-                flush=True,
-            )
+            for path, url, rows in (("direct", app.url, served), ("proxy", app.proxy_url, proxied)):
+                wait_quiet()
+                row = asyncio.run(load(url, body, c, seconds, warmup=1.0 if args.quick else 3.0))
+                rows[f"concurrency {c}"] = row
+                print(
+                    f"{path:6s} concurrency {c:2d}: {row['requests_per_s']:7.1f} req/s  "
+                    f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  "
+                    f"(ingress->Surrogate p50 {row['surrogate_call_p50_ms']:.1f} ms)  "
+                    f"errors {row['errors']}  (others used {row['other_processes_cores']:.2f} "
+                    "cores)",
+                    flush=True,
+                )
     finally:
-        stop_service()
+        embedded.stop()
     top = served[f"concurrency {CONCURRENCY[-1]}"]
     one = served[f"concurrency {CONCURRENCY[0]}"]
     ratio = top["requests_per_s"] / raw["throughput_samples_per_s"]
@@ -369,6 +354,7 @@ def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coeffi
         "settings": settings.model_dump(exclude={"api_keys", "registry", "default_model"}),
         "raw_onnxruntime": raw,
         "served": served,
+        "served_through_serve_proxy": proxied,
         "served_vs_raw_throughput_at_32": ratio,
     }
     goals = {
@@ -534,7 +520,8 @@ async def fault_load(
 def fault(args, work: Path, registry: str, ref: str, body: bytes) -> None:
     settings = settings_from(args, registry, ref)
     seconds = 20.0 if args.quick else 30.0
-    url = start_service(settings)
+    app = start_service(settings)
+    url = app.url
     try:
         check_answer(url, body)
         pids = replica_pids()
@@ -562,7 +549,7 @@ def fault(args, work: Path, registry: str, ref: str, body: bytes) -> None:
         after = check_answer(url, body)
         row["answer_after_recovery"] = after
     finally:
-        stop_service()
+        embedded.stop()
     for k in (
         "requests_sent",
         "answered_ok",

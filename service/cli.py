@@ -109,6 +109,7 @@ def serve_main(argv: Sequence[str]) -> int:
     import ray
     from ray import serve
 
+    from service import embedded
     from service.app import build_app
     from service.settings import ServiceSettings
 
@@ -122,17 +123,22 @@ def serve_main(argv: Sequence[str]) -> int:
         print(f"warning: {e}; surrogate requests fail until it is published", file=sys.stderr)
     if args.address:
         ray.init(address=args.address)
-    else:
-        # Serve kills a proxy that misses a 5 s ready check; on a machine whose cores are
-        # busy (a training run beside it) start-up takes longer. Workers inherit this.
-        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False)
-    url = f"http://{args.host}:{args.port}"
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(settings), name="pdeserve", route_prefix="/")
+        if args.address:
+            serve.start(http_options={"host": args.host, "port": args.port})
+            serve.run(build_app(settings), name=embedded.APP_NAME, route_prefix="/")
+            url = f"http://{args.host}:{args.port}"
+        else:
+            url = embedded.start(
+                settings,
+                args.host,
+                args.port,
+                num_cpus=args.num_cpus,
+                include_dashboard=False,
+                configure_logging=False,
+            ).url
         print(
             f"pdeserve is serving {args.model} from {registry}\n"
             f"  URL:  {url}\n"
@@ -148,8 +154,7 @@ def serve_main(argv: Sequence[str]) -> int:
         pass
     finally:
         if args.address:
-            serve.delete("pdeserve")
+            serve.delete(embedded.APP_NAME)
         else:
-            serve.shutdown()
-            ray.shutdown()
+            embedded.stop()
     return 0

@@ -22,12 +22,9 @@ def ports() -> dict[str, int]:
 
 
 @pytest.fixture(scope="package")
-def service(registry_root, ports):
-    """Base URL of the application on an embedded Ray instance (2 CPUs), API key required."""
-    import ray
-    from ray import serve
-
-    from service.app import build_app
+def embedded_app(registry_root, ports):
+    """The application on an embedded Ray instance (2 CPUs), as ``pdeserve serve`` runs it."""
+    from service import embedded
     from service.settings import ServiceSettings
 
     settings = ServiceSettings(
@@ -38,38 +35,32 @@ def service(registry_root, ports):
         max_body_bytes=4 * 2**20,
         request_timeout_s=20,
     )
-    port = ports["http"]
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _metrics_export_port=ports["metrics"],
-    )
-    _STOP.append(_stop_ray)
+    _STOP.append(embedded.stop)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(serve_app := build_app(settings), name="pdeserve", route_prefix="/")
-        del serve_app
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, 60)
-        yield url
+        app = embedded.start(
+            settings,
+            port=ports["http"],
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _metrics_export_port=ports["metrics"],
+        )
+        wait_ready(app.url, 60)
+        yield app
     finally:
-        _stop_ray()
+        embedded.stop()
+
+
+@pytest.fixture(scope="package")
+def service(embedded_app) -> str:
+    """Base URL of the application (answered by its ingress replica), API key required."""
+    return embedded_app.url
 
 
 # This folder is no Python package, so "package" scope lasts the whole session here:
 # the Ray instance is stopped after the folder's last test instead (other tests start
 # Ray instances of their own, and 2 CPUs do not hold two).
 _STOP: list = []
-
-
-def _stop_ray() -> None:
-    import ray
-    from ray import serve
-
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -9,7 +9,7 @@ from service_helpers import API_KEY
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 
 
-def test_serve_config_deploys_the_application(service, registry_root):
+def test_serve_config_deploys_the_application(embedded_app, registry_root):
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
@@ -31,7 +31,8 @@ def test_serve_config_deploys_the_application(service, registry_root):
     try:
         headers = {"X-API-Key": API_KEY}
         r = httpx.post(
-            f"{service}/from-config/solve",
+            # a second application: Serve's proxy routes to it by prefix
+            f"{embedded_app.proxy_url}/from-config/solve",
             headers=headers,
             json={"pde": "helmholtz", "coefficients": {"omega": 3}, "source": [[0.0] * 32] * 32},
             timeout=60,

@@ -1,0 +1,107 @@
+"""The application on a Ray instance started here, its ingress answering HTTP itself.
+
+Serve's default path runs every request through an HTTP proxy actor, which hands it
+to the ingress replica over a Ray actor call: one more process, and several ms of
+CPU per request. With direct ingress (Ray >= 2.55) the ingress replica runs the HTTP
+server itself, and calls between replicas go over gRPC. On a 2-core machine that
+halved the latency of a single solve (bench/serve.py). Serve still starts its proxy,
+on a port of its own (``proxy_url``); it routes by prefix to every application.
+
+Serve reads these switches when its processes start, so they are set before
+``ray.init``: the Ray processes started here inherit them. A cluster started
+elsewhere (``pdeserve serve --address``) keeps its own settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from service.settings import ServiceSettings
+
+APP_NAME = "pdeserve"
+
+#: Ports after the application's, for ingress replicas of other applications.
+EXTRA_APPLICATIONS = 7
+
+# What start() changed in os.environ, and the values it replaced (None: unset).
+_SET: dict[str, str | None] = {}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def direct_ingress_environment(port: int) -> dict[str, str]:
+    """Serve's switches for an ingress replica that answers on ``port`` itself."""
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+        # Ingress replicas take the lowest free port of the range (the upper bound is
+        # exclusive): the application's, started first, gets ``port``; the rest are for
+        # other applications deployed beside it.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + EXTRA_APPLICATIONS + 1),
+        # A restarted ingress replica takes its port back at once (the default holds a
+        # freed port for minutes, for HAProxy's sake, which is not in use here).
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        # Serve kills a proxy that misses a 5 s ready check; on a machine whose cores are
+        # busy (a training run beside it) start-up takes longer.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    }
+
+
+@dataclass(frozen=True)
+class Embedded:
+    url: str  # the application, answered by its ingress replica
+    proxy_url: str  # Serve's proxy: every application, by route prefix
+
+
+def start(
+    settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8000, **ray_init: Any
+) -> Embedded:
+    """Start Ray (``ray_init``: ``ray.init``'s arguments), Serve and the application."""
+    import ray
+    from ray import serve
+
+    from service.app import build_app
+
+    try:  # taken, the ingress would quietly take the next port of its range
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            s.bind((host, port))
+    except OSError as e:
+        raise OSError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+    for key, value in direct_ingress_environment(port).items():
+        if "_PORT" in key or key not in os.environ:  # a switch the user set stays as set
+            _SET[key] = os.environ.get(key)
+            os.environ[key] = value
+    proxy_port = free_port(host)
+    ray.init(**ray_init)
+    serve.start(http_options={"host": host, "port": proxy_port})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
+
+
+def stop() -> None:
+    """Stop the application, Serve and Ray, and take back the environment ``start`` set."""
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    finally:
+        for key, value in _SET.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _SET.clear()
