@@ -14,9 +14,10 @@ same for ``serve run`` / ``serve deploy`` config files.
 """
 
 import asyncio
+import contextlib
 import hmac
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -59,6 +60,40 @@ def _error(status: int, loc: list[Any], msg: str) -> HTTPException:
 # Surrogate
 
 
+class _Gate:
+    """Holds callers of a ``@serve.batch`` method while one of its batches runs.
+
+    Serve's batcher forms the next batch as soon as one starts running, so under load
+    every request queued behind a running batch became a batch of one. Held here, the
+    callers enter the batcher together when the batch ends, and form the next one.
+    """
+
+    def __init__(self):
+        self._open = asyncio.Event()
+        self._open.set()
+
+    async def wait(self) -> None:
+        await self._open.wait()
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        self._open.clear()
+        try:
+            yield
+        finally:
+            self._open.set()
+
+
+def _split(stacked: np.ndarray, counts: list[int]) -> list[np.ndarray]:
+    """``stacked`` (sum(counts), ...) cut back into one block per caller, in order."""
+    return np.split(stacked, np.cumsum(counts)[:-1])
+
+
+#: What crosses from the ingress to the Surrogate: a model and k problems at one grid,
+#: sources (k, n, n) float32 and unified coefficients (k, 6).
+Problems = tuple[str, np.ndarray, np.ndarray]
+
+
 @serve.deployment(name="Surrogate")
 class Surrogate:
     """ONNX Runtime for published models; batches per (model, grid)."""
@@ -66,13 +101,10 @@ class Surrogate:
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
         self.registry = Registry(settings.registry)
+        # Ingress replicas send batches already; this one merges those of several.
         self._batched.set_max_batch_size(settings.max_batch_size)
         self._batched.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        # Serve's batcher forms the next batch as soon as one starts running, so under load
-        # every request queued behind a running batch became a batch of one. Requests wait
-        # here while a batch runs and then enter the batcher together.
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._gate = _Gate()
 
     @serve.multiplexed(max_num_models_per_replica=4)
     async def model(self, ref: str) -> OnnxSurrogate:
@@ -84,31 +116,29 @@ class Surrogate:
         runner = await self.model(ref)
         return ",".join(runner.providers)
 
-    async def predict(self, ref: str, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        """One problem at any grid: (n, n), unified (6,) -> (n, n) float32."""
-        await self._idle.wait()
-        return await self._batched((ref, source, coefficients))
+    async def predict(self, ref: str, sources: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """k problems at one grid: (k, n, n), unified (k, 6) -> (k, n, n) float32."""
+        await self._gate.wait()
+        return await self._batched((ref, sources, coefficients))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _batched(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        self._idle.clear()
-        try:
-            return await self._run_batch(items)
-        finally:
-            self._idle.set()
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def _batched(self, calls: list[Problems]) -> list[np.ndarray]:
+        with self._gate.closed():
+            return await self._run_batch(calls)
 
-    async def _run_batch(self, items: list[tuple[str, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        out: list[np.ndarray | None] = [None] * len(items)
+    async def _run_batch(self, calls: list[Problems]) -> list[np.ndarray]:
+        out: list[np.ndarray | None] = [None] * len(calls)
         groups: dict[tuple[str, int], list[int]] = {}
-        for i, (ref, source, _) in enumerate(items):
-            groups.setdefault((ref, source.shape[-1]), []).append(i)
+        for i, (ref, sources, _) in enumerate(calls):
+            groups.setdefault((ref, sources.shape[-1]), []).append(i)
         for (ref, _grid), index in groups.items():
             runner = await self.model(ref)
-            sources = np.stack([items[i][1] for i in index])
-            coefficients = np.stack([items[i][2] for i in index])
+            sources = np.concatenate([calls[i][1] for i in index])
+            coefficients = np.concatenate([calls[i][2] for i in index])
             solutions = await asyncio.to_thread(runner.predict, sources, coefficients)
-            for j, i in enumerate(index):
-                out[i] = np.asarray(solutions[j], dtype=np.float32)
+            counts = [len(calls[i][1]) for i in index]
+            for i, block in zip(index, _split(solutions, counts), strict=True):
+                out[i] = np.asarray(block, dtype=np.float32)
         return out
 
 
@@ -258,6 +288,10 @@ class Ingress:
         self.registry = Registry(settings.registry)
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self.metrics = _Metrics()
+        # Concurrent requests reach the Surrogate together: one call per batch, not each.
+        self._to_surrogate.set_max_batch_size(settings.max_batch_size)
+        self._to_surrogate.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._gate = _Gate()
         activate(settings)
 
     # -- models --------------------------------------------------------------------------
@@ -378,10 +412,9 @@ class Ingress:
             return result
 
         def surrogate():
-            handle = self.surrogate.options(multiplexed_model_id=card.ref)
-            # float32 is what the model takes; at 128^2 it also travels inline (< 100 KB)
-            source32 = source.astype(np.float32)
-            return timed("surrogate", handle.predict.remote(card.ref, source32, coefficients))
+            # float32 is what the model takes, and half the bytes to send
+            problem = (card.ref, source.astype(np.float32), coefficients.astype(np.float32))
+            return timed("surrogate", self._surrogate(problem))
 
         def exact():
             return timed("exact", self.exact.solve.remote(pde, source, coefficients))
@@ -416,6 +449,34 @@ class Ingress:
             warnings=plan.warnings,
             timings_ms=timings,
         )
+
+    async def _surrogate(self, problem: tuple[str, np.ndarray, np.ndarray]) -> np.ndarray:
+        """One problem (ref, source (n, n), coefficients (6,)), answered in a batch."""
+        await self._gate.wait()
+        return await self._to_surrogate(problem)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def _to_surrogate(
+        self, problems: list[tuple[str, np.ndarray, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """One Surrogate call per (model, grid) for the problems that arrived together."""
+        with self._gate.closed():
+            groups: dict[tuple[str, int], list[int]] = {}
+            for i, (ref, source, _) in enumerate(problems):
+                groups.setdefault((ref, source.shape[-1]), []).append(i)
+            calls = [
+                self.surrogate.options(multiplexed_model_id=ref).predict.remote(
+                    ref,
+                    np.stack([problems[i][1] for i in index]),
+                    np.stack([problems[i][2] for i in index]),
+                )
+                for (ref, _grid), index in groups.items()
+            ]
+            out: list[np.ndarray | None] = [None] * len(problems)
+            for index, solutions in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+                for i, solution in zip(index, solutions, strict=True):
+                    out[i] = solution
+            return out
 
     @staticmethod
     def _check_output(solution: np.ndarray, request: SolveRequest, loc: list[Any]) -> None:
