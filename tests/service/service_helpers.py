@@ -1,12 +1,12 @@
 """Shared by the service tests: a tiny published model and the test API key."""
 
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import torch
 
+from service.embedded import free_port  # noqa: F401 (the tests import it from here)
 from training.checkpoint import save_model
 from training.export import export
 from training.models import PDESurrogate
@@ -27,12 +27,6 @@ def publish_tiny(root: Path | str, name: str, seed: int = 0, workdir: Path | Non
     meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}}
     ckpt = save_model(model, Path(workdir or root) / f".ckpt-{name}-{seed}", meta)
     return export(ckpt, name, str(root)).ref
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, seconds: float, alive=lambda: True) -> None:

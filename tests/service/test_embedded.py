@@ -1,0 +1,86 @@
+"""service.embedded: the ingress replica answers HTTP itself; Serve's proxy runs beside it."""
+
+import asyncio
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service import embedded
+from service.app import _Gate, _split
+from service.settings import ServiceSettings
+
+
+def listener(port: int) -> str:
+    """The command line of the process listening on TCP ``port`` here (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(fields[9])
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd).removeprefix("socket:[").rstrip("]") in inodes:
+                return (fd.parents[1] / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_the_application_port_is_the_ingress_replica_not_serve_proxy(embedded_app):
+    port = int(embedded_app.url.rsplit(":", 1)[1])
+    proxy_port = int(embedded_app.proxy_url.rsplit(":", 1)[1])
+    assert "ServeReplica:pdeserve:Ingress" in listener(port)
+    assert "ProxyActor" in listener(proxy_port)
+    for url in (embedded_app.url, embedded_app.proxy_url):
+        assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_a_taken_port_is_refused_before_anything_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}"):
+            embedded.start(ServiceSettings(), port=port)
+    assert os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT") != str(port)
+
+
+def test_the_ingress_gets_the_first_port_of_its_range():
+    env = embedded.direct_ingress_environment(8000)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "8000"
+    assert int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == 8001 + embedded.EXTRA_APPLICATIONS
+
+
+def test_the_gate_holds_callers_while_a_batch_runs_and_lets_them_in_together():
+    async def scenario():
+        gate, passed = _Gate(), []
+
+        async def caller(i):
+            await gate.wait()
+            passed.append(i)
+
+        with gate.closed():
+            callers = [asyncio.create_task(caller(i)) for i in range(3)]
+            await asyncio.sleep(0.05)
+            assert passed == []
+        await asyncio.gather(*callers)
+        assert passed == [0, 1, 2]
+        await caller(3)  # open: no wait
+        assert passed == [0, 1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_split_gives_each_caller_its_own_rows():
+    import numpy as np
+
+    stacked = np.arange(12.0).reshape(6, 2)
+    parts = _split(stacked, [1, 3, 2])
+    assert [p.shape[0] for p in parts] == [1, 3, 2]
+    assert np.array_equal(np.concatenate(parts), stacked)
+    assert np.array_equal(parts[1], stacked[1:4])
