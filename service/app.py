@@ -89,9 +89,17 @@ def _split(stacked: np.ndarray, counts: list[int]) -> list[np.ndarray]:
     return np.split(stacked, np.cumsum(counts)[:-1])
 
 
-#: What crosses from the ingress to the Surrogate: a model and k problems at one grid,
-#: sources (k, n, n) float32 and unified coefficients (k, 6).
+#: A model ref, source(s) and unified coefficients: one problem, (n, n) and (6,), in the
+#: ingress; k problems at one grid, (k, n, n) and (k, 6) float32, sent to the Surrogate.
 Problems = tuple[str, np.ndarray, np.ndarray]
+
+
+def _by_model_and_grid(items: list[Problems]) -> dict[tuple[str, int], list[int]]:
+    """The indices of ``items`` per (model ref, grid n), in order."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, (ref, source, _) in enumerate(items):
+        groups.setdefault((ref, source.shape[-1]), []).append(i)
+    return groups
 
 
 @serve.deployment(name="Surrogate")
@@ -128,10 +136,7 @@ class Surrogate:
 
     async def _run_batch(self, calls: list[Problems]) -> list[np.ndarray]:
         out: list[np.ndarray | None] = [None] * len(calls)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, (ref, sources, _) in enumerate(calls):
-            groups.setdefault((ref, sources.shape[-1]), []).append(i)
-        for (ref, _grid), index in groups.items():
+        for (ref, _grid), index in _by_model_and_grid(calls).items():
             runner = await self.model(ref)
             sources = np.concatenate([calls[i][1] for i in index])
             coefficients = np.concatenate([calls[i][2] for i in index])
@@ -450,20 +455,16 @@ class Ingress:
             timings_ms=timings,
         )
 
-    async def _surrogate(self, problem: tuple[str, np.ndarray, np.ndarray]) -> np.ndarray:
+    async def _surrogate(self, problem: Problems) -> np.ndarray:
         """One problem (ref, source (n, n), coefficients (6,)), answered in a batch."""
         await self._gate.wait()
         return await self._to_surrogate(problem)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
-    async def _to_surrogate(
-        self, problems: list[tuple[str, np.ndarray, np.ndarray]]
-    ) -> list[np.ndarray]:
+    async def _to_surrogate(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for the problems that arrived together."""
         with self._gate.closed():
-            groups: dict[tuple[str, int], list[int]] = {}
-            for i, (ref, source, _) in enumerate(problems):
-                groups.setdefault((ref, source.shape[-1]), []).append(i)
+            groups = _by_model_and_grid(problems)
             calls = [
                 self.surrogate.options(multiplexed_model_id=ref).predict.remote(
                     ref,
