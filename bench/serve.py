@@ -1,6 +1,6 @@
 """Served throughput and latency of POST /solve against raw ONNX Runtime, same model, same run.
 
-    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--batch-wait-timeout-s 0.005]
+    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--batch-wait-timeout-s 0]
         [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25] [--max-ongoing-requests 128]
     .venv/bin/python bench/serve.py --fault [--quick]
 

@@ -129,7 +129,7 @@ class Surrogate:
         await self._gate.wait()
         return await self._batched((ref, sources, coefficients))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _batched(self, calls: list[Problems]) -> list[np.ndarray]:
         with self._gate.closed():
             return await self._run_batch(calls)
@@ -460,7 +460,7 @@ class Ingress:
         await self._gate.wait()
         return await self._to_surrogate(problem)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _to_surrogate(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for the problems that arrived together."""
         with self._gate.closed():

@@ -25,10 +25,12 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(default=64 * 2**20, ge=1024)
     request_timeout_s: float = Field(default=60.0, gt=0)
     latest_ttl_s: float = Field(default=60.0, ge=0, description="re-resolve name@latest after")
-    # Surrogate replica: dynamic batching, models kept per replica, ONNX Runtime threads.
+    # Dynamic batching (ingress and Surrogate replicas); ONNX Runtime threads.
     max_batch_size: int = Field(default=32, ge=1)
-    # Short: requests that queue behind a running batch enter the batcher together anyway.
-    batch_wait_timeout_s: float = Field(default=0.001, ge=0)
+    # No wait: requests that queue behind a running batch enter the batcher together
+    # anyway, and a lone request should not wait for company (measured: -4 to -7 ms at
+    # concurrency 1, a few req/s more at 32).
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0)
     ort_threads: int | None = Field(default=None, ge=1)
     # CPUs per replica: fractions, so the whole application fits on 2 CPUs.
     ingress_cpus: float = Field(default=0.25, gt=0)
