@@ -176,7 +176,7 @@ class SpectralConv2d(nn.Module):
 
     def _forward_dft_sandwich(self, x: torch.Tensor) -> torch.Tensor:
         """The ``dft`` path as ``L @ x @ R`` products, batch-agnostic (for exported graphs)."""
-        c, n = x.shape[1], x.shape[-1]
+        c, n = self.in_channels, x.shape[-1]  # c a constant: no shape arithmetic in the graph
         m, o = self.modes, self.out_channels
         k = 2 * m
         mats = self.matrices(int(n), x.device, x.dtype)
@@ -186,15 +186,15 @@ class SpectralConv2d(nn.Module):
         # X(ky, kx) = [cy cx - sy sx] - i [cy sx + sy cx] . x, from the four products
         re = p[..., :k, :m] + p[..., k:, m:]
         im = p[..., :k, m:] - p[..., k:, :m]
-        # complex mode mixing, per mode (ky, kx): [Re; Im] (2B, C) @ W (C, O), two real bmm
-        h = torch.cat([re, im]).reshape(-1, c, k * m).permute(2, 0, 1)  # (ky*kx, 2B, C)
+        # complex mode mixing, per mode (ky, kx): one real product of [Re | Im] (B, 2C)
+        # with [[Wr, Wi], [-Wi, Wr]] (2C, 2O); ONNX Runtime runs it about 2x faster than
+        # two products with Wr and Wi (many small GEMMs either way)
+        h = torch.cat([re, im], dim=1).reshape(-1, 2 * c, k * m).permute(2, 0, 1)
         wr = self.weight_real.transpose(0, 1).reshape(k * m, c, o)
         wi = self.weight_imag.transpose(0, 1).reshape(k * m, c, o)
-        pr, pi = torch.matmul(h, wr), torch.matmul(h, wi)
-        pr_re, pr_im = pr.chunk(2, dim=1)
-        pi_re, pi_im = pi.chunk(2, dim=1)
-        out_re = (pr_re - pi_im).permute(1, 2, 0).reshape(-1, o, k, m)
-        out_im = (pi_re + pr_im).permute(1, 2, 0).reshape(-1, o, k, m)
+        w = torch.cat([torch.cat([wr, wi], -1), torch.cat([-wi, wr], -1)], -2)
+        out = torch.matmul(h, w).permute(1, 2, 0).reshape(-1, 2 * o, k, m)  # (B, [Re|Im] O, ..)
+        out_re, out_im = out[:, :o], out[:, o:]
         # z = Re sum O e^{i(ky y + kx x)}: [cy; sy]^T [[Re, -Im], [-Im, -Re]] [cx; sx]
         q = torch.cat(
             [torch.cat([out_re, -out_im], -1), torch.cat([-out_im, -out_re], -1)], -2
