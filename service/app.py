@@ -2,7 +2,8 @@
 
 - ``Ingress`` (FastAPI): validation, authentication, model resolution, the
   envelope check, and routing by ``mode``; ``validate`` runs both solvers at
-  once.
+  once. Requests that arrive together reach the Surrogate in one call per model
+  and grid (``@serve.batch`` here too).
 - ``Surrogate``: ONNX Runtime sessions, several models per replica
   (``@serve.multiplexed``), requests batched dynamically (``@serve.batch``)
   per model and grid. The ONNX graph is built for the model's grid, so

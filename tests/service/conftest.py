@@ -4,8 +4,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_helpers import API_KEY, free_port, publish_tiny, wait_ready
+from service_helpers import API_KEY, publish_tiny, wait_ready
 
+from service.embedded import free_port
 from service.registry import Registry
 
 

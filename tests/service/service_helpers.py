@@ -6,7 +6,6 @@ from pathlib import Path
 import httpx
 import torch
 
-from service.embedded import free_port  # noqa: F401 (the tests import it from here)
 from training.checkpoint import save_model
 from training.export import export
 from training.models import PDESurrogate

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
-from service_helpers import free_port, wait_ready
+from service_helpers import wait_ready
+
+from service.embedded import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "helmholtz.json"
 

@@ -4,11 +4,12 @@ import sys
 
 import numpy as np
 import pytest
-from service_helpers import API_KEY, RESOLUTION, free_port
+from service_helpers import API_KEY, RESOLUTION
 
 from datagen.solver import relative_l2
 from service.client import Client, PdeserveError
 from service.demo import SYSTEMS, answers, demo_main, examples, service_at
+from service.embedded import free_port
 
 
 def test_demo_examples_are_exact_solutions_of_each_system():

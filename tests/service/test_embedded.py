@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from service import embedded
@@ -77,8 +78,6 @@ def test_the_gate_holds_callers_while_a_batch_runs_and_lets_them_in_together():
 
 
 def test_split_gives_each_caller_its_own_rows():
-    import numpy as np
-
     stacked = np.arange(12.0).reshape(6, 2)
     parts = _split(stacked, [1, 3, 2])
     assert [p.shape[0] for p in parts] == [1, 3, 2]

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-from service_helpers import free_port
+
+from service.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
