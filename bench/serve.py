@@ -25,7 +25,7 @@ until requests succeed again.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import re
 import signal
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -233,12 +234,6 @@ def start_service(settings: ServiceSettings) -> Embedded:
         time.sleep(0.5)
 
 
-def client(url: str, concurrency: int, timeout: float = 60.0) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
-    return httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
-
-
 def check_answer(url: str, body: bytes) -> dict:
     """One solve, decoded: the surrogate must answer, at the request's grid."""
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
@@ -251,48 +246,65 @@ def check_answer(url: str, body: bytes) -> dict:
     return {"model": doc["model"], "timings_ms": doc["timings_ms"]}
 
 
-async def load(url: str, body: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
-    """``concurrency`` workers posting back to back; counts what completes in the window."""
-    latencies: list[float] = []
-    inner: list[float] = []  # the ingress's own timing of its call to the Surrogate
-    errors: dict[str, int] = {}
-    foreign = ForeignCPU()
-    async with client(url, concurrency) as http:
-        t_start = time.perf_counter()
-        t_measure = t_start + warmup
-        asyncio.get_running_loop().call_at(
-            asyncio.get_running_loop().time() + warmup, foreign.start
-        )
-        t_end = t_measure + seconds
+class Load:
+    """``bench/loadgen.py`` posting ``body`` to ``url/solve`` in a process of its own.
 
-        async def worker():
-            while (t0 := time.perf_counter()) < t_end:
-                try:
-                    r = await http.post("/solve", content=body)
-                    await r.aread()
-                    bad = None if r.status_code == 200 else f"HTTP {r.status_code}"
-                except httpx.HTTPError as e:
-                    bad = type(e).__name__
-                if t0 >= t_measure:
-                    if bad:
-                        errors[bad] = errors.get(bad, 0) + 1
-                    else:
-                        latencies.append(time.perf_counter() - t0)
-                        if m := SURROGATE_MS.search(r.content[-300:]):
-                            inner.append(float(m.group(1)))
+    ``t_start`` is the ``time.monotonic()`` instant its load began; ``result()`` waits for
+    it and returns its records (see loadgen's docstring)."""
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t_measure
+    def __init__(self, url: str, body_file: Path, concurrency: int, seconds: float, tries: int = 1):
+        cmd = [
+            sys.executable,
+            str(_BENCH / "loadgen.py"),
+            f"--url={url}/solve",
+            f"--body={body_file}",
+            f"--concurrency={concurrency}",
+            f"--seconds={seconds}",
+            f"--tries={tries}",
+            f"--header=X-API-Key:{API_KEY}",
+            "--header=Content-Type:application/json",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise RuntimeError(f"the load generator did not start: {line!r}")
+        self.t_start = float(line.split()[1])
+
+    def result(self) -> dict:
+        out, _ = self.proc.communicate()
+        if self.proc.returncode:
+            raise RuntimeError(f"the load generator failed with exit code {self.proc.returncode}")
+        return json.loads(out)
+
+
+def sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.monotonic()))
+
+
+def load(url: str, body_file: Path, concurrency: int, seconds: float, warmup: float) -> dict:
+    """``concurrency`` workers posting back to back; counts what starts in the window."""
+    gen = Load(url, body_file, concurrency, warmup + seconds)
+    t_measure = gen.t_start + warmup
+    sleep_until(t_measure)
+    foreign = ForeignCPU().start()
+    doc = gen.result()
     others = foreign.stop()
+    measured = [r for r in doc["requests"] if r["start"] >= t_measure]
+    ok = [r for r in measured if r["ok"]]
+    errors = Counter(r["failures"][-1] for r in measured if not r["ok"])
+    latencies = [r["end"] - r["start"] for r in ok]
+    inner = [r["surrogate_ms"] for r in ok if r["surrogate_ms"] is not None]
+    elapsed = doc["t_end"] - t_measure
     return {
         "other_processes_cores": others,
-        "requests_per_s": len(latencies) / elapsed,
+        "requests_per_s": len(ok) / elapsed,
         "p50_ms": 1e3 * percentile(latencies, 50),
         "p99_ms": 1e3 * percentile(latencies, 99),
         "surrogate_call_p50_ms": percentile(inner, 50),
-        "ok": len(latencies),
+        "ok": len(ok),
         "errors": sum(errors.values()),
-        "error_kinds": errors,
+        "error_kinds": dict(errors),
         "seconds": elapsed,
     }
 
@@ -312,7 +324,7 @@ def settings_from(args, registry: str, ref: str) -> ServiceSettings:
     )
 
 
-def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coefficients) -> None:
+def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) -> None:
     seconds = 4.0 if args.quick else args.seconds
     wait_quiet()
     raw = raw_onnxruntime(
@@ -323,12 +335,12 @@ def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coeffi
     proxied: dict = {}
     app = start_service(settings)
     try:
-        first = check_answer(app.url, body)
+        first = check_answer(app.url, body_file.read_bytes())
         print(f"service ready at {app.url}: {first}", flush=True)
         for c in CONCURRENCY:
             for path, url, rows in (("direct", app.url, served), ("proxy", app.proxy_url, proxied)):
                 wait_quiet()
-                row = asyncio.run(load(url, body, c, seconds, warmup=1.0 if args.quick else 3.0))
+                row = load(url, body_file, c, seconds, warmup=1.0 if args.quick else 3.0)
                 rows[f"concurrency {c}"] = row
                 print(
                     f"{path:6s} concurrency {c:2d}: {row['requests_per_s']:7.1f} req/s  "
@@ -347,10 +359,10 @@ def bench(args, work: Path, registry: str, ref: str, body: bytes, source, coeffi
         "model": MODEL,
         "resolution": RESOLUTION,
         "request": f"POST /solve, helmholtz omega={OMEGA:g}, float32 base64 source, surrogate",
-        "body_bytes": len(body),
+        "body_bytes": body_file.stat().st_size,
         "seconds_per_level": seconds,
         "loadavg_at_start": LOADAVG,
-        "client": "httpx.AsyncClient in the Ray driver process, one pooled connection per worker",
+        "client": "bench/loadgen.py: aiohttp in its own process, a kept-alive connection each",
         "settings": settings.model_dump(exclude={"api_keys", "registry", "default_model"}),
         "raw_onnxruntime": raw,
         "served": served,
@@ -414,7 +426,7 @@ class StatusWatch(threading.Thread):
 
         last = None
         while not self.stop.wait(0.2):
-            now = time.perf_counter()
+            now = time.monotonic()
             try:
                 d = serve.status().applications["pdeserve"].deployments["Surrogate"]
                 running = d.replica_states.get("RUNNING", 0)
@@ -435,102 +447,69 @@ class StatusWatch(threading.Thread):
                 self.t_running = now
 
 
-async def fault_load(
+def fault_load(
     url: str,
-    body: bytes,
+    body_file: Path,
     concurrency: int,
     seconds: float,
     kill_after: float,
     watch: StatusWatch,
     tries: int,
 ) -> dict:
-    sent = ok = lost = retries = 0
-    latencies: list[float] = []  # per request, retries included
-    attempts: list[tuple[float, float, bool]] = []  # (start, end, ok) of every attempt
-    failures: dict[str, int] = {}
-    killed: dict = {}
-    async with client(url, concurrency, timeout=30.0) as http:
-        t_start = time.perf_counter()
-        t_end = t_start + seconds
-
-        async def worker():
-            nonlocal sent, ok, lost, retries
-            while (t0 := time.perf_counter()) < t_end:
-                sent += 1
-                for attempt in range(tries):
-                    a0 = time.perf_counter()
-                    try:
-                        r = await http.post("/solve", content=body)
-                        await r.aread()
-                        bad = None if r.status_code < 500 else f"HTTP {r.status_code}"
-                        done = r.status_code == 200
-                    except httpx.HTTPError as e:
-                        bad, done = type(e).__name__, False
-                    attempts.append((a0, time.perf_counter(), done))
-                    if bad is None:
-                        break
-                    failures[bad] = failures.get(bad, 0) + 1
-                    if attempt + 1 < tries:
-                        retries += 1
-                        await asyncio.sleep(0.1 * 2**attempt)
-                if done:
-                    ok += 1
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    lost += 1
-
-        async def killer():
-            await asyncio.sleep(kill_after)
-            pids = replica_pids()
-            killed["pids_before"] = pids
-            watch.t_kill = time.perf_counter()
-            os.kill(watch.old_pid, signal.SIGKILL)
-            killed["pid"] = watch.old_pid
-            killed["at_s"] = watch.t_kill - t_start
-            print(f"killed Surrogate replica pid {watch.old_pid} at {killed['at_s']:.1f} s")
-
-        await asyncio.gather(killer(), *(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t_start
+    """A retrying load; the Surrogate replica is killed ``kill_after`` s into it."""
+    gen = Load(url, body_file, concurrency, seconds, tries=tries)
+    sleep_until(gen.t_start + kill_after)
+    killed = {"pids_before": replica_pids()}
+    watch.t_kill = time.monotonic()
+    os.kill(watch.old_pid, signal.SIGKILL)
+    killed["pid"] = watch.old_pid
+    killed["at_s"] = watch.t_kill - gen.t_start
+    print(f"killed Surrogate replica pid {watch.old_pid} at {killed['at_s']:.1f} s", flush=True)
+    doc = gen.result()
+    requests = doc["requests"]
+    ok = [r for r in requests if r["ok"]]
+    attempts = [a for r in requests for a in r["attempts"]]
+    failures = Counter(f for r in requests for f in r["failures"])
+    latencies = [r["end"] - r["start"] for r in ok]
+    elapsed = doc["t_end"] - gen.t_start
     t_kill = watch.t_kill
-    after = [a for a in attempts if a[0] >= t_kill]
-    first_ok = min((end for start, end, good in after if good), default=None)
-    failed_after = [a for a in attempts if not a[2] and a[1] >= t_kill]
-    last_fail = max((end for _, end, _ in failed_after), default=None)
+    first_ok = min((end for start, end, good in attempts if good and start >= t_kill), default=None)
+    last_fail = max((end for _, end, good in attempts if not good and end >= t_kill), default=None)
     return {
         "concurrency": concurrency,
         "seconds": elapsed,
-        "requests_sent": sent,
-        "answered_ok": ok,
-        "lost": lost,
+        "requests_sent": len(requests),
+        "answered_ok": len(ok),
+        "lost": len(requests) - len(ok),
         "attempts": len(attempts),
-        "retries": retries,
-        "failed_attempts": failures,
+        "retries": len(attempts) - len(requests),
+        "failed_attempts": dict(failures),
         "max_tries": tries,
         "backoff": "0.1 s x 2^k between tries",
         "kill": killed,
         "p50_ms": 1e3 * percentile(latencies, 50),
         "p99_ms": 1e3 * percentile(latencies, 99),
         "max_ms": 1e3 * max(latencies) if latencies else None,
-        "requests_per_s": ok / elapsed,
+        "requests_per_s": len(ok) / elapsed,
         "first_ok_attempt_started_after_kill_s": None if first_ok is None else first_ok - t_kill,
         "last_failed_attempt_after_kill_s": None if last_fail is None else last_fail - t_kill,
     }
 
 
-def fault(args, work: Path, registry: str, ref: str, body: bytes) -> None:
+def fault(args, registry: str, ref: str, body_file: Path) -> None:
     settings = settings_from(args, registry, ref)
     seconds = 20.0 if args.quick else 30.0
     app = start_service(settings)
     url = app.url
     try:
-        check_answer(url, body)
+        check_answer(url, body_file.read_bytes())
         pids = replica_pids()
         print(f"service ready at {url}; Surrogate replica pids {pids}", flush=True)
         if len(pids) != 1:
             raise RuntimeError(f"expected one Surrogate replica process, found {pids}")
         watch = StatusWatch(pids[0])
         watch.start()
-        row = asyncio.run(fault_load(url, body, 8, seconds, 8.0, watch, tries=8))
+        row = fault_load(url, body_file, 8, seconds, 8.0, watch, tries=8)
         # Wait (a little) for serve.status() to report RUNNING if it has not yet.
         deadline = time.perf_counter() + 30
         while watch.t_running is None and time.perf_counter() < deadline:
@@ -546,7 +525,7 @@ def fault(args, work: Path, registry: str, ref: str, body: bytes) -> None:
             serve_status_running_again_after_s=rel(watch.t_running),
             serve_status_timeline=[(round(t - t_kill, 2), s) for t, s in watch.states],
         )
-        after = check_answer(url, body)
+        after = check_answer(url, body_file.read_bytes())
         row["answer_after_recovery"] = after
     finally:
         embedded.stop()
@@ -599,10 +578,12 @@ def main() -> None:
         ref = publish(work)
         registry = str(work / "registry")
         body, source, coefficients = request_body(ref)
+        body_file = work / "request.json"
+        body_file.write_bytes(body)
         if args.fault:
-            fault(args, work, registry, ref, body)
+            fault(args, registry, ref, body_file)
         else:
-            bench(args, work, registry, ref, body, source, coefficients)
+            bench(args, registry, ref, body_file, source, coefficients)
 
 
 if __name__ == "__main__":
