@@ -49,6 +49,10 @@ def direct_ingress_environment(port: int) -> dict[str, str]:
         # A restarted ingress replica takes its port back at once (the default holds a
         # freed port for minutes, for HAProxy's sake, which is not in use here).
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        # A stopping ingress replica still finishes its requests, but need not stay open
+        # 30 s more for a load balancer to deregister it: there is none in front of it
+        # (with the default, every stop took 30 s).
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
         # Serve kills a proxy that misses a 5 s ready check; on a machine whose cores are
         # busy (a training run beside it) start-up takes longer.
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
