@@ -9,6 +9,7 @@ Writes bench/results/inference.json. Goal: ONNX Runtime >= 2x torch eager on CPU
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
 import sys
 import time
@@ -35,6 +36,34 @@ BATCHES = (1, 8, 32)
 RESOLUTION = 128
 TARGET = 2.0
 PAUSE_S = 0.3
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+HEAP_BLOCKS_UP_TO = 32 << 20  # glibc's largest mmap threshold
+KEEP_UP_TO = 1 << 30  # free memory at the heap's top kept, not given back (mallopt's int)
+
+
+def keep_freed_memory() -> str:
+    """glibc malloc: blocks up to 32 MiB come from the heap, which is never trimmed.
+
+    torch eager takes its tensors from malloc. With glibc's defaults a large one (the
+    head's 8 MB at batch 1) may be mapped afresh, and page-faulted, at every call, and
+    whether it is depends on what the process allocated before: torch's batch-1 time
+    measured 14, 25 or 49 ms/sample by allocator settings alone (defaults, and the trim
+    threshold alone set: 25 and 49). Fixed here at torch's fastest, so the comparison
+    does not flatter ONNX Runtime, whose arena keeps its memory anyway.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        ok = libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO) and libc.mallopt(
+            M_TRIM_THRESHOLD, KEEP_UP_TO
+        )
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "allocator defaults (no glibc mallopt here)"
+    return "glibc mallopt: M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB (torch at its fastest)"
 
 
 def timed(fns: dict[str, Callable[[], object]], rounds: int, per_block: int) -> dict[str, float]:
@@ -68,6 +97,7 @@ def main() -> None:
     args = p.parse_args()
     import onnxruntime as ort
 
+    allocator = keep_freed_memory()
     torch.set_num_threads(args.threads)
     rounds = 3 if args.quick else 9
     data = Path("/tmp/pdeserve-bench-inference.h5")
@@ -123,6 +153,7 @@ def main() -> None:
         model=args.model,
         resolution=RESOLUTION,
         threads=args.threads,
+        allocator=allocator,
         timing=f"median of {rounds} rounds of alternating blocks, {PAUSE_S:g} s pause before each",
     )
     print(f"wrote {write_results('inference', results, goals)}")
