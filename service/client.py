@@ -5,7 +5,7 @@
         result = client.solve("helmholtz", source, omega=4)          # result.solution (n, n)
         batch = client.solve_batch("poisson", sources, coefficients)  # (N, n, n), in order
 
-Needs numpy and httpx only (tqdm for progress bars, if installed): no Ray, torch or
+Needs numpy, httpx and pybase64 only (tqdm for progress bars, if installed): no Ray, torch or
 pydantic. Arrays travel as base64 float32 by default. Connection errors and 429, 502,
 503 and 504 answers are retried with exponential backoff and jitter (a solve is
 idempotent); any other 4xx raises :class:`RequestError` carrying the server's message.

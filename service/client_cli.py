@@ -1,4 +1,4 @@
-"""Client-side commands: ``pdeserve solve`` and ``pdeserve emulate`` (numpy, httpx, h5py)."""
+"""Client-side commands: ``pdeserve solve`` and ``pdeserve emulate`` (no Ray, torch, pydantic)."""
 
 from __future__ import annotations
 
