@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -68,7 +67,6 @@ RAW_BATCHES = (1, 8, 32)
 THROUGHPUT_RATIO = 0.7
 LATENCY_MARGIN_MS = 15.0
 REPLICA = "ServeReplica:pdeserve:Surrogate"
-SURROGATE_MS = re.compile(rb'"surrogate":\s*([0-9.eE+-]+)')
 
 
 # ---------------------------------------------------------------------------------------
