@@ -70,6 +70,6 @@ def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
     output = "".join(lines)
     assert proc.returncode == 0, output[-2000:]
     # Ctrl-C is prompt: Serve's default keeps a direct-ingress replica open 30 s after a
-    # stop for load balancers to deregister it, and there is none here (about 8 s now).
+    # stop for load balancers to deregister it, and there is none here.
     assert stop_s < 25, f"Ctrl-C took {stop_s:.0f} s to stop the service"
     assert f"URL:  {url}" in output and f"{url}/docs" in output and "curl" in output
