@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,37 +56,37 @@ def locate(
 
 
 class OnnxSurrogate:
-    """source (B, n, n), coefficients (B, 6) -> solution (B, n, n), in batches."""
+    """source (B, n, n), coefficients (B, 6) -> solution (B, n, n), in batches.
+
+    On the CPU a lone problem runs in one call that uses every ORT thread (the lowest
+    latency), while several run one sample per call on single-thread sessions, one per
+    thread, side by side: ORT's intra-op threads share one sample's work at 1.5x on 2 cores,
+    independent streams reach 2x, and a stream that loses its core to another process
+    (the HTTP ingress) does not hold the others at a barrier.
+    """
 
     def __init__(self, card: ModelCard, onnx_bytes: bytes, threads: int | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Idle pool threads sleep instead of spinning: a replica shares its cores with the
-        # HTTP proxy and the ingress (spinning bought no speed when measured).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.card = card
+        self._onnx = onnx_bytes
+        self.threads = threads or _usable_cpus()
         providers = ["CPUExecutionProvider"]
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        # onnxruntime-gpu lists CUDA even where its libraries are missing and logs an
-        # error as it falls back to the CPU: ask quietly, report what was granted.
-        ort.set_default_logger_severity(4)
-        try:
-            self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
-        finally:
-            ort.set_default_logger_severity(2)
+        self.session = _session(onnx_bytes, threads, providers)
         self.providers = self.session.get_providers()
+        self._streams: tuple[object, ThreadPoolExecutor] | None = None
+        self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | None = None, registry: str = DEFAULT_REGISTRY) -> OnnxSurrogate:
+    def load(
+        cls, model: str | None = None, registry: str = DEFAULT_REGISTRY, threads: int | None = None
+    ) -> OnnxSurrogate:
         card, files = locate(model, registry)
         if ONNX not in files:
             raise RegistryError(f"{card.ref} has no {ONNX}")
-        return cls(card, files[ONNX])
+        return cls(card, files[ONNX], threads=threads)
 
     def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
         """Solutions on the sources' grid; another grid than the model's is resampled
@@ -97,6 +100,49 @@ class OnnxSurrogate:
         return solution if grid == n else resample(solution, n).astype(np.float32)
 
     def _batches(self, source, coefficients, batch) -> Iterator[np.ndarray]:
+        if len(source) > 1 and self.threads > 1 and self.providers[0] == "CPUExecutionProvider":
+            session, pool = self._single_thread_streams()
+            run = partial(_run, session)
+            yield from pool.map(run, source[:, None], coefficients[:, None])
+            return
         for i in range(0, len(source), batch):
-            feed = {"source": source[i : i + batch], "coefficients": coefficients[i : i + batch]}
-            yield self.session.run(None, feed)[0]
+            yield _run(self.session, source[i : i + batch], coefficients[i : i + batch])
+
+    def _single_thread_streams(self):
+        """A single-thread session (ORT runs it from several threads at once) and a pool of
+        ``threads`` threads; made on first use, so a latency-only user never pays for it."""
+        with self._lock:
+            if self._streams is None:
+                session = _session(self._onnx, 1, ["CPUExecutionProvider"])
+                pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ort-stream")
+                self._streams = (session, pool)
+            return self._streams
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _run(session, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    return session.run(None, {"source": source, "coefficients": coefficients})[0]
+
+
+def _session(onnx_bytes: bytes, threads: int | None, providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: a replica shares its cores with the
+    # HTTP ingress (spinning bought no speed when measured).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # onnxruntime-gpu lists CUDA even where its libraries are missing and logs an
+    # error as it falls back to the CPU: ask quietly, report what was granted.
+    ort.set_default_logger_severity(4)
+    try:
+        return ort.InferenceSession(onnx_bytes, options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
