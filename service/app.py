@@ -297,7 +297,6 @@ class Ingress:
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
         self._to_surrogate.set_max_batch_size(settings.max_batch_size)
         self._to_surrogate.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        self._gate = _Gate()
         activate(settings)
 
     # -- models --------------------------------------------------------------------------
@@ -458,27 +457,29 @@ class Ingress:
 
     async def _surrogate(self, problem: Problems) -> np.ndarray:
         """One problem (ref, source (n, n), coefficients (6,)), answered in a batch."""
-        await self._gate.wait()
         return await self._to_surrogate(problem)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    # No gate here, unlike the Surrogate's: several calls may be in flight, and the
+    # Surrogate's gate merges them, so its next batch is there when one ends. With one
+    # call in flight it waited for the ingress between batches: at concurrency 32 the
+    # CPU idled 10-17% of the time, 7% with calls in flight, and served ~3% more req/s.
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=4)
     async def _to_surrogate(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for the problems that arrived together."""
-        with self._gate.closed():
-            groups = _by_model_and_grid(problems)
-            calls = [
-                self.surrogate.options(multiplexed_model_id=ref).predict.remote(
-                    ref,
-                    np.stack([problems[i][1] for i in index]),
-                    np.stack([problems[i][2] for i in index]),
-                )
-                for (ref, _grid), index in groups.items()
-            ]
-            out: list[np.ndarray | None] = [None] * len(problems)
-            for index, solutions in zip(groups.values(), await asyncio.gather(*calls), strict=True):
-                for i, solution in zip(index, solutions, strict=True):
-                    out[i] = solution
-            return out
+        groups = _by_model_and_grid(problems)
+        calls = [
+            self.surrogate.options(multiplexed_model_id=ref).predict.remote(
+                ref,
+                np.stack([problems[i][1] for i in index]),
+                np.stack([problems[i][2] for i in index]),
+            )
+            for (ref, _grid), index in groups.items()
+        ]
+        out: list[np.ndarray | None] = [None] * len(problems)
+        for index, solutions in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+            for i, solution in zip(index, solutions, strict=True):
+                out[i] = solution
+        return out
 
     @staticmethod
     def _check_output(solution: np.ndarray, request: SolveRequest, loc: list[Any]) -> None:
