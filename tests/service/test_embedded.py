@@ -14,6 +14,11 @@ from service.app import _Gate, _split
 from service.settings import ServiceSettings
 
 
+def environ(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
+
+
 def listener(port: int) -> str:
     """The command line of the process listening on TCP ``port`` here (Linux /proc)."""
     inodes = set()
@@ -38,6 +43,25 @@ def test_the_application_port_is_the_ingress_replica_not_serve_proxy(embedded_ap
     assert "ProxyActor" in listener(proxy_port)
     for url in (embedded_app.url, embedded_app.proxy_url):
         assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_the_replicas_carry_batches_in_their_call_messages(embedded_app):
+    """Ray's inline limit reaches the replica processes (they read it at start)."""
+    replicas = [
+        int(d.parent.name)
+        for d in Path("/proc").glob("[0-9]*/cmdline")
+        if _readable(d).startswith(b"ray::ServeReplica:pdeserve:")
+    ]
+    assert len(replicas) >= 3  # Ingress, Surrogate, ExactSolver
+    for pid in replicas:
+        assert environ(pid)["RAY_max_direct_call_object_size"] == str(embedded.INLINE_BYTES)
+
+
+def _readable(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def test_a_taken_port_is_refused_before_anything_starts():
