@@ -510,24 +510,22 @@ class Ingress:
 def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     """The whole application, bound with ``settings`` (defaults: ServiceSettings())."""
     s = settings or ServiceSettings()
-    logging = {"enable_access_log": s.access_log}
+    common = {
+        "logging_config": {"enable_access_log": s.access_log},
+        "health_check_period_s": s.health_check_period_s,
+        "max_ongoing_requests": s.max_ongoing_requests,
+    }
     surrogate = Surrogate.options(
-        logging_config=logging,
         num_replicas=s.surrogate_replicas,
         ray_actor_options={"num_cpus": s.surrogate_cpus},
-        max_ongoing_requests=s.max_ongoing_requests,
+        **common,
     ).bind(s)
     exact = ExactSolver.options(
-        logging_config=logging,
-        num_replicas=s.exact_replicas,
-        ray_actor_options={"num_cpus": s.exact_cpus},
-        max_ongoing_requests=s.max_ongoing_requests,
+        num_replicas=s.exact_replicas, ray_actor_options={"num_cpus": s.exact_cpus}, **common
     ).bind()
-    return Ingress.options(
-        logging_config=logging,
-        ray_actor_options={"num_cpus": s.ingress_cpus},
-        max_ongoing_requests=s.max_ongoing_requests,
-    ).bind(surrogate, exact, s)
+    return Ingress.options(ray_actor_options={"num_cpus": s.ingress_cpus}, **common).bind(
+        surrogate, exact, s
+    )
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
