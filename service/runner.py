@@ -90,7 +90,8 @@ class OnnxSurrogate:
 
     def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
         """Solutions on the sources' grid; another grid than the model's is resampled
-        spectrally to it and back (exact for fields band-limited below both Nyquists)."""
+        spectrally to it and back (exact for fields band-limited below both Nyquists).
+        ``batch``: samples per call where a batch runs whole (one thread, or a GPU)."""
         n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
         if grid != n:
             source = resample(source, grid)
