@@ -46,7 +46,7 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from service import embedded  # noqa: E402
-from service.embedded import Embedded, free_port  # noqa: E402
+from service.embedded import Embedded, free_port, replica_pids  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.runner import OnnxSurrogate  # noqa: E402
 from service.schema import EncodedArray, HelmholtzRequest  # noqa: E402
@@ -66,7 +66,7 @@ CONCURRENCY = (1, 8, 32)
 RAW_BATCHES = (1, 8, 32)
 THROUGHPUT_RATIO = 0.7
 LATENCY_MARGIN_MS = 15.0
-REPLICA = "ServeReplica:pdeserve:Surrogate"
+SURROGATE = "Surrogate"
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,27 +384,6 @@ def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) 
 # Fault: kill the Surrogate replica under load
 
 
-def replica_pids() -> list[int]:
-    """PIDs of this run's Surrogate replica processes, from ``ps``: Ray titles a worker
-    process after its actor. (ray.util.state.list_actors needs the dashboard, off here.)
-    Only descendants of this process count: other Ray instances may serve a "pdeserve" too."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    parents, found = {}, []
-    for line in out.splitlines()[1:]:
-        pid, ppid, cmd = line.split(None, 2) + [""] * (3 - len(line.split(None, 2)))
-        parents[int(pid)] = int(ppid)
-        if cmd.startswith(f"ray::{REPLICA}"):
-            found.append(int(pid))
-    me, mine = os.getpid(), []
-    for pid in found:
-        p = pid
-        while p > 1 and p != me:
-            p = parents.get(p, 0)
-        if p == me:
-            mine.append(pid)
-    return sorted(mine)
-
-
 class StatusWatch(threading.Thread):
     """Polls serve.status() and the replica PIDs; notes when each comes back after a kill."""
 
@@ -436,7 +415,7 @@ class StatusWatch(threading.Thread):
                 last = state
             if self.t_kill is None:
                 continue
-            pids = [p for p in replica_pids() if p != self.old_pid]
+            pids = [p for p in replica_pids(SURROGATE) if p != self.old_pid]
             if pids and self.t_new_process is None:
                 self.new_pid, self.t_new_process = pids[0], now
             if running == 0 and self.t_unhealthy is None:
@@ -457,7 +436,7 @@ def fault_load(
     """A retrying load; the Surrogate replica is killed ``kill_after`` s into it."""
     gen = Load(url, body_file, concurrency, seconds, tries=tries)
     sleep_until(gen.t_start + kill_after)
-    killed = {"pids_before": replica_pids()}
+    killed = {"pids_before": replica_pids(SURROGATE)}
     watch.t_kill = time.monotonic()
     os.kill(watch.old_pid, signal.SIGKILL)
     killed["pid"] = watch.old_pid
@@ -501,7 +480,7 @@ def fault(args, registry: str, ref: str, body_file: Path) -> None:
     url = app.url
     try:
         check_answer(url, body_file.read_bytes())
-        pids = replica_pids()
+        pids = replica_pids(SURROGATE)
         print(f"service ready at {url}; Surrogate replica pids {pids}", flush=True)
         if len(pids) != 1:
             raise RuntimeError(f"expected one Surrogate replica process, found {pids}")

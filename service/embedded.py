@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,29 @@ def start(
     serve.start(http_options={"host": host, "port": proxy_port})
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
+
+
+def replica_pids(deployment: str = "") -> list[int]:
+    """PIDs of this instance's replica processes of ``deployment`` (all when empty), from
+    ``ps``: Ray titles a worker process after its actor. (``ray.util.state`` needs the
+    dashboard, off here.) Only descendants of this process count: another Ray instance on
+    the machine may serve a "pdeserve" too."""
+    title = f"ray::ServeReplica:{APP_NAME}:{deployment}"
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parents, found = {}, []
+    for line in out.splitlines()[1:]:
+        pid, ppid, *cmd = line.split(None, 2)
+        parents[int(pid)] = int(ppid)
+        if cmd and cmd[0].startswith(title):
+            found.append(int(pid))
+    me, mine = os.getpid(), []
+    for pid in found:
+        p = pid
+        while p > 1 and p != me:
+            p = parents.get(p, 0)
+        if p == me:
+            mine.append(pid)
+    return sorted(mine)
 
 
 def stop() -> None:

@@ -48,29 +48,12 @@ def test_the_application_port_is_the_ingress_replica_not_serve_proxy(embedded_ap
         assert httpx.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
 
 
-def replica_pids(deployment: str = "") -> list[int]:
-    """PIDs of this machine's pdeserve replica processes (Ray titles them after their actor)."""
-    title = f"ray::ServeReplica:pdeserve:{deployment}".encode()
-    return [
-        int(d.parent.name)
-        for d in Path("/proc").glob("[0-9]*/cmdline")
-        if _readable(d).startswith(title)
-    ]
-
-
 def test_the_replicas_carry_batches_in_their_call_messages(embedded_app):
     """Ray's inline limit reaches the replica processes (they read it at start)."""
-    replicas = replica_pids()
+    replicas = embedded.replica_pids()
     assert len(replicas) >= 3  # Ingress, Surrogate, ExactSolver
     for pid in replicas:
         assert environ(pid)["RAY_max_direct_call_object_size"] == str(embedded.INLINE_BYTES)
-
-
-def _readable(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
 
 
 def test_every_deployment_is_health_checked_at_the_configured_period():
@@ -84,7 +67,7 @@ def test_every_deployment_is_health_checked_at_the_configured_period():
 def test_a_killed_surrogate_replica_is_replaced_and_solves_go_on(embedded_app):
     """SIGKILL the Surrogate: Serve notices at its next health check (every 2 s) and starts
     another; a client that retries a 503 or a dropped connection gets its answer."""
-    (old,) = replica_pids("Surrogate")
+    (old,) = embedded.replica_pids("Surrogate")
     os.kill(old, signal.SIGKILL)
     killed = time.monotonic()
     body = {"pde": "helmholtz", "coefficients": {"omega": 3.0}, "source": [[0.0] * 64] * 64}
@@ -101,7 +84,7 @@ def test_a_killed_surrogate_replica_is_replaced_and_solves_go_on(embedded_app):
         assert time.monotonic() - killed < 30, "no answer within 30 s of the kill"
         time.sleep(0.2)
     assert r.json()["mode"] == "surrogate"
-    (new,) = replica_pids("Surrogate")
+    (new,) = embedded.replica_pids("Surrogate")
     assert new != old
 
 
