@@ -139,14 +139,44 @@ def test_exports_to_onnx_without_a_dft_op_and_runs_in_onnx_runtime(tmp_path):
         dynamic_axes={k: {0: "batch"} for k in ("source", "coefficients", "solution")},
         dynamo=False,
     )
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    nodes = onnx.load(str(path)).graph.node
+    ops = {node.op_type for node in nodes}
     assert "MatMul" in ops and not ops & {"DFT", "STFT"}
+    # the Fourier blocks are products and two small transposes: no slicing, no shape arithmetic
+    in_blocks = {node.op_type for node in nodes if node.name.startswith("/blocks.")}
+    assert "MatMul" in in_blocks
+    assert not in_blocks & {"Slice", "Split", "Concat", "Neg", "Shape", "Gather"}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     source, coefficients = _inputs(b=3, n=32, seed=5)  # another batch size than exported
     (out,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
     with torch.no_grad():
         expected = model(source, coefficients).numpy()
     assert abs(out - expected).max() <= 1e-5 * abs(expected).max()
+
+
+def test_graph_forms_equal_the_eager_model_in_float64():
+    """What exported graphs compute (block, first block on the source alone, head) is the
+    eager arithmetic in another order: equal to float64 rounding."""
+    model = _model().double().eval()
+    fno = model.fno
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for block in fno.blocks:  # O(1) spectral weights, so no difference hides
+            block.spectral.weight_real.normal_(generator=g)
+            block.spectral.weight_imag.normal_(generator=g)
+        f = torch.randn(3, 16, 16, generator=g, dtype=torch.float64) + 0.5
+        w = torch.randn(8, generator=g, dtype=torch.float64)
+        bias = 3 * torch.randn(3, 8, generator=g, dtype=torch.float64)
+        lifted = f[:, None] * w[:, None, None] + bias[:, :, None, None]
+        pairs = [
+            (fno.blocks[0].graph_forward(lifted), fno.blocks[0](lifted)),
+            (fno.blocks[0].graph_forward_rank_one(f, w, bias), fno.blocks[0](lifted)),
+            (fno.graph_trunk_rank_one(f, w, bias), fno.trunk(lifted)),
+            (fno.project._exported(lifted), fno.project(lifted)),
+        ]
+    for got, want in pairs:
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=0, atol=1e-12 * want.abs().max().item())
 
 
 def test_load_model_refuses_changed_weights(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.layers.spectral import SpectralConv2d
+from training.layers.spectral import DFTMatrices, SpectralConv2d
 
 
 def _pair(c_in, c_out, m, seed=0):
@@ -33,9 +33,28 @@ def test_dft_path_equals_fft_path(n, m, c_in, c_out):
 def test_sandwich_order_of_exported_graphs_equals_the_fft_path(n, m, c_in, c_out):
     dft, fft = _pair(c_in, c_out, m, seed=2)
     x = torch.randn(3, c_in, n, n) + 3.0  # a large mean: the sandwich order keeps it apart too
-    y_sandwich, y_fft = dft._forward_dft_sandwich(x), fft(x)
+    y_sandwich, y_fft = dft._forward_graph(x), fft(x)
     scale = y_fft.abs().max().item()
     assert torch.allclose(y_sandwich, y_fft, atol=1e-5 * scale, rtol=0)
+
+
+def test_graph_matrices_are_the_complex_transform_over_y():
+    """Independent check of the interleaved left operands against numpy's complex DFT."""
+    n, m = 12, 3
+    mats = DFTMatrices(n, m, torch.float64)
+    z = np.random.default_rng(0).normal(size=(n, m)) + 1j * np.random.default_rng(1).normal(
+        size=(n, m)
+    )
+    rows = [*range(m), *range(n - m, n)]  # ky = 0..m-1, -m..-1
+    want = np.fft.fft(z, axis=0)[rows]  # (2m, m) complex, over ky
+    interleaved = torch.from_numpy(np.stack([z.real, z.imag], 1).reshape(2 * n, m))
+    got = (mats.graph_forward_y @ interleaved).numpy()
+    assert np.allclose(got, np.concatenate([want.real, want.imag]), rtol=0, atol=1e-12)
+    back = (mats.graph_inverse_y @ torch.from_numpy(got)).numpy().reshape(n, 2, m)
+    full = np.zeros((n, m), complex)
+    full[rows] = want
+    expected = np.fft.ifft(full, axis=0)  # the kept modes' part of z
+    assert np.allclose(back[:, 0] + 1j * back[:, 1], expected, rtol=0, atol=1e-12)
 
 
 def test_gradients_agree():

@@ -17,10 +17,12 @@ Two paths compute the same thing:
   the FFT is faster).
 
 An exported graph (ONNX) gets the ``dft`` arithmetic in another order: each
-2-D transform is a matrix sandwich ``L @ x @ R`` with the batch broadcast, so
-the graph holds no large transposes (ONNX Runtime spent a quarter of its time
-in them) and needs no shape arithmetic; torch eager keeps the GEMM form,
-which is faster there. The two orders agree to float32 rounding (tested).
+2-D transform is a matrix sandwich ``L @ x @ R`` with the batch broadcast, and
+the real and imaginary parts travel interleaved along the rows between the two
+sides (``(n, 2m)`` read as ``(2n, m)``), so the graph holds no large
+transposes, no slicing of quadrants and no shape arithmetic; torch eager keeps
+the GEMM form, which is faster there. The two orders agree to float32
+rounding (tested).
 
 Both run in float32 even under autocast: the spectral sums cancel too much
 for bfloat16.
@@ -33,6 +35,8 @@ from typing import Literal
 
 import torch
 from torch import nn
+
+from training.layers.tracing import exporting
 
 SpectralPath = Literal["dft", "fft"]
 SPECTRAL_PATHS: tuple[str, ...] = ("dft", "fft")
@@ -62,12 +66,15 @@ class DFTMatrices(nn.Module):
     inverse_y (4m, 2n):   [Re | Im] over ky -> [Re | Im] over y (complex inverse, / n)
     inverse_x (2m, n):    [Re | Im] over kx -> x: the real part of the Hermitian sum, / n
 
-    and for the sandwich order of exported graphs (left operands):
+    and for the sandwich order of exported graphs (left operands, with rows or
+    columns ordered (y, re|im): ``x @ forward_x`` of shape (n, 2m) is the same
+    memory as (2n, m)):
 
-    left_y (4m, n):           [cos; sin] over (ky, y), so ``left_y @ x @ forward_x``
-                              holds the four real products of the 2-D transform
-    inverse_left_y (n, 4m):   its transpose, for the inverse
-    inverse_right_x (2m, n):  [cos; sin] over (kx, x), Hermitian weights, / n^2
+    graph_forward_y (4m, 2n):  (y, re|im) -> [Re; Im] over ky, so
+                               ``graph_forward_y @ (x @ forward_x).view(2n, m)``
+                               is the 2-D transform, [Re; Im] over (ky, kx)
+    graph_inverse_y (2n, 4m):  [Re; Im] over ky -> (y, re|im), / n; then
+                               ``.view(n, 2m) @ inverse_x`` ends the inverse
     """
 
     def __init__(self, n: int, m: int, dtype: torch.dtype = torch.float32):
@@ -84,6 +91,11 @@ class DFTMatrices(nn.Module):
         def block(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor):
             return torch.cat([torch.cat([a, b], 1), torch.cat([c, d], 1)])
 
+        def interleave(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+            """(r, n) and (r, n) -> (r, 2n) with columns (y, re|im)."""
+            return torch.stack([re, im], -1).flatten(1)
+
+        graph_forward_y = torch.cat([interleave(cy, sy), interleave(-sy, cy)])
         mats = {
             # X(ky) = sum_y e^{-i ky y} X(y): Re' = cos Re + sin Im, Im' = cos Im - sin Re
             "forward_x": torch.cat([cx, -sx]).T,
@@ -91,9 +103,10 @@ class DFTMatrices(nn.Module):
             # Z(y) = sum_ky e^{+i ky y} O(ky) / n: Re' = cos Re - sin Im, Im' = sin Re + cos Im
             "inverse_y": block(cy, sy, -sy, cy) / n,
             "inverse_x": torch.cat([hermitian * cx, -hermitian * sx]) / n,
-            "left_y": torch.cat([cy, sy]),
-            "inverse_left_y": torch.cat([cy, sy]).T,
-            "inverse_right_x": torch.cat([hermitian * cx, hermitian * sx]) / n**2,
+            # the complex transform over y as a left operand on interleaved rows; its
+            # inverse is the conjugate transpose, which for real 2x2 blocks is the transpose
+            "graph_forward_y": graph_forward_y,
+            "graph_inverse_y": graph_forward_y.T / n,
         }
         for name, mat in mats.items():
             self.register_buffer(name, mat.to(dtype).contiguous(), persistent=False)
@@ -143,8 +156,8 @@ class SpectralConv2d(nn.Module):
             x = at_least_float32(x)
             if self.path == "fft":
                 return self._forward_fft(x)
-            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-                return self._forward_dft_sandwich(x)
+            if exporting():
+                return self._forward_graph(x)
             return self._forward_dft(x)
 
     def _forward_dft(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +168,7 @@ class SpectralConv2d(nn.Module):
         # The mean mode goes apart, exactly: a field's constant part (the coefficient
         # channels are constant) would otherwise leak its rounding into every other mode.
         mean = x.mean(dim=(-2, -1))  # (B, C)
-        dc = torch.matmul(mean, self.weight_real[0, 0])[:, :, None, None]  # (B, O, 1, 1)
+        dc = self.mean_mode(mean)[:, :, None, None]  # (B, O, 1, 1)
         x = x - mean[:, :, None, None]
         # x-DFT, one GEMM over B*C*ny rows: (B, C, ny, [Re|Im] kx)
         h = torch.matmul(x, mats.forward_x)
@@ -174,32 +187,54 @@ class SpectralConv2d(nn.Module):
         h = h.reshape(b, o, m, 2, n).permute(0, 1, 4, 3, 2).reshape(b, o, n, 2 * m)
         return torch.matmul(h, mats.inverse_x) + dc
 
-    def _forward_dft_sandwich(self, x: torch.Tensor) -> torch.Tensor:
-        """The ``dft`` path as ``L @ x @ R`` products, batch-agnostic (for exported graphs)."""
-        c, n = self.in_channels, x.shape[-1]  # c a constant: no shape arithmetic in the graph
-        m, o = self.modes, self.out_channels
-        k = 2 * m
-        mats = self.matrices(int(n), x.device, x.dtype)
-        mean = x.mean(dim=(-2, -1), keepdim=True)  # (B, C, 1, 1), apart as in _forward_dft
-        dc = torch.matmul(mean.transpose(1, 3), self.weight_real[0, 0]).transpose(1, 3)
-        p = torch.matmul(mats.left_y, torch.matmul(x - mean, mats.forward_x))  # (B, C, 4m, 2m)
-        # X(ky, kx) = [cy cx - sy sx] - i [cy sx + sy cx] . x, from the four products
-        re = p[..., :k, :m] + p[..., k:, m:]
-        im = p[..., :k, m:] - p[..., k:, :m]
-        # complex mode mixing, per mode (ky, kx): one real product of [Re | Im] (B, 2C)
-        # with [[Wr, Wi], [-Wi, Wr]] (2C, 2O); ONNX Runtime runs it about 2x faster than
-        # two products with Wr and Wi (many small GEMMs either way)
-        h = torch.cat([re, im], dim=1).reshape(-1, 2 * c, k * m).permute(2, 0, 1)
-        wr = self.weight_real.transpose(0, 1).reshape(k * m, c, o)
-        wi = self.weight_imag.transpose(0, 1).reshape(k * m, c, o)
-        w = torch.cat([torch.cat([wr, wi], -1), torch.cat([-wi, wr], -1)], -2)
-        out = torch.matmul(h, w).permute(1, 2, 0).reshape(-1, 2 * o, k, m)  # (B, [Re|Im] O, ..)
-        out_re, out_im = out[:, :o], out[:, o:]
-        # z = Re sum O e^{i(ky y + kx x)}: [cy; sy]^T [[Re, -Im], [-Im, -Re]] [cx; sx]
-        q = torch.cat(
-            [torch.cat([out_re, -out_im], -1), torch.cat([-out_im, -out_re], -1)], -2
-        )  # (B, O, 4m, 2m)
-        return torch.matmul(torch.matmul(mats.inverse_left_y, q), mats.inverse_right_x) + dc
+    def mixing_matrix(self) -> torch.Tensor:
+        """Per kept mode (ky, kx), the real (2 C_in, 2 C_out) matrix of the complex product.
+
+        Rows are (input channel, re|im) and columns (output channel, re|im): the
+        interleaved order in which ``graph_forward`` holds the modes.
+        """
+        c, o, m = self.in_channels, self.out_channels, self.modes
+        wr = self.weight_real.transpose(0, 1).reshape(2 * m * m, c, o)
+        wi = self.weight_imag.transpose(0, 1).reshape(2 * m * m, c, o)
+        from_re = torch.stack([wr, wi], -1).flatten(2)  # Re -> (Re' += Re wr, Im' += Re wi)
+        from_im = torch.stack([-wi, wr], -1).flatten(2)  # Im -> (Re' -= Im wi, Im' += Im wr)
+        return torch.stack([from_re, from_im], 2).flatten(1, 2)
+
+    def mean_mode(self, mean: torch.Tensor) -> torch.Tensor:
+        """What the mean mode (ky = kx = 0) adds to every point: (B, C_in) means -> (B, C_out)."""
+        return torch.matmul(mean, self.weight_real[0, 0])
+
+    def graph_forward(self, x: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on mean-free fields (B, C, n, n) as exported graphs compute it.
+
+        ``L @ x @ R`` products with the batch broadcast and real and imaginary parts
+        interleaved (see ``DFTMatrices``): four MatMuls, the mode mixing and two
+        transposes of the small mode tensor; no slicing, no shape arithmetic.
+
+        The mean of every channel must be zero: callers take it apart and add
+        ``mean_mode`` (as ``_forward_dft`` does, and for the same reason; with the mean
+        inside, the bundled model's graph came out 7e-5 from the float64 model at 128^2,
+        against 3e-6).
+        ``mixing`` stands in for ``mixing_matrix()`` where a caller has folded a linear
+        map of the input channels into it.
+        """
+        c, n = int(x.shape[1]), int(x.shape[-1])  # ints: constants of a traced graph
+        m = self.modes
+        k = 2 * m  # kept ky
+        mixing = self.mixing_matrix() if mixing is None else mixing
+        o = int(mixing.shape[-1]) // 2
+        mats = self.matrices(n, x.device, x.dtype)
+        # (B, C, y, [Re|Im] kx) is (B, C, (y, re|im), kx): the y transform is one left product
+        p = torch.matmul(x, mats.forward_x).reshape(-1, c, 2 * n, m)
+        p = torch.matmul(mats.graph_forward_y, p)  # (B, C, [Re; Im] ky, kx)
+        h = p.reshape(-1, 2 * c, k * m).permute(2, 0, 1)  # (modes, B, (C, re|im))
+        out = torch.matmul(h, mixing).permute(1, 2, 0).reshape(-1, o, 2 * k, m)
+        z = torch.matmul(mats.graph_inverse_y, out).reshape(-1, o, n, 2 * m)
+        return torch.matmul(z, mats.inverse_x)
+
+    def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        return self.graph_forward(x - mean) + self.mean_mode(mean.flatten(1))[:, :, None, None]
 
     def _forward_fft(self, x: torch.Tensor) -> torch.Tensor:
         b, _, n, _ = x.shape

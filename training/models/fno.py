@@ -7,9 +7,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from training.layers.pointwise import PointwiseLinear
+from training.layers.pointwise import PointwiseLinear, channel_matmul
 from training.layers.projection import ProjectionHead
 from training.layers.spectral import SPECTRAL_PATHS, SpectralConv2d
+from training.layers.tracing import exporting
 from training.models.base import ModelBase
 
 
@@ -22,7 +23,43 @@ class FNOBlock(nn.Module):
         self.pointwise = PointwiseLinear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if exporting():
+            return self.graph_forward(x)
         return self.spectral(x) + self.pointwise(x)
+
+    def graph_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The block as exported graphs compute it, on (B, C, n, n).
+
+        The spectral layer's mean mode and the pointwise bias meet in one small
+        per-example constant, so one full-size Add carries both.
+        """
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        constant = self.spectral.mean_mode(mean.flatten(1)) + self.pointwise.bias
+        pointwise = channel_matmul(self.pointwise.weight, x) + constant[:, :, None, None]
+        return self.spectral.graph_forward(x - mean) + pointwise
+
+    def graph_forward_rank_one(
+        self, f: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``graph_forward(w f + bias)`` for f (B, n, n), w (C,), bias (B, C), without the
+        (B, C, n, n) field.
+
+        A lifted input has one varying channel: the spectral transform runs on f
+        alone (1 channel, not C) with w folded into the mixing matrices, the
+        pointwise map is an outer product, and everything constant over the grid
+        joins the per-example constant. The same arithmetic up to rounding (tested).
+        """
+        spectral, pointwise = self.spectral, self.pointwise
+        mean = f.mean(dim=(-2, -1), keepdim=True)  # (B, 1, 1)
+        lifted_mean = mean.flatten(1) * w + bias  # (B, C): the mean of every lifted channel
+        constant = spectral.mean_mode(lifted_mean) + nn.functional.linear(
+            bias, pointwise.weight, pointwise.bias
+        )
+        mixing = spectral.mixing_matrix().unflatten(1, (spectral.in_channels, 2))
+        mixing = torch.einsum("c,jcpq->jpq", w, mixing)  # (modes, 2, 2 C_out)
+        varying = spectral.graph_forward((f - mean)[:, None], mixing)
+        outer = torch.matmul(pointwise.weight, w)[:, None, None] * f[:, None]
+        return varying + (outer + constant[:, :, None, None])
 
 
 class FNO2d(ModelBase):
@@ -68,11 +105,18 @@ class FNO2d(ModelBase):
 
     def trunk(self, h: torch.Tensor) -> torch.Tensor:
         """Fourier blocks and projection on lifted features (B, width, n, n)."""
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if i != last:
-                h = self.activation(h)
+        return self._after_first_block(self.blocks[0](h))
+
+    def graph_trunk_rank_one(
+        self, f: torch.Tensor, w: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        """``trunk(w f + bias)`` in an exported graph, without building the lifted field
+        (see ``FNOBlock.graph_forward_rank_one``): f (B, n, n), w (width,), bias (B, width)."""
+        return self._after_first_block(self.blocks[0].graph_forward_rank_one(f, w, bias))
+
+    def _after_first_block(self, h: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks[1:]:
+            h = block(self.activation(h))
         return self.project(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

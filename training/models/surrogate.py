@@ -4,7 +4,8 @@ Normalisation, the mixed-operator encoding (source + 6 constant coefficient
 channels) and the FNO live in one module, so an exported graph needs nothing
 but its card. The constant channels are never built as images: the lifting
 layer is linear, so their contribution is a per-example bias added on the
-device (``lift(x) = w_f * f + (W_c c + b)``).
+device (``lift(x) = w_f * f + (W_c c + b)``). An exported graph goes one step
+further and runs the first Fourier block on the source channel alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from datagen.systems import COEFFICIENT_NAMES
 from training.layers.normalization import InputNormalization
 from training.layers.spectral import at_least_float32
+from training.layers.tracing import exporting
 from training.models.base import ModelBase
 from training.models.fno import FNO2d
 
@@ -71,6 +73,9 @@ class PDESurrogate(ModelBase):
         lift = self.fno.lift
         # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the 6 constant channels as a bias.
         bias = torch.nn.functional.linear(c, lift.weight[:, 1:], lift.bias)
-        h = f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None]
-        u = at_least_float32(self.fno.trunk(h)[:, 0])
+        if exporting():  # the first block on the source alone: ~10% of a graph's time
+            u = self.fno.graph_trunk_rank_one(f, lift.weight[:, 0], bias)
+        else:
+            u = self.fno.trunk(f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None])
+        u = at_least_float32(u[:, 0])
         return u * (self.normalize.solution_ref * nonzero[:, None, None])
