@@ -33,7 +33,7 @@ def test_dft_path_equals_fft_path(n, m, c_in, c_out):
 def test_sandwich_order_of_exported_graphs_equals_the_fft_path(n, m, c_in, c_out):
     dft, fft = _pair(c_in, c_out, m, seed=2)
     x = torch.randn(3, c_in, n, n) + 3.0  # a large mean: the sandwich order keeps it apart too
-    y_sandwich, y_fft = dft._forward_graph(x), fft(x)
+    y_sandwich, y_fft = dft._forward_exported(x), fft(x)
     scale = y_fft.abs().max().item()
     assert torch.allclose(y_sandwich, y_fft, atol=1e-5 * scale, rtol=0)
 

@@ -157,7 +157,7 @@ class SpectralConv2d(nn.Module):
             if self.path == "fft":
                 return self._forward_fft(x)
             if exporting():
-                return self._forward_graph(x)
+                return self._forward_exported(x)
             return self._forward_dft(x)
 
     def _forward_dft(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +232,7 @@ class SpectralConv2d(nn.Module):
         z = torch.matmul(mats.graph_inverse_y, out).reshape(-1, o, n, 2 * m)
         return torch.matmul(z, mats.inverse_x)
 
-    def _forward_graph(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_exported(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=(-2, -1), keepdim=True)
         return self.graph_forward(x - mean) + self.mean_mode(mean.flatten(1))[:, :, None, None]
 
