@@ -191,7 +191,9 @@ class SpectralConv2d(nn.Module):
         """Per kept mode (ky, kx), the real (2 C_in, 2 C_out) matrix of the complex product.
 
         Rows are (input channel, re|im) and columns (output channel, re|im): the
-        interleaved order in which ``graph_forward`` holds the modes.
+        interleaved order in which ``graph_forward`` holds the modes. One product per
+        mode instead of two with Wr and Wi: ONNX Runtime runs it about 2x faster (many
+        small GEMMs either way).
         """
         c, o, m = self.in_channels, self.out_channels, self.modes
         wr = self.weight_real.transpose(0, 1).reshape(2 * m * m, c, o)
