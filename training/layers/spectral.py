@@ -11,8 +11,7 @@ Two paths compute the same thing:
   kept modes only (cos/sin blocks). The two transforms along x are single
   large GEMMs over ``B*C*ny`` rows; the ones along y act on the already
   truncated ``2m`` columns. The complex mode mixing is two batched real
-  matmuls. Only MatMul, Slice, Add/Sub, Concat, Transpose and Reshape reach
-  the ONNX graph.
+  matmuls.
 - ``fft``: ``rfft2`` / ``irfft2`` with complex weights (for training where
   the FFT is faster).
 
