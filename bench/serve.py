@@ -1,6 +1,6 @@
 """Served throughput and latency of POST /solve against raw ONNX Runtime, same model, same run.
 
-    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--batch-wait-timeout-s 0]
+    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--surrogate-calls-in-flight 2]
         [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25] [--max-ongoing-requests 128]
     .venv/bin/python bench/serve.py --fault [--quick]
 
@@ -313,7 +313,7 @@ def settings_from(args, registry: str, ref: str) -> ServiceSettings:
         default_model=ref,
         api_keys=[API_KEY],
         max_batch_size=args.max_batch_size,
-        batch_wait_timeout_s=args.batch_wait_timeout_s,
+        surrogate_calls_in_flight=args.surrogate_calls_in_flight,
         ort_threads=args.ort_threads,
         ingress_cpus=args.ingress_cpus,
         surrogate_cpus=args.surrogate_cpus,
@@ -544,7 +544,9 @@ def main() -> None:
     p.add_argument("--name", help="results file name (default serve / serve-fault)")
     d = ServiceSettings.model_fields
     p.add_argument("--max-batch-size", type=int, default=d["max_batch_size"].default)
-    p.add_argument("--batch-wait-timeout-s", type=float, default=d["batch_wait_timeout_s"].default)
+    p.add_argument(
+        "--surrogate-calls-in-flight", type=int, default=d["surrogate_calls_in_flight"].default
+    )
     p.add_argument("--ort-threads", type=int, default=d["ort_threads"].default)
     p.add_argument("--ingress-cpus", type=float, default=d["ingress_cpus"].default)
     p.add_argument("--surrogate-cpus", type=float, default=d["surrogate_cpus"].default)

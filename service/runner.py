@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -76,8 +76,10 @@ class OnnxSurrogate:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = _session(onnx_bytes, threads, providers)
         self.providers = self.session.get_providers()
-        self._streams: tuple[object, ThreadPoolExecutor] | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._stream_session = None
         self._lock = threading.Lock()
+        self._queued = 0  # samples submitted and not yet answered
 
     @classmethod
     def load(
@@ -100,8 +102,53 @@ class OnnxSurrogate:
         solution = np.concatenate(list(self._batches(source, coefficients, batch)))
         return solution if grid == n else resample(solution, n).astype(np.float32)
 
+    def submit(self, source: np.ndarray, coefficients: np.ndarray) -> Future:
+        """``predict(source, coefficients)`` in the background: a Future of the solutions.
+
+        On the CPU with several threads every sample joins one queue that the streams work
+        through in arrival order, so the samples of concurrent calls keep all streams
+        busy: none idles while another finishes a call's last sample, nor between calls.
+        A lone sample on idle streams runs on all threads (the lowest latency), and calls
+        run whole on a GPU or on one thread.
+        """
+        count = len(source)
+        with self._lock:
+            streamed = self._on_cpu() and (count > 1 or self._queued > 0)
+            self._queued += count
+        if not streamed:
+            return _all_of(
+                [self._pool().submit(self.predict, source, coefficients)],
+                lambda blocks: blocks[0],
+                partial(self._answered, count),
+            )
+        n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
+        if grid != n:
+            source = resample(source, grid)
+        session, pool = self._single_thread_streams()
+        samples = [
+            pool.submit(_run, session, s[None], c[None])
+            for s, c in zip(
+                np.asarray(source, dtype=np.float32),
+                np.asarray(coefficients, dtype=np.float32),
+                strict=True,
+            )
+        ]
+
+        def solutions(blocks: list[np.ndarray]) -> np.ndarray:
+            stacked = np.concatenate(blocks)
+            return stacked if grid == n else resample(stacked, n).astype(np.float32)
+
+        return _all_of(samples, solutions, partial(self._answered, count))
+
+    def _answered(self, count: int) -> None:
+        with self._lock:
+            self._queued -= count
+
+    def _on_cpu(self) -> bool:
+        return self.threads > 1 and self.providers[0] == "CPUExecutionProvider"
+
     def _batches(self, source, coefficients, batch) -> Iterator[np.ndarray]:
-        if len(source) > 1 and self.threads > 1 and self.providers[0] == "CPUExecutionProvider":
+        if len(source) > 1 and self._on_cpu():
             session, pool = self._single_thread_streams()
             run = partial(_run, session)
             yield from pool.map(run, source[:, None], coefficients[:, None])
@@ -109,15 +156,52 @@ class OnnxSurrogate:
         for i in range(0, len(source), batch):
             yield _run(self.session, source[i : i + batch], coefficients[i : i + batch])
 
-    def _single_thread_streams(self):
-        """A single-thread session (ORT runs it from several threads at once) and a pool of
-        ``threads`` threads; made on first use, so a latency-only user never pays for it."""
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads that run calls and samples: one per ORT thread on the CPU (the
+        streams), one elsewhere (a GPU, or one thread, runs a call whole)."""
         with self._lock:
-            if self._streams is None:
-                session = _session(self._onnx, 1, ["CPUExecutionProvider"])
-                pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ort-stream")
-                self._streams = (session, pool)
-            return self._streams
+            if self._threads is None:
+                workers = self.threads if self._on_cpu() else 1
+                self._threads = ThreadPoolExecutor(workers, thread_name_prefix="ort-stream")
+            return self._threads
+
+    def _single_thread_streams(self):
+        """A single-thread session (ORT runs it from several threads at once) and the pool
+        whose threads are the streams; made on first use, so a latency-only user never
+        pays for it."""
+        pool = self._pool()
+        with self._lock:
+            if self._stream_session is None:
+                self._stream_session = _session(self._onnx, 1, ["CPUExecutionProvider"])
+            return self._stream_session, pool
+
+
+def _all_of(
+    parts: list[Future],
+    combine: Callable[[list[np.ndarray]], np.ndarray],
+    answered: Callable[[], None],
+) -> Future:
+    """A Future of ``combine`` over the results of ``parts`` in order, set by the thread
+    that finishes the last of them (after ``answered()``); the first error fails it."""
+    out: Future = Future()
+    out.set_running_or_notify_cancel()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        answered()
+        try:
+            out.set_result(combine([f.result() for f in parts]))
+        except BaseException as e:  # handed to the caller through ``out``
+            out.set_exception(e)
+
+    for f in parts:
+        f.add_done_callback(one_done)
+    return out
 
 
 def _usable_cpus() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,12 +26,10 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(default=64 * 2**20, ge=1024)
     request_timeout_s: float = Field(default=60.0, gt=0)
     latest_ttl_s: float = Field(default=60.0, ge=0, description="re-resolve name@latest after")
-    # Dynamic batching (ingress and Surrogate replicas); ONNX Runtime threads.
+    # Dynamic batching: problems per ingress -> Surrogate call, and calls in flight per
+    # Surrogate replica (one queued there keeps its streams busy while the next forms).
     max_batch_size: int = Field(default=32, ge=1)
-    # No wait: requests that queue behind a running batch enter the batcher together
-    # anyway, and a lone request should not wait for company (measured: -4 to -7 ms at
-    # concurrency 1, a few req/s more at 32).
-    batch_wait_timeout_s: float = Field(default=0.0, ge=0)
+    surrogate_calls_in_flight: int = Field(default=2, ge=1)
     ort_threads: int | None = Field(default=None, ge=1)
     # CPUs per replica: fractions, so the whole application fits on 2 CPUs.
     ingress_cpus: float = Field(default=0.25, gt=0)
@@ -45,14 +44,22 @@ class ServiceSettings(BaseModel):
     access_log: bool = Field(default=False, description="Serve's per-request log lines")
 
 
-# The ingress replica's settings, for its HTTP middleware. Serve ships the deployment
-# class by value, so a module global of service.app would be a copy; this one is shared.
+# What the ingress replica shares with its HTTP middleware: the settings, and the routes
+# the middleware answers itself (path -> handler). Serve ships the deployment class by
+# value, so a module global of service.app would be a copy; these are shared.
 _ACTIVE: list[ServiceSettings] = []
+_DIRECT: dict[str, Any] = {}
 
 
-def activate(settings: ServiceSettings) -> None:
+def activate(settings: ServiceSettings, direct: dict[str, Any] | None = None) -> None:
     _ACTIVE[:] = [settings]
+    _DIRECT.clear()
+    _DIRECT.update(direct or {})
 
 
 def active() -> ServiceSettings | None:
     return _ACTIVE[0] if _ACTIVE else None
+
+
+def direct_route(path: str) -> Any | None:
+    return _DIRECT.get(path)

@@ -1,6 +1,5 @@
 """service.embedded: the ingress replica answers HTTP itself; Serve's proxy runs beside it."""
 
-import asyncio
 import os
 import signal
 import socket
@@ -8,12 +7,11 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from service_helpers import API_KEY
 
 from service import embedded
-from service.app import _Gate, _split, build_app
+from service.app import build_app
 from service.settings import ServiceSettings
 
 
@@ -103,31 +101,3 @@ def test_the_ingress_gets_the_first_port_of_its_range():
     assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "8000"
     assert int(env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == 8001 + embedded.EXTRA_APPLICATIONS
-
-
-def test_the_gate_holds_callers_while_a_batch_runs_and_lets_them_in_together():
-    async def scenario():
-        gate, passed = _Gate(), []
-
-        async def caller(i):
-            await gate.wait()
-            passed.append(i)
-
-        with gate.closed():
-            callers = [asyncio.create_task(caller(i)) for i in range(3)]
-            await asyncio.sleep(0.05)
-            assert passed == []
-        await asyncio.gather(*callers)
-        assert passed == [0, 1, 2]
-        await caller(3)  # open: no wait
-        assert passed == [0, 1, 2, 3]
-
-    asyncio.run(scenario())
-
-
-def test_split_gives_each_caller_its_own_rows():
-    stacked = np.arange(12.0).reshape(6, 2)
-    parts = _split(stacked, [1, 3, 2])
-    assert [p.shape[0] for p in parts] == [1, 3, 2]
-    assert np.array_equal(np.concatenate(parts), stacked)
-    assert np.array_equal(parts[1], stacked[1:4])
