@@ -206,9 +206,10 @@ def unified_coefficients(
     w: np.ndarray | float = 0.0,
 ) -> np.ndarray:
     """Stack named coefficients (scalars or arrays of one length) into (B, 6)."""
-    cols = np.broadcast_arrays(
-        *(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (k11, k22, k12, v1, v2, w))
-    )
+    values = (k11, k22, k12, v1, v2, w)
+    if all(isinstance(a, (float, int)) for a in values):  # one problem: B = 1, no broadcast
+        return np.array([values], dtype=np.float64)
+    cols = np.broadcast_arrays(*(np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in values))
     return np.stack(cols, axis=1)
 
 

@@ -53,6 +53,7 @@ class EncodedArray(BaseModel):
     shape: tuple[int, int]
     data: str
     _array: np.ndarray | None = PrivateAttr(default=None)
+    _checked: bool = PrivateAttr(default=False)  # by check_grid, through decode_field
 
     @classmethod
     def encode(cls, array: np.ndarray, dtype: str = "float32") -> EncodedArray:
@@ -78,16 +79,22 @@ def check_grid(a: np.ndarray, what: str = "source") -> np.ndarray:
     n = a.shape[0]
     if n % 2 or not MIN_N <= n <= MAX_N:
         raise ValueError(f"{what}: n must be even and between {MIN_N} and {MAX_N}, got n = {n}")
-    if not np.isfinite(a).all():
+    # min and max are NaN when any value is (two passes, no temporaries)
+    lo, hi = float(a.min()), float(a.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{what} contains NaN or Inf")
-    if np.abs(a).max() > MAX_VALUE:
+    if max(-lo, hi) > MAX_VALUE:
         raise ValueError(f"{what} has values beyond +-{MAX_VALUE:g}")
     return a
 
 
 def decode_field(value: FieldValue, what: str = "source") -> np.ndarray:
+    """The field as a checked float64 (n, n) array (an encoded one is checked once)."""
     if isinstance(value, EncodedArray):
-        return check_grid(value.decode(), what)
+        if not value._checked:
+            check_grid(value.decode(), what)
+            value._checked = True
+        return value.decode()
     if not value or any(len(row) != len(value[0]) for row in value):
         raise ValueError(f"{what} rows must all have the same length")
     return check_grid(np.asarray(value, dtype=np.float64), what)
@@ -191,6 +198,7 @@ class _Solve(BaseModel):
     )
 
     _array: np.ndarray | None = PrivateAttr(default=None)
+    _unified: np.ndarray | None = PrivateAttr(default=None)
 
     @field_validator("source")
     @classmethod
@@ -201,7 +209,7 @@ class _Solve(BaseModel):
     @model_validator(mode="after")
     def _valid_coefficients(self):
         try:
-            get_system(self.pde).validate(self.coefficients.unified())
+            get_system(self.pde).validate(self.unified())
         except CoefficientError as e:
             raise ValueError(str(e)) from None
         return self
@@ -213,7 +221,10 @@ class _Solve(BaseModel):
         return self._array
 
     def unified(self) -> np.ndarray:
-        return self.coefficients.unified()
+        """The coefficients in the unified layout, (6,) float64 (computed once)."""
+        if self._unified is None:
+            self._unified = self.coefficients.unified()
+        return self._unified
 
 
 class PoissonRequest(_Solve):

@@ -112,3 +112,42 @@ def test_the_wire_names_are_the_schemas_fields():
         unified = model(**values).unified()
         for public, name in PUBLIC_COEFFICIENTS[pde].items():
             assert unified[COEFFICIENT_NAMES.index(name)] == values[public]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.nan, "NaN or Inf"),
+        (np.inf, "NaN or Inf"),
+        (-np.inf, "NaN or Inf"),
+        (-2e12, "beyond"),
+        (2e12, "beyond"),
+    ],
+)
+def test_grids_with_a_bad_value_anywhere_are_refused(value, message):
+    from service.schema import check_grid
+
+    a = np.zeros((32, 32))
+    check_grid(a)
+    a[5, 7] = value
+    with pytest.raises(ValueError, match=message):
+        check_grid(a)
+
+
+def test_a_source_is_checked_and_decoded_once_and_unified_computed_once():
+    f = np.random.default_rng(1).standard_normal((32, 32))
+    request = TypeAdapter(SolveRequest).validate_python(
+        {"pde": "helmholtz", "source": EncodedArray.encode(f), "coefficients": {"omega": 3}}
+    )
+    assert request.source._checked and request.source_array() is request.source_array()
+    assert request.unified() is request.unified()
+    assert np.array_equal(request.source_array(), f.astype(np.float32).astype(np.float64))
+
+
+def test_one_problem_of_scalars_stacks_as_arrays_do():
+    from datagen.systems import unified_coefficients
+
+    scalars = unified_coefficients(0.02, 0.01, 0.003, v1=0.1, v2=-0.2, w=3)
+    arrays = unified_coefficients(np.array([0.02]), 0.01, 0.003, v1=0.1, v2=-0.2, w=3)
+    assert scalars.shape == arrays.shape == (1, 6) and scalars.dtype == arrays.dtype
+    assert np.array_equal(scalars, arrays)
