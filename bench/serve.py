@@ -360,7 +360,8 @@ def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) 
         "body_bytes": body_file.stat().st_size,
         "seconds_per_level": seconds,
         "loadavg_at_start": LOADAVG,
-        "client": "bench/loadgen.py: aiohttp in its own process, a kept-alive connection each",
+        "client": "bench/loadgen.py in its own process: asyncio transports and httptools, "
+        "a kept-alive connection each",
         "settings": settings.model_dump(exclude={"api_keys", "registry", "default_model"}),
         "raw_onnxruntime": raw,
         "served": served,
