@@ -50,9 +50,9 @@ from service.schema import (
 from service.settings import ServiceSettings, activate, active, direct_route
 
 HEALTH_ROUTES = {"/healthz", "/readyz"}
+OPEN_ROUTES = HEALTH_ROUTES | {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 _SOLVE_REQUEST = TypeAdapter(SolveRequest)
 _BATCH_REQUEST = TypeAdapter(BatchRequest)
-OPEN_ROUTES = HEALTH_ROUTES | {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
 
 def _error(status: int, loc: list[Any], msg: str) -> HTTPException:
