@@ -30,6 +30,8 @@ class ServiceSettings(BaseModel):
     # Surrogate replica (one queued there keeps its streams busy while the next forms).
     max_batch_size: int = Field(default=32, ge=1)
     surrogate_calls_in_flight: int = Field(default=2, ge=1)
+    # While another call is out, a new one waits up to this for max_batch_size problems.
+    call_hold_s: float = Field(default=0.004, ge=0)
     ort_threads: int | None = Field(default=None, ge=1)
     # CPUs per replica: fractions, so the whole application fits on 2 CPUs.
     ingress_cpus: float = Field(default=0.25, gt=0)

@@ -95,3 +95,38 @@ def test_a_caller_that_gave_up_is_not_sent():
         assert await asyncio.wait_for(waits, 5) == "answer c"
 
     asyncio.run(scenario())
+
+
+def test_while_another_call_is_out_a_new_one_waits_for_company_up_to_the_hold():
+    async def scenario():
+        surrogate = _Surrogate()
+        window = _CallWindow(surrogate, window=2, max_size=3, hold_s=0.2)
+        first = asyncio.create_task(window(0))
+        await _settle()
+        assert surrogate.calls == [[0]]  # nothing else out: it leaves at once
+        held = [asyncio.create_task(window(i)) for i in (1, 2)]
+        await _settle()
+        assert len(surrogate.calls) == 1  # held: the Surrogate has work
+        full = asyncio.create_task(window(3))
+        await _settle()
+        assert surrogate.calls[1] == [1, 2, 3]  # max_size waiting: no more holding
+        surrogate.answer_next()
+        await _settle()
+        tail = asyncio.create_task(window(4))
+        await _settle()
+        assert len(surrogate.calls) == 2  # [1, 2, 3] is out: 4 is held...
+        t0 = asyncio.get_running_loop().time()
+        while len(surrogate.calls) == 2:
+            await asyncio.sleep(0.01)
+        assert surrogate.calls[2] == [4] and asyncio.get_running_loop().time() - t0 > 0.1
+        late = asyncio.create_task(window(5))
+        await _settle()
+        surrogate.answer_next()  # ...and a call coming back ends the hold at once
+        surrogate.answer_next()
+        await _settle()
+        assert surrogate.calls[3] == [5]
+        surrogate.answer_next()
+        answers = await asyncio.wait_for(asyncio.gather(first, *held, full, tail, late), 5)
+        assert answers == [f"answer {i}" for i in range(6)]
+
+    asyncio.run(scenario())
