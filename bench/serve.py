@@ -1,7 +1,8 @@
 """Served throughput and latency of POST /solve against raw ONNX Runtime, same model, same run.
 
     .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--surrogate-calls-in-flight 2]
-        [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25] [--max-ongoing-requests 128]
+        [--call-hold-s 0.004] [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25]
+        [--max-ongoing-requests 128]
     .venv/bin/python bench/serve.py --fault [--quick]
 
 Normal mode writes bench/results/serve.json: requests/s, p50/p99 latency and errors of single
@@ -314,6 +315,7 @@ def settings_from(args, registry: str, ref: str) -> ServiceSettings:
         api_keys=[API_KEY],
         max_batch_size=args.max_batch_size,
         surrogate_calls_in_flight=args.surrogate_calls_in_flight,
+        call_hold_s=args.call_hold_s,
         ort_threads=args.ort_threads,
         ingress_cpus=args.ingress_cpus,
         surrogate_cpus=args.surrogate_cpus,
@@ -548,6 +550,7 @@ def main() -> None:
     p.add_argument(
         "--surrogate-calls-in-flight", type=int, default=d["surrogate_calls_in_flight"].default
     )
+    p.add_argument("--call-hold-s", type=float, default=d["call_hold_s"].default)
     p.add_argument("--ort-threads", type=int, default=d["ort_threads"].default)
     p.add_argument("--ingress-cpus", type=float, default=d["ingress_cpus"].default)
     p.add_argument("--surrogate-cpus", type=float, default=d["surrogate_cpus"].default)
