@@ -105,9 +105,7 @@ class Client:
                 self.connection.request(self.raw), self.timeout
             )
         except (OSError, asyncio.TimeoutError) as e:
-            if self.connection is not None and self.connection.transport is not None:
-                self.connection.transport.close()
-            self.connection = None
+            self.close()  # an answer may still come: the next try opens a new connection
             return type(e).__name__, True, b""
         if status == 200:
             return None, False, content
@@ -116,6 +114,7 @@ class Client:
     def close(self) -> None:
         if self.connection is not None and self.connection.transport is not None:
             self.connection.transport.close()
+        self.connection = None
 
 
 async def run(

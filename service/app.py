@@ -87,8 +87,8 @@ class _CallWindow:
     for ``max_size`` problems: the Surrogate has work, and fewer, larger calls cost less
     (at concurrency 32, waiting for 8 problems gave +2.6% req/s over five paired runs,
     waiting for max_size 218.6 and 219.4 against 196.1 and 218.2 in two; the idle CPU
-    stayed at 0.01 cores). (Serve's ``@serve.batch`` forms a batch before it waits for a free slot,
-    so under load its calls held one to a few problems.)
+    stayed at 0.01 cores). Serve's ``@serve.batch`` forms a batch before it waits for a
+    free slot, so under load its calls held one to a few problems.
     """
 
     def __init__(
@@ -378,6 +378,7 @@ class Ingress:
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self.metrics = _Metrics()
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
+        # Awaited with one problem (ref, source (n, n), coefficients (6,)).
         self._to_surrogate = _CallWindow(
             self._surrogate_calls,
             settings.surrogate_calls_in_flight * settings.surrogate_replicas,
@@ -520,7 +521,7 @@ class Ingress:
         def surrogate():
             # float32 is what the model takes, and half the bytes to send
             problem = (card.ref, source.astype(np.float32), coefficients.astype(np.float32))
-            return timed("surrogate", self._surrogate(problem))
+            return timed("surrogate", self._to_surrogate(problem))
 
         def exact():
             return timed("exact", self.exact.solve.remote(pde, source, coefficients))
@@ -555,10 +556,6 @@ class Ingress:
             warnings=plan.warnings,
             timings_ms=timings,
         )
-
-    async def _surrogate(self, problem: Problems) -> np.ndarray:
-        """One problem (ref, source (n, n), coefficients (6,)), answered in a batch."""
-        return await self._to_surrogate(problem)
 
     async def _surrogate_calls(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for problems that travel together."""

@@ -94,13 +94,9 @@ class OnnxSurrogate:
         """Solutions on the sources' grid; another grid than the model's is resampled
         spectrally to it and back (exact for fields band-limited below both Nyquists).
         ``batch``: samples per call where a batch runs whole (one thread, or a GPU)."""
-        n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
-        if grid != n:
-            source = resample(source, grid)
-        source = np.asarray(source, dtype=np.float32)
+        source, back = self._on_model_grid(source)
         coefficients = np.asarray(coefficients, dtype=np.float32)
-        solution = np.concatenate(list(self._batches(source, coefficients, batch)))
-        return solution if grid == n else resample(solution, n).astype(np.float32)
+        return back(np.concatenate(list(self._batches(source, coefficients, batch))))
 
     def submit(self, source: np.ndarray, coefficients: np.ndarray) -> Future:
         """``predict(source, coefficients)`` in the background: a Future of the solutions.
@@ -121,24 +117,27 @@ class OnnxSurrogate:
                 lambda blocks: blocks[0],
                 partial(self._answered, count),
             )
-        n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
-        if grid != n:
-            source = resample(source, grid)
+        source, back = self._on_model_grid(source)
         session, pool = self._single_thread_streams()
         samples = [
             pool.submit(_run, session, s[None], c[None])
-            for s, c in zip(
-                np.asarray(source, dtype=np.float32),
-                np.asarray(coefficients, dtype=np.float32),
-                strict=True,
-            )
+            for s, c in zip(source, np.asarray(coefficients, dtype=np.float32), strict=True)
         ]
+        return _all_of(
+            samples, lambda blocks: back(np.concatenate(blocks)), partial(self._answered, count)
+        )
 
-        def solutions(blocks: list[np.ndarray]) -> np.ndarray:
-            stacked = np.concatenate(blocks)
-            return stacked if grid == n else resample(stacked, n).astype(np.float32)
-
-        return _all_of(samples, solutions, partial(self._answered, count))
+    def _on_model_grid(
+        self, source: np.ndarray
+    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """``source`` as float32 on the model's grid, and what brings solutions back to the
+        source's grid (spectral resampling, exact for fields band-limited below both
+        Nyquists)."""
+        n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
+        if grid == n:
+            return np.asarray(source, dtype=np.float32), lambda solution: solution
+        on_grid = np.asarray(resample(source, grid), dtype=np.float32)
+        return on_grid, lambda solution: resample(solution, n).astype(np.float32)
 
     def _answered(self, count: int) -> None:
         with self._lock:
