@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from datagen import sampling, sources
-from datagen.solver import divide_by_symbol
 from datagen.spec import SPLITS, SplitSpec
+from datagen.symbol import divide_by_symbol
 from datagen.systems import DIFFUSION_SCALE, K11, K12, K22, N_COEFFICIENTS, SYSTEMS, V1, V2, W
 
 #: Helmholtz samples whose solution exceeds this in absolute value are redrawn.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.solver import wavenumbers
+from datagen.symbol import wavenumbers
 from datagen.systems import DIFFUSION_SCALE, K11, K12, K22, V1, V2, diffusion_tensor
 
 #: Newton stops once every Psi is within this fraction of its target (the contract

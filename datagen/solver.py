@@ -1,162 +1,104 @@
-"""Exact batched spectral solver for the unified operator on the periodic unit square.
+"""Exact batched solvers for the unified operator on the periodic unit square.
 
     L u = -div(K grad u) + v . grad u - w u = f
 
 Fields are (n, n) arrays indexed ``[y, x]`` with x_j = j / n; derivatives are
-spectral (d/dx <-> 2 pi i kx, kx from ``fftfreq(n, 1/n)``). The operator's
-Fourier symbol is
+spectral (d/dx <-> 2 pi i kx, kx from ``fftfreq(n, 1/n)``).
 
-    L(k) = 4 pi^2 (k11 kx^2 + k22 ky^2 + 2 k12 kx ky) + 2 pi i (v1 kx + v2 ky) - w.
-
-On an even grid the Nyquist wavenumber -n/2 has no sign, so the odd factors
-(the cross term and the advection term) use it as 0; that keeps the symbol
-Hermitian, the solution real, and ``apply(solve(f)) == f`` exact to rounding.
-The authors' generator uses +n/2 there and keeps the real part; the two differ
-only in Nyquist modes, where the paper's Gaussian sources carry ~1e-30 of their
-energy.
-
-Where the symbol vanishes there is no solution: the mean mode of Poisson and
-advection-diffusion (their sources must have zero mean: rejected or projected,
-the caller's choice) and Helmholtz resonances, which follow the authors'
-convention: those Fourier modes are zeroed in f and u.
+- Constant coefficients ((B, 6) scalars, or fields that are constant): one
+  division by the Fourier symbol (:mod:`datagen.symbol`), exact to rounding.
+  The authors' generator uses +n/2 at the Nyquist wavenumber and keeps the
+  real part; the two differ only in Nyquist modes, where the paper's Gaussian
+  sources carry ~1e-30 of their energy. Where the symbol vanishes there is
+  no solution: the mean mode of Poisson and advection-diffusion (their
+  sources must have zero mean: rejected or projected, the caller's choice)
+  and Helmholtz resonances, which follow the authors' convention: those
+  Fourier modes are zeroed in f and u.
+- Coefficient fields ((B, 6, n, n)): the pseudo-spectral operator of
+  :mod:`datagen.field_operator` (derivatives by FFT, products on the grid, a
+  constant reference part split off and applied with the symbol, so constant
+  fields give the symbol exactly), solved with batched preconditioned Krylov
+  methods (:mod:`datagen.krylov`): CG where L is symmetric positive definite
+  (diffusion alone), GMRES otherwise, each preconditioned with the FFT inverse
+  of the reference operator, to a tolerance on the relative residual.
 
 Everything runs in float64 on rfft2 half-spectra, vectorised over the batch.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from datagen.systems import K11, K12, K22, V1, V2, System, W, get_system
+from datagen import krylov
+from datagen.coefficients import constant_examples, is_field, scalars_of, varying
+from datagen.field_operator import DIVERGENCE_TOLERANCE, FieldOperator, divergence_free
+from datagen.symbol import divide_by_symbol, singular_modes, symbol, symbol_parts, wavenumbers
+from datagen.systems import V1, V2, CoefficientError, System, get_system
+
+__all__ = [
+    "DEFAULT_MAX_ITERATIONS",
+    "DEFAULT_TOLERANCE",
+    "ConvergenceError",
+    "FieldError",
+    "Solution",
+    "apply",
+    "check_fields",
+    "divide_by_symbol",
+    "relative_l2",
+    "residual",
+    "singular_modes",
+    "solve",
+    "solve_detailed",
+    "symbol",
+    "symbol_parts",
+    "wavenumbers",
+]
 
 MeanPolicy = Literal["reject", "project"]
 
 #: |mean(f)| above this fraction of max|f| counts as a non-zero mean.
 MEAN_TOLERANCE = 1e-6
-#: A symbol smaller than this many ulps of its terms counts as exactly zero.
-_SINGULAR_ULPS = 64
+#: Field problems: the relative residual ||f - L u|| / ||f|| a solve must reach, and the
+#: Krylov iterations it may take.
+DEFAULT_TOLERANCE = 1e-8
+DEFAULT_MAX_ITERATIONS = 1000
 
 
 class FieldError(ValueError):
     """A field that the solver cannot take (shape, grid size, NaN/Inf, mean)."""
 
 
-@lru_cache(maxsize=16)
-def wavenumbers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Integer wavenumbers on the rfft2 half-spectrum of an n x n grid.
+@dataclass
+class Solution:
+    """Solutions and, per example, how the solver reached them.
 
-    Returns ``(ky, kx, ky_odd, kx_odd)`` shaped (n, 1) and (1, n//2 + 1); the
-    ``_odd`` variants have the Nyquist wavenumber set to 0 (for odd factors).
+    ``method`` is ``"fft"`` (constant coefficients: exact, 0 iterations),
+    ``"cg"`` or ``"gmres"``; ``relative_residual`` is ||f - L u|| / ||f|| of
+    the returned solution (against the source with its mean or resonant
+    modes removed, where those were projected away).
     """
-    ky = np.fft.fftfreq(n, 1.0 / n)[:, None]
-    kx = np.fft.rfftfreq(n, 1.0 / n)[None, :]
-    ky_odd, kx_odd = ky.copy(), kx.copy()
-    ky_odd[n // 2, 0] = 0.0
-    kx_odd[0, n // 2] = 0.0
-    for a in (ky, kx, ky_odd, kx_odd):
-        a.setflags(write=False)
-    return ky, kx, ky_odd, kx_odd
+
+    solutions: np.ndarray  # shaped like the sources
+    method: tuple[str, ...]
+    iterations: np.ndarray  # (B,) int
+    relative_residual: np.ndarray  # (B,)
+    converged: np.ndarray  # (B,) bool
 
 
-def symbol_parts(coefficients: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The symbol's real part (diffusion - w) and imaginary part (advection, or None).
+class ConvergenceError(RuntimeError):
+    """A field problem the Krylov solver did not solve to its tolerance.
 
-    ``coefficients`` is a validated (B, 6) float64 array; both parts are
-    (B, n, n//2 + 1).
+    ``solution`` holds what was reached (``converged`` says which examples
+    made it); ``examples`` lists the ones that did not.
     """
-    ky, kx, ky_odd, kx_odd = wavenumbers(n)
-    c = coefficients[:, :, None, None]
-    four_pi2 = 4.0 * np.pi**2
-    real = (four_pi2 * c[:, K11]) * (kx * kx) + (four_pi2 * c[:, K22]) * (ky * ky)
-    if np.any(coefficients[:, K12] != 0):
-        real += (2 * four_pi2 * c[:, K12]) * (kx_odd * ky_odd)
-    if np.any(coefficients[:, W] != 0):
-        real -= c[:, W]
-    imag = None
-    if np.any(coefficients[:, [V1, V2]] != 0):
-        imag = (2 * np.pi * c[:, V1]) * kx_odd + (2 * np.pi * c[:, V2]) * ky_odd
-    return real, imag
 
-
-def symbol(coefficients: np.ndarray, n: int) -> np.ndarray:
-    """The operator's Fourier symbol on the rfft2 half-spectrum, (B, n, n//2 + 1)."""
-    real, imag = symbol_parts(np.atleast_2d(np.asarray(coefficients, dtype=np.float64)), n)
-    return real if imag is None else real + 1j * imag
-
-
-def singular_modes(coefficients: np.ndarray, n: int) -> np.ndarray:
-    """Boolean (B, n, n//2 + 1): where the symbol is zero (to rounding)."""
-    coefficients = np.atleast_2d(np.asarray(coefficients, dtype=np.float64))
-    real, imag = symbol_parts(coefficients, n)
-    rows, masks = _singular_rows(real, imag, coefficients, n)
-    singular = np.zeros(real.shape, dtype=bool)
-    singular[rows] = masks
-    return singular
-
-
-def _singular_rows(
-    real: np.ndarray, imag: np.ndarray | None, coefficients: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The examples whose symbol has zeros, and their zero masks.
-
-    Without w the diffusion part is positive off the mean mode (K is SPD): the
-    mean mode is the only zero. With w, a mode counts as zero when the symbol
-    is within a few ulps of the terms that cancel (the diffusion part and w);
-    only examples whose smallest |symbol| could be that small are looked at.
-    """
-    b = real.shape[0]
-    if not np.any(coefficients[:, W]):
-        masks = np.zeros((b, *real.shape[1:]), dtype=bool)
-        masks[:, 0, 0] = True
-        return np.arange(b), masks
-    tol = _SINGULAR_ULPS * np.finfo(np.float64).eps
-    magnitude = np.abs(real) if imag is None else np.hypot(real, imag)
-    c = np.abs(coefficients)
-    largest_terms = (4.0 * np.pi**2) * (c[:, K11] + c[:, K22]) * (n / 2) ** 2 + c[:, W]
-    rows = np.flatnonzero(magnitude.min(axis=(1, 2)) <= tol * largest_terms)
-    if rows.size == 0:
-        return rows, np.zeros((0, *real.shape[1:]), dtype=bool)
-    ky, kx, _, _ = wavenumbers(n)
-    cr = c[rows, :, None, None]
-    scale = (4.0 * np.pi**2) * (cr[:, K11] * (kx * kx) + cr[:, K22] * (ky * ky)) + cr[:, W]
-    return rows, magnitude[rows] <= tol * scale
-
-
-def divide_by_symbol(
-    f_hat: np.ndarray, coefficients: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """u_hat = f_hat / L(k), with the zeroed-mode convention where L vanishes.
-
-    Where the symbol is zero, ``f_hat`` is set to zero in place (the source is
-    projected onto the solvable modes) and so is ``u_hat``. Returns
-    ``(u_hat, projected)`` with ``projected`` (B,) telling which examples had a
-    non-zero singular mode removed.
-    """
-    real, imag = symbol_parts(coefficients, n)
-    if not np.any(coefficients[:, W]):  # the mean mode is the only zero: index it directly
-        projected = f_hat[:, 0, 0] != 0
-        f_hat[:, 0, 0] = 0.0
-        real[:, 0, 0] = 1.0
-    else:
-        rows, masks = _singular_rows(real, imag, coefficients, n)
-        projected = np.zeros(real.shape[0], dtype=bool)
-        for i, mask in zip(rows, masks, strict=True):
-            projected[i] = np.any(f_hat[i][mask] != 0)
-            f_hat[i][mask] = 0.0
-            real[i][mask] = 1.0
-    if imag is None:
-        u_hat = np.empty_like(f_hat)
-        np.divide(f_hat.real, real, out=u_hat.real)
-        np.divide(f_hat.imag, real, out=u_hat.imag)
-        return u_hat, projected
-    symbol_ = np.empty(f_hat.shape, dtype=np.complex128)
-    symbol_.real = real
-    symbol_.imag = imag
-    np.divide(f_hat, symbol_, out=symbol_)
-    return symbol_, projected
+    def __init__(self, message: str, solution: Solution):
+        super().__init__(message)
+        self.solution = solution
+        self.examples = [int(i) for i in np.flatnonzero(~solution.converged)]
 
 
 def check_fields(fields: np.ndarray, name: str = "sources") -> tuple[np.ndarray, bool]:
@@ -182,6 +124,13 @@ def check_fields(fields: np.ndarray, name: str = "sources") -> tuple[np.ndarray,
 def _check_batch(fields: np.ndarray, coefficients: np.ndarray, system: System, name: str):
     a, single = check_fields(fields, name)
     c = system.validate(coefficients)
+    if c.ndim == 4:
+        if c.shape[-1] != a.shape[-1]:
+            raise FieldError(
+                f"coefficient fields are {c.shape[-1]} x {c.shape[-1]} but {name} are "
+                f"{a.shape[-1]} x {a.shape[-1]}; fields must lie on the {name}' grid"
+            )
+        c = _divergence_free_velocity(system, c)
     if c.shape[0] == 1 and a.shape[0] > 1:
         c = np.repeat(c, a.shape[0], axis=0)
     if c.shape[0] != a.shape[0]:
@@ -192,50 +141,214 @@ def _check_batch(fields: np.ndarray, coefficients: np.ndarray, system: System, n
     return a, c, single
 
 
+def _divergence_free_velocity(system: System, c: np.ndarray) -> np.ndarray:
+    """Velocity fields projected onto D . v = 0, or CoefficientError where they are not
+    divergence-free (then L^T annihilates some other function than the constants, and
+    zero-mean sources have no solution in general)."""
+    moving = varying(c)[:, [V1, V2]].any(axis=1)
+    if not system.zero_mean or not moving.any():
+        return c
+    projected, relative = divergence_free(c[moving][:, [V1, V2]])
+    bad = relative > DIVERGENCE_TOLERANCE
+    if bad.any():
+        i = int(np.flatnonzero(moving)[np.flatnonzero(bad)[0]])
+        raise CoefficientError(
+            f"{system.name}: the velocity field of example {i} is not divergence-free "
+            f"(||div v|| / ||grad v|| = {relative[bad][0]:.3g}, more than "
+            f"{DIVERGENCE_TOLERANCE:g}); this system needs div v = 0 for zero-mean sources "
+            "to have a solution"
+        )
+    c = c.copy()
+    c[np.ix_(moving, [V1, V2])] = projected
+    return c
+
+
+def _check_mean(system: System, f: np.ndarray, mean: MeanPolicy) -> None:
+    if mean not in ("reject", "project"):
+        raise ValueError(f"mean must be 'reject' or 'project', got {mean!r}")
+    if not (system.zero_mean and mean == "reject"):
+        return
+    m = f.mean(axis=(1, 2))
+    bad = np.abs(m) > MEAN_TOLERANCE * np.maximum(np.abs(f).max(axis=(1, 2)), np.finfo(float).tiny)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FieldError(
+            f"{system.name}: source {i} has mean {m[i]:.3g}, but the operator annihilates "
+            "constants, so only zero-mean sources have a solution; subtract the mean "
+            "or pass mean='project'"
+        )
+
+
 def solve(
     system: str | System,
     sources: np.ndarray,
     coefficients: np.ndarray,
     *,
     mean: MeanPolicy = "reject",
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    initial_guess: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Solve ``L u = f`` exactly for a batch.
+    """Solve ``L u = f`` for a batch: exactly by FFT where the coefficients are constant,
+    with a preconditioned Krylov method to ``tolerance`` where they vary.
 
     sources: (n, n) or (B, n, n), any even n >= 16. coefficients: unified
-    (6,) or (B, 6) (one vector may serve the whole batch). ``mean`` says what
-    to do with Poisson/advection-diffusion sources whose mean is not zero:
-    ``"reject"`` (raise FieldError) or ``"project"`` (subtract it). Returns
-    float64 solutions shaped like ``sources``; Poisson and advection-diffusion
-    solutions have zero mean.
+    scalars (6,) or (B, 6), or fields (6, n, n) or (B, 6, n, n) on the
+    sources' grid (:mod:`datagen.coefficients`; one set may serve the whole
+    batch). ``mean`` says what to do with Poisson/advection-diffusion sources
+    whose mean is not zero: ``"reject"`` (raise FieldError) or ``"project"``
+    (subtract it). Field problems only: ``tolerance`` on the relative
+    residual ||f - L u|| / ||f||, ``max_iterations``, and ``initial_guess``
+    (shaped like ``sources``) to start from. Returns float64 solutions shaped
+    like ``sources``; Poisson and advection-diffusion solutions have zero
+    mean. A field problem that does not converge raises ConvergenceError
+    (:func:`solve_detailed` gives the iterations and residuals too).
     """
+    if is_field(coefficients):
+        return solve_detailed(
+            system,
+            sources,
+            coefficients,
+            mean=mean,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            initial_guess=initial_guess,
+        ).solutions
     system = get_system(system)
     f, c, single = _check_batch(sources, coefficients, system, "sources")
-    if mean not in ("reject", "project"):
-        raise ValueError(f"mean must be 'reject' or 'project', got {mean!r}")
-    if system.zero_mean and mean == "reject":
-        m = f.mean(axis=(1, 2))
-        bad = np.abs(m) > MEAN_TOLERANCE * np.maximum(
-            np.abs(f).max(axis=(1, 2)), np.finfo(float).tiny
-        )
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise FieldError(
-                f"{system.name}: source {i} has mean {m[i]:.3g}, but the operator annihilates "
-                "constants, so only zero-mean sources have a solution; subtract the mean "
-                "or pass mean='project'"
-            )
+    _check_mean(system, f, mean)
     n = f.shape[-1]
     u_hat, _ = divide_by_symbol(np.fft.rfft2(f), c, n)
     u = np.fft.irfft2(u_hat, s=(n, n))
     return u[0] if single else u
 
 
+def solve_detailed(
+    system: str | System,
+    sources: np.ndarray,
+    coefficients: np.ndarray,
+    *,
+    mean: MeanPolicy = "reject",
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_iterations: int = DEFAULT_MAX_ITERATIONS,
+    initial_guess: np.ndarray | None = None,
+    restart: int = krylov.RESTART,
+) -> Solution:
+    """:func:`solve`, returning a :class:`Solution` with the method, iterations and
+    relative residual of every example. ``restart``: GMRES(m)'s m.
+
+    Examples whose coefficients are constant (scalars, or fields that do not
+    vary) take the FFT path; the others are split into a CG group (diffusion
+    alone) and a GMRES group, each solved batched. Raises ConvergenceError
+    when any example misses ``tolerance`` within ``max_iterations``.
+    """
+    system = get_system(system)
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance:g}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+    f, c, single = _check_batch(sources, coefficients, system, "sources")
+    _check_mean(system, f, mean)
+    if system.zero_mean:
+        f = f - f.mean(axis=(1, 2), keepdims=True)
+    b, n = f.shape[0], f.shape[-1]
+    u = np.empty_like(f)
+    method = np.full(b, "fft", dtype=object)
+    iterations = np.zeros(b, dtype=np.int64)
+    rel = np.zeros(b)
+    converged = np.ones(b, dtype=bool)
+    fft_rows = np.arange(b) if c.ndim == 2 else np.flatnonzero(constant_examples(c))
+    if fft_rows.size:
+        scalars = c[fft_rows] if c.ndim == 2 else scalars_of(c[fft_rows])
+        u[fft_rows], rel[fft_rows] = _fft_solve(f[fft_rows], scalars, n)
+    field_rows = np.setdiff1d(np.arange(b), fft_rows)
+    if field_rows.size:
+        x0 = None
+        if initial_guess is not None:
+            guess, _ = check_fields(initial_guess, "initial_guess")
+            if guess.shape[0] == 1 and b > 1:
+                guess = np.repeat(guess, b, axis=0)
+            if guess.shape != f.shape:
+                expected = f.shape[1:] if single else f.shape
+                raise FieldError(
+                    f"initial_guess must be shaped like the sources {expected}, "
+                    f"got {np.shape(initial_guess)}"
+                )
+            x0 = guess[field_rows]
+        op = FieldOperator(c[field_rows], system.zero_mean)
+        symmetric = _symmetric_rows(c[field_rows])
+        for use_cg, name in ((True, "cg"), (False, "gmres")):
+            group = np.flatnonzero(symmetric == use_cg)
+            if not group.size:
+                continue
+            sub = op.take(group)
+            rhs = sub.to_spectral(f[field_rows[group]])
+            start = None if x0 is None else sub.to_spectral(x0[group])
+            if start is not None and system.zero_mean:
+                start[:, 0, 0] = 0.0
+            options = {"tolerance": tolerance, "max_iterations": max_iterations}
+            if use_cg:
+                result = krylov.cg(sub, rhs, start, **options)
+            else:
+                result = krylov.gmres(sub, rhs, start, restart=restart, **options)
+            at = field_rows[group]
+            u[at] = sub.to_grid(result.x)
+            method[at] = name
+            iterations[at] = result.iterations
+            rel[at] = result.relative_residual
+            converged[at] = result.converged
+    out = Solution(u[0] if single else u, tuple(method), iterations, rel, converged)
+    if not converged.all():
+        raise ConvergenceError(_not_converged(system, out, tolerance), out)
+    return out
+
+
+def _symmetric_rows(c: np.ndarray) -> np.ndarray:
+    """Field examples (B, 6, n, n) whose operator is symmetric positive definite: no v, no w."""
+    return ~np.any(c[:, V1:] != 0, axis=(1, 2, 3))
+
+
+def _fft_solve(f: np.ndarray, c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Solutions by the symbol and their relative residuals (computed on the spectra)."""
+    f_hat = np.fft.rfft2(f)
+    u_hat, _ = divide_by_symbol(f_hat, c, n)  # projects f_hat in place where L vanishes
+    r_hat = f_hat - symbol(c, n) * u_hat
+    weights = np.full(n // 2 + 1, 2.0)
+    weights[0] = weights[n // 2] = 1.0
+    energy = lambda a: np.sqrt((np.abs(a) ** 2 * weights).sum(axis=(1, 2)))  # noqa: E731
+    f_norm = energy(f_hat)
+    rel = energy(r_hat) / np.where(f_norm > 0, f_norm, 1.0)
+    return np.fft.irfft2(u_hat, s=(n, n)), rel
+
+
+def _not_converged(system: System, out: Solution, tolerance: float) -> str:
+    bad = np.flatnonzero(~out.converged)
+    i = int(bad[0])
+    text = (
+        f"{system.name}: the {out.method[i]} solver did not converge for example {i}: relative "
+        f"residual {out.relative_residual[i]:.3g} after {out.iterations[i]} iterations "
+        f"(tolerance {tolerance:g})"
+    )
+    if bad.size > 1:
+        more = ", ".join(str(int(j)) for j in bad[1:6]) + (", ..." if bad.size > 6 else "")
+        text += f"; {bad.size - 1} more: example {more}"
+    if system.name == "helmholtz":
+        text += "; Helmholtz problems near a resonance converge slowly or not at all"
+    return text + "; raise max_iterations or loosen the tolerance"
+
+
 def apply(system: str | System, solutions: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """The forward operator ``L u`` for a batch, float64, shaped like ``solutions``."""
+    """The forward operator ``L u`` for a batch, float64, shaped like ``solutions``.
+
+    ``coefficients`` as in :func:`solve`, scalars or fields.
+    """
     system = get_system(system)
     u, c, single = _check_batch(solutions, coefficients, system, "solutions")
     n = u.shape[-1]
-    f = np.fft.irfft2(np.fft.rfft2(u) * symbol(c, n), s=(n, n))
+    if c.ndim == 4:
+        f = FieldOperator(c, system.zero_mean).apply_grid(u)
+    else:
+        f = np.fft.irfft2(np.fft.rfft2(u) * symbol(c, n), s=(n, n))
     return f[0] if single else f
 
 

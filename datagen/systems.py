@@ -17,9 +17,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COEFFICIENT_NAMES: tuple[str, ...] = ("k11", "k22", "k12", "v1", "v2", "w")
-K11, K22, K12, V1, V2, W = range(6)
-N_COEFFICIENTS = len(COEFFICIENT_NAMES)
+from datagen.coefficients import (
+    COEFFICIENT_NAMES,
+    K11,
+    K12,
+    K22,
+    N_COEFFICIENTS,
+    V1,
+    V2,
+    CoefficientError,
+    W,
+    as_field_batch,
+    describe_point,
+    first_point,
+    is_field,
+)
+
+# The layout's names are re-exported: most of pdeserve imports them from here.
+__all__ = [
+    "ADVECTION_DIFFUSION",
+    "COEFFICIENT_NAMES",
+    "DIFFUSION_SCALE",
+    "HELMHOLTZ",
+    "K11",
+    "K12",
+    "K22",
+    "N_COEFFICIENTS",
+    "POISSON",
+    "SYSTEMS",
+    "V1",
+    "V2",
+    "CoefficientError",
+    "System",
+    "W",
+    "anisotropy",
+    "diffusion_tensor",
+    "get_system",
+    "system_for_tensor_width",
+    "unified_coefficients",
+]
 
 #: The paper's diffusion scale: K = 0.01 * R(-t) diag(1, e) R(t); Helmholtz uses 0.01 I.
 DIFFUSION_SCALE = 0.01
@@ -27,10 +63,6 @@ DIFFUSION_SCALE = 0.01
 # Relative tolerance for "this coefficient is fixed at this value" checks; files
 # store coefficients as float32, so exact equality cannot be asked for.
 _FIXED_RTOL = 1e-6
-
-
-class CoefficientError(ValueError):
-    """Coefficients that describe no well-posed problem of the named system."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +121,16 @@ class System:
         return c[:, [COEFFICIENT_NAMES.index(targets[0]) for _, targets in self.tensor_columns]]
 
     def validate(self, coefficients: np.ndarray) -> np.ndarray:
-        """Return ``coefficients`` as a float64 (B, 6) array or raise CoefficientError.
+        """Return ``coefficients`` as float64 (B, 6) or (B, 6, n, n) or raise CoefficientError.
 
-        Checks: shape, finiteness, zeros where the system has no term, K
-        symmetric positive definite (Poisson, advection-diffusion), K = 0.01 I
-        (Helmholtz).
+        Checks, at every example and (for fields) every grid point: shape,
+        finiteness, the fixed values of coefficients the system does not let
+        vary (zero where it has no term; Helmholtz's K = 0.01 I), and K
+        symmetric positive definite (Poisson, advection-diffusion). A field
+        error names the first offending grid point.
         """
+        if is_field(coefficients):
+            return self._validate_fields(as_field_batch(coefficients))
         c = _as_batch(coefficients)
         bad = ~np.isfinite(c).all(axis=1)
         if bad.any():
@@ -102,30 +138,72 @@ class System:
                 f"{self.name}: coefficients contain NaN or Inf (example {_first(bad)})"
             )
         for j, name in enumerate(COEFFICIENT_NAMES):
-            if name in self.free:
-                continue
-            expected = self.fixed_value(name)
-            if expected == 0.0:
-                off = c[:, j] != 0.0
-            else:
-                off = np.abs(c[:, j] - expected) > _FIXED_RTOL * expected
-            if off.any():
+            off = self._off_fixed(name, c[:, j])
+            if off is not None and off.any():
                 i = _first(off)
                 raise CoefficientError(
-                    f"{self.name}: coefficient {name!r} must be {expected:g} for this system "
-                    f"(example {i} has {c[i, j]:g}); free coefficients are {list(self.free)}"
+                    f"{self.name}: coefficient {name!r} must be {self.fixed_value(name):g} for "
+                    f"this system (example {i} has {c[i, j]:g}); free coefficients are "
+                    f"{list(self.free)}"
                 )
         if "k11" in self.free:
-            k11, k22, k12 = c[:, K11], c[:, K22], c[:, K12]
-            not_spd = ~((k11 > 0) & (k22 > 0) & (k11 * k22 - k12 * k12 > 0))
+            not_spd = ~_positive_definite(c[:, K11], c[:, K22], c[:, K12])
             if not_spd.any():
                 i = _first(not_spd)
                 raise CoefficientError(
-                    f"{self.name}: diffusion tensor K = [[{k11[i]:g}, {k12[i]:g}], "
-                    f"[{k12[i]:g}, {k22[i]:g}]] (example {i}) is not symmetric positive "
-                    "definite: need k11 > 0, k22 > 0 and k11*k22 - k12**2 > 0"
+                    f"{self.name}: diffusion tensor {_tensor(c[i, K11], c[i, K22], c[i, K12])} "
+                    f"(example {i}) {_NOT_SPD}"
                 )
         return c
+
+    def _off_fixed(self, name: str, values: np.ndarray) -> np.ndarray | None:
+        """Where a coefficient the system fixes is off its value (None for free ones)."""
+        if name in self.free:
+            return None
+        expected = self.fixed_value(name)
+        if expected == 0.0:
+            return values != 0.0
+        return np.abs(values - expected) > _FIXED_RTOL * expected
+
+    def _validate_fields(self, f: np.ndarray) -> np.ndarray:
+        n = f.shape[-1]
+        bad = ~np.isfinite(f)
+        if bad.any():
+            i, j, y, x = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), bad.shape)
+            raise CoefficientError(
+                f"{self.name}: coefficient field {COEFFICIENT_NAMES[j]!r} is {f[i, j, y, x]} at "
+                f"{describe_point(int(i), int(y), int(x), n)}; fields must be finite"
+            )
+        for j, name in enumerate(COEFFICIENT_NAMES):
+            off = self._off_fixed(name, f[:, j])
+            if off is not None and off.any():
+                i, y, x = first_point(off)
+                raise CoefficientError(
+                    f"{self.name}: coefficient {name!r} must be {self.fixed_value(name):g} "
+                    f"everywhere for this system ({describe_point(i, y, x, n)} has "
+                    f"{f[i, j, y, x]:g}); free coefficients are {list(self.free)}"
+                )
+        if "k11" in self.free:
+            not_spd = ~_positive_definite(f[:, K11], f[:, K22], f[:, K12])
+            if not_spd.any():
+                i, y, x = first_point(not_spd)
+                k = f[i, [K11, K22, K12], y, x]
+                raise CoefficientError(
+                    f"{self.name}: diffusion tensor {_tensor(*k)} at "
+                    f"{describe_point(i, y, x, n)} {_NOT_SPD}"
+                )
+        return f
+
+
+_NOT_SPD = "is not symmetric positive definite: need k11 > 0, k22 > 0 and k11*k22 - k12**2 > 0"
+
+
+def _positive_definite(k11: np.ndarray, k22: np.ndarray, k12: np.ndarray) -> np.ndarray:
+    return (k11 > 0) & (k22 > 0) & (k11 * k22 - k12 * k12 > 0)
+
+
+def _tensor(k11: float, k22: float, k12: float) -> str:
+    return f"K = [[{k11:g}, {k12:g}], [{k12:g}, {k22:g}]]"
 
 
 def _as_batch(coefficients: np.ndarray) -> np.ndarray:
