@@ -12,7 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.spec import DEFAULT_EIG, DEFAULT_OMEGA, DEFAULT_RATIO, SamplingRanges
+from datagen.media import FIELD_KINDS
+from datagen.spec import (
+    DEFAULT_CONTRAST,
+    DEFAULT_EIG,
+    DEFAULT_FIELD_TOLERANCE,
+    DEFAULT_LENGTH,
+    DEFAULT_OMEGA,
+    DEFAULT_RATIO,
+    DEFAULT_VARIATION,
+    FieldLaw,
+    SamplingRanges,
+)
 from datagen.systems import SYSTEMS
 
 #: ``exact --check`` fails above this relative L2 difference (the stored files are float32).
@@ -27,6 +38,18 @@ _RANGE_OPTIONS = {
         "advection/diffusion ratio Psi range",
     ),
     "omega": (int, ("helmholtz",), DEFAULT_OMEGA, "Helmholtz wavenumber range, integers"),
+}
+_DIFFUSION = ("poisson", "advection_diffusion")
+#: The field-law options (with --field): type, systems, default, what they set.
+_FIELD_OPTIONS = {
+    "contrast": (
+        float,
+        _DIFFUSION,
+        DEFAULT_CONTRAST,
+        "conductivity contrast max/min (log-uniform)",
+    ),
+    "length": (float, tuple(SYSTEMS), DEFAULT_LENGTH, "correlation length of the field"),
+    "variation": (float, ("helmholtz",), DEFAULT_VARIATION, "relative variation delta of w"),
 }
 
 
@@ -60,6 +83,28 @@ def datagen_parser() -> argparse.ArgumentParser:
             metavar=("A", "B"),
             help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
         )
+    fields = p.add_argument_group(
+        "coefficient fields",
+        "heterogeneous media: K = a(x) K0 for poisson and advection_diffusion (a conductivity "
+        "field of the given contrast), w(x) = w0 (1 + delta s(x)) for helmholtz; solved with "
+        "the batched Krylov solver",
+    )
+    fields.add_argument(
+        "--field", choices=FIELD_KINDS, help="field law (default: constant coefficients)"
+    )
+    for option, (kind, systems, default, what) in _FIELD_OPTIONS.items():
+        fields.add_argument(
+            f"--{option}",
+            nargs=2,
+            type=kind,
+            metavar=("A", "B"),
+            help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
+        )
+    fields.add_argument(
+        "--tolerance",
+        type=float,
+        help=f"relative residual of the field solves (default {DEFAULT_FIELD_TOLERANCE:g})",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -87,12 +132,30 @@ def datagen_main(argv: Sequence[str]) -> int:
             parser.error(
                 f"--{option} does not apply to {args.system} (only to {', '.join(systems)})"
             )
+    field_options = [*_FIELD_OPTIONS, "tolerance"]
+    given = [option for option in field_options if getattr(args, option) is not None]
+    if args.field is None and given:
+        parser.error(f"--{given[0]} needs --field smooth|two-phase")
+    for option, (_, systems, _, _) in _FIELD_OPTIONS.items():
+        if getattr(args, option) is not None and args.system not in systems:
+            parser.error(
+                f"--{option} does not apply to {args.system} (only to {', '.join(systems)})"
+            )
     try:
         ranges = SamplingRanges(
             eig=tuple(args.eig or DEFAULT_EIG),
             ratio=tuple(args.ratio or DEFAULT_RATIO),
             omega=tuple(args.omega or DEFAULT_OMEGA),
         )
+        law = None
+        if args.field is not None:
+            law = FieldLaw(
+                kind=args.field,
+                contrast=tuple(args.contrast or DEFAULT_CONTRAST),
+                length=tuple(args.length or DEFAULT_LENGTH),
+                variation=tuple(args.variation or DEFAULT_VARIATION),
+                tolerance=args.tolerance or DEFAULT_FIELD_TOLERANCE,
+            )
     except ValueError as e:
         parser.error(str(e))
     if args.n_train + args.n_val + args.n_test == 0:
@@ -112,6 +175,7 @@ def datagen_main(argv: Sequence[str]) -> int:
         seed=args.seed,
         resolution=args.resolution,
         ranges=ranges,
+        field_law=law,
         workers=args.workers,
         ray_address=args.ray_address,
         progress=not args.quiet,
@@ -128,7 +192,8 @@ def exact_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdeserve exact",
         description="Recompute every solution of a dataset (pdeserve's or the authors' layout) "
-        "with the exact solver. With --check, print the relative L2 difference from the stored "
+        "with the exact solver (the FFT solve, or the Krylov solver where the file has "
+        "coefficient fields). With --check, print the relative L2 difference from the stored "
         "solutions as JSON and exit 1 if the largest is above the tolerance.",
     )
     p.add_argument("--input", required=True, type=Path, help="dataset to read")
@@ -141,6 +206,12 @@ def exact_parser() -> argparse.ArgumentParser:
         help="largest relative L2 difference --check accepts "
         f"(default {DEFAULT_CHECK_TOLERANCE:g})",
     )
+    p.add_argument(
+        "--solver-tolerance",
+        type=float,
+        help="relative residual of the Krylov solves for coefficient fields (default: the "
+        f"file's solver_tolerance, else {DEFAULT_FIELD_TOLERANCE:g})",
+    )
     p.add_argument("--system", choices=list(SYSTEMS), help="override the system read from the file")
     p.add_argument("--chunk-size", type=int, default=256, help="examples per chunk (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -151,7 +222,7 @@ def exact_main(argv: Sequence[str]) -> int:
     from tqdm.auto import tqdm
 
     from datagen.dataset import DatasetWriter, open_dataset
-    from datagen.solver import relative_l2, solve
+    from datagen.solver import ConvergenceError, relative_l2, solve, solve_detailed
 
     parser = exact_parser()
     args = parser.parse_args(argv)
@@ -171,15 +242,36 @@ def exact_main(argv: Sequence[str]) -> int:
             attrs = {k: v for k, v in reader.attrs.items() if k not in ("format", "format_version")}
             attrs.update({"recomputed_from": str(args.input), "recomputed_by": "pdeserve exact"})
             writer = DatasetWriter(
-                args.output, reader.system, len(reader), reader.resolution, attrs
+                args.output,
+                reader.system,
+                len(reader),
+                reader.resolution,
+                attrs,
+                field_columns=reader.field_columns,
+                extras=reader.extra_columns,
             )
+        solver_tolerance = args.solver_tolerance or float(
+            reader.attrs.get("solver_tolerance", DEFAULT_FIELD_TOLERANCE)
+        )
         try:
             bar = tqdm(
                 total=len(reader), unit="ex", desc=f"exact {reader.system.name}", disable=args.quiet
             )
             for chunk in reader.chunks(args.chunk_size):
                 # Stored float32 sources are zero-mean only to rounding: project.
-                u = solve(reader.system, chunk.sources, chunk.coefficients, mean="project")
+                if not reader.has_fields:
+                    u = solve(reader.system, chunk.sources, chunk.coefficients, mean="project")
+                else:
+                    solved = solve_detailed(
+                        reader.system,
+                        chunk.sources,
+                        chunk.unified(),
+                        mean="project",
+                        tolerance=solver_tolerance,
+                    )
+                    u = solved.solutions  # and the solves of this run, not of the input's
+                    chunk.extras["iterations"] = solved.iterations
+                    chunk.extras["relative_residual"] = solved.relative_residual
                 if args.check:
                     errors.append(relative_l2(u, chunk.solutions))
                 if writer is not None:
@@ -190,12 +282,22 @@ def exact_main(argv: Sequence[str]) -> int:
                         solutions=u,
                         sparsity=chunk.sparsity,
                         psi=chunk.psi,
+                        coefficient_fields=chunk.coefficient_fields,
+                        extras=chunk.extras,
                     )
                 bar.update(len(chunk))
             bar.close()
             if writer is not None:
                 writer.commit()
                 print(f"wrote {args.output}", file=sys.stderr)
+        except ConvergenceError as e:
+            if writer is not None:
+                writer.abort()
+            print(
+                f"pdeserve exact: {args.input}, chunk at example {chunk.start}: {e}",
+                file=sys.stderr,
+            )
+            return 1
         except BaseException:
             if writer is not None:
                 writer.abort()

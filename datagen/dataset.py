@@ -6,6 +6,15 @@ Both layouts hold ``fields`` float32 (N, 2, n, n) = [source, solution] and
 pdeserve adds ``coefficients`` float64 (N, 6) (unified), ``sparsity`` (N,),
 ``psi`` (a link to ``other``) and attributes describing how the file was made.
 
+Files with coefficient fields add ``coefficient_fields`` float32 (N, F, n, n)
+holding only the coefficients that vary (attribute ``columns``: their unified
+names, e.g. k11, k22, k12 or w); ``coefficients`` and ``tensor`` then hold
+their reference values (:func:`datagen.coefficients.reference`), and
+per-example arrays describe the law's draws and the solves (``contrast`` or
+``variation``, ``length``, ``iterations``, ``relative_residual``, and
+``psi_field`` for advection-diffusion). :meth:`Chunk.unified` puts the
+pieces back together as the solver's (B, 6, n, n) layout.
+
 Files are written block by block into a contiguous dataset (a 40,960-example
 file at 128^2 is 5 GB and never sits in memory) under a temporary name that is
 renamed when complete.
@@ -19,17 +28,27 @@ import mmap
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields
 from datagen.systems import System, get_system, system_for_tensor_width
 
 FORMAT = "pdeserve-dataset"
 FORMAT_VERSION = 1
+#: Per-example arrays of field files (see :func:`datagen.generate.extra_columns`): dtypes.
+PER_EXAMPLE: dict[str, str] = {
+    "contrast": "<f4",
+    "variation": "<f4",
+    "length": "<f4",
+    "iterations": "<i4",
+    "relative_residual": "<f4",
+    "psi_field": "<f4",
+}
 
 
 def code_version() -> str:
@@ -54,6 +73,9 @@ class DatasetWriter:
         n_examples: int,
         resolution: int,
         attrs: dict,
+        *,
+        field_columns: tuple[str, ...] = (),
+        extras: tuple[str, ...] = (),
     ):
         self.path = Path(path)
         self.system = get_system(system)
@@ -81,6 +103,23 @@ class DatasetWriter:
         self.fields = f.create_dataset(
             "fields", (n_examples, 2, n, n), dtype="<f4", dcpl=dcpl, fill_time="never"
         )
+        self.field_columns = tuple(field_columns)
+        self.coefficient_fields = None
+        if self.field_columns:
+            unknown = set(self.field_columns) - set(COEFFICIENT_NAMES)
+            if unknown:
+                raise ValueError(f"unknown coefficient columns {sorted(unknown)}")
+            self.coefficient_fields = f.create_dataset(
+                "coefficient_fields",
+                (n_examples, len(self.field_columns), n, n),
+                dtype="<f4",
+                dcpl=dcpl,
+                fill_time="never",
+            )
+            self.coefficient_fields.attrs["columns"] = list(self.field_columns)
+        self.extras = {
+            name: f.create_dataset(name, (n_examples,), dtype=PER_EXAMPLE[name]) for name in extras
+        }
         self.tensor = f.create_dataset(
             "tensor", (n_examples, self.system.n_tensor_columns), dtype="<f4"
         )
@@ -97,9 +136,15 @@ class DatasetWriter:
         self._file.attrs.update(attrs)
 
     @property
-    def fields_location(self) -> FieldsLocation:
-        """Where ``fields`` lies in the temporary file, for :func:`write_fields_direct`."""
-        return FieldsLocation(str(self.tmp_path), int(self.fields.id.get_offset()), self.resolution)
+    def targets(self) -> BlockTargets:
+        """Where the large arrays lie in the temporary file, for :meth:`BlockTargets.write`."""
+        path, n = str(self.tmp_path), self.resolution
+        fields = FieldsLocation(path, int(self.fields.id.get_offset()), n)
+        coefficient_fields = None
+        if self.coefficient_fields is not None:
+            offset = int(self.coefficient_fields.id.get_offset())
+            coefficient_fields = FieldsLocation(path, offset, n, len(self.field_columns))
+        return BlockTargets(fields, coefficient_fields)
 
     def write(
         self,
@@ -110,11 +155,13 @@ class DatasetWriter:
         solutions: np.ndarray | None = None,
         sparsity: np.ndarray | None = None,
         psi: np.ndarray | None = None,
+        coefficient_fields: np.ndarray | None = None,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Write examples [start, start + len(coefficients)).
 
-        Leave ``sources``/``solutions`` out when they were written with
-        :func:`write_fields_direct`.
+        Leave ``sources``/``solutions`` (and ``coefficient_fields``) out when
+        they were written with :meth:`BlockTargets.write`.
         """
         stop = start + coefficients.shape[0]
         if stop > self.n_examples:
@@ -124,6 +171,13 @@ class DatasetWriter:
         if sources is not None:
             self.fields[start:stop, 0] = sources
             self.fields[start:stop, 1] = solutions
+        if coefficient_fields is not None:
+            self.coefficient_fields[start:stop] = coefficient_fields
+        missing = set(self.extras) - set(extras or {})
+        if missing:
+            raise ValueError(f"this file needs {sorted(missing)} for every example")
+        for name, values in (extras or {}).items():
+            self.extras[name][start:stop] = values
         self.coefficients[start:stop] = coefficients
         self.tensor[start:stop] = self.system.from_unified(coefficients)
         if sparsity is not None:
@@ -161,15 +215,36 @@ class DatasetWriter:
 
 @dataclass(frozen=True)
 class FieldsLocation:
-    """The raw ``fields`` array of a file being written: path, byte offset, grid size."""
+    """A raw contiguous float32 (N, channels, n, n) array of a file being written: path,
+    byte offset, grid size, channels per example."""
 
     path: str
     offset: int
     resolution: int
+    channels: int = 2
 
     @property
     def example_nbytes(self) -> int:
-        return 2 * self.resolution * self.resolution * 4
+        return self.channels * self.resolution * self.resolution * 4
+
+
+@dataclass(frozen=True)
+class BlockTargets:
+    """Where a block's large arrays go: ``fields`` and, in field files, ``coefficient_fields``."""
+
+    fields: FieldsLocation
+    coefficient_fields: FieldsLocation | None = None
+
+    def write(
+        self,
+        start: int,
+        sources: np.ndarray,
+        solutions: np.ndarray,
+        coefficient_fields: np.ndarray | None = None,
+    ) -> None:
+        write_fields_direct(self.fields, start, sources, solutions)
+        if self.coefficient_fields is not None:
+            write_fields_direct(self.coefficient_fields, start, coefficient_fields)
 
 
 _ALIGN = 4096
@@ -177,10 +252,12 @@ _direct_buffers: dict[int, np.ndarray] = {}
 
 
 def _page_aligned(nbytes: int) -> np.ndarray:
-    """A page-aligned byte buffer, kept for reuse by this process (O_DIRECT needs alignment)."""
+    """A page-aligned byte buffer, kept for reuse by this process (O_DIRECT needs alignment;
+    a block writes two arrays at most, so two sizes are kept)."""
     buf = _direct_buffers.get(nbytes)
     if buf is None:
-        _direct_buffers.clear()
+        if len(_direct_buffers) >= 2:
+            _direct_buffers.clear()
         buf = _direct_buffers[nbytes] = np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.uint8)
     return buf
 
@@ -195,10 +272,9 @@ def _open_for_write(path: str, direct: bool) -> tuple[int, bool]:
     return os.open(path, os.O_WRONLY), False
 
 
-def write_fields_direct(
-    location: FieldsLocation, start: int, sources: np.ndarray, solutions: np.ndarray
-) -> None:
-    """Write [source, solution] pairs into a file's contiguous ``fields`` at their offset.
+def write_fields_direct(location: FieldsLocation, start: int, *channels: np.ndarray) -> None:
+    """Write examples into a file's contiguous array at their offset: [source, solution]
+    pairs into ``fields`` (two (B, n, n) arrays), or one (B, F, n, n) array.
 
     Lets worker processes fill one file in parallel without passing arrays
     through the parent; the parent keeps the HDF5 metadata. Aligned writes go
@@ -206,16 +282,23 @@ def write_fields_direct(
     memory back to the host, buffered writes of fresh data run at a quarter
     of the speed.
     """
-    b, n = sources.shape[0], location.resolution
-    if sources.shape != (b, n, n) or solutions.shape != (b, n, n):
-        raise ValueError(f"fields must be (B, {n}, {n}), got {sources.shape} and {solutions.shape}")
+    b, n = channels[0].shape[0], location.resolution
+    shapes = [np.shape(a) for a in channels]
+    per_example = sum(1 if a.ndim == 3 else a.shape[1] for a in channels)
+    if per_example != location.channels or any(s[0] != b or s[-2:] != (n, n) for s in shapes):
+        raise ValueError(
+            f"need {location.channels} fields of {n} x {n} per example in total, got {shapes}"
+        )
     nbytes = b * location.example_nbytes
     offset = location.offset + start * location.example_nbytes
     aligned = hasattr(os, "O_DIRECT") and offset % _ALIGN == 0 and nbytes % _ALIGN == 0
     raw = _page_aligned(nbytes) if aligned else np.empty(nbytes, dtype=np.uint8)
-    fields = raw.view("<f4").reshape(b, 2, n, n)
-    fields[:, 0] = sources
-    fields[:, 1] = solutions
+    fields = raw.view("<f4").reshape(b, location.channels, n, n)
+    at = 0
+    for a in channels:
+        width = 1 if a.ndim == 3 else a.shape[1]
+        fields[:, at : at + width] = a.reshape(b, width, n, n)
+        at += width
     fd, direct = _open_for_write(location.path, aligned)
     try:
         view = memoryview(raw)
@@ -236,12 +319,24 @@ class Chunk:
     start: int
     sources: np.ndarray  # (B, n, n) float32
     solutions: np.ndarray  # (B, n, n) float32
-    coefficients: np.ndarray  # (B, 6) float64, unified
+    coefficients: np.ndarray  # (B, 6) float64, unified (reference values where fields vary)
     psi: np.ndarray | None
     sparsity: np.ndarray | None
+    coefficient_fields: np.ndarray | None = None  # (B, F, n, n) float32, columns below
+    field_columns: tuple[str, ...] = ()
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.sources.shape[0]
+
+    def unified(self) -> np.ndarray:
+        """The coefficients in the solver's layout: (B, 6) for constant-coefficient files,
+        (B, 6, n, n) float64 where fields vary (the others as constant fields)."""
+        if self.coefficient_fields is None:
+            return self.coefficients
+        out = broadcast_fields(self.coefficients, self.sources.shape[-1])
+        out[:, [COEFFICIENT_NAMES.index(c) for c in self.field_columns]] = self.coefficient_fields
+        return out
 
 
 class DatasetReader:
@@ -290,6 +385,20 @@ class DatasetReader:
             self.close()
             raise ValueError(f"{self.path}: no coefficients ('coefficients' or 'tensor')")
         self.attrs = dict(f.attrs)
+        self.field_columns: tuple[str, ...] = ()
+        self.coefficient_fields = f.get("coefficient_fields")
+        if self.coefficient_fields is not None:
+            self.field_columns = tuple(str(c) for c in self.coefficient_fields.attrs["columns"])
+            expected = (len(self), len(self.field_columns), *self.fields.shape[2:])
+            if self.coefficient_fields.shape != expected or not set(self.field_columns) <= set(
+                COEFFICIENT_NAMES
+            ):
+                self.close()
+                raise ValueError(
+                    f"{self.path}: 'coefficient_fields' must be {expected} with unified column "
+                    f"names, got {self.coefficient_fields.shape} {list(self.field_columns)}"
+                )
+        self.extra_columns = tuple(name for name in PER_EXAMPLE if name in f)
 
     def __len__(self) -> int:
         return self.fields.shape[0]
@@ -297,6 +406,11 @@ class DatasetReader:
     @property
     def resolution(self) -> int:
         return int(self.fields.shape[-1])
+
+    @property
+    def has_fields(self) -> bool:
+        """Whether some coefficients vary over the grid (stored in ``coefficient_fields``)."""
+        return bool(self.field_columns)
 
     def coefficients(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         f = self._file
@@ -326,6 +440,9 @@ class DatasetReader:
             self.coefficients(start, stop),
             self.psi(start, stop),
             sparsity,
+            None if self.coefficient_fields is None else self.coefficient_fields[start:stop],
+            self.field_columns,
+            {name: self._file[name][start:stop] for name in self.extra_columns},
         )
 
     def chunks(self, chunk_size: int = 256) -> Iterator[Chunk]:

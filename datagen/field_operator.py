@@ -74,6 +74,13 @@ def _derivatives(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out
 
 
+def gradient(u: np.ndarray) -> np.ndarray:
+    """The odd spectral gradient of grid fields (B, n, n), as (B, 2, n, n) [d/dx, d/dy]."""
+    n = u.shape[-1]
+    d, _, _ = _derivatives(n)
+    return sfft.irfft2(sfft.rfft2(u)[:, None] * d, s=(n, n))
+
+
 def divergence_free(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Project velocity fields (B, 2, n, n) onto D . v = 0 (the odd spectral divergence).
 

@@ -24,27 +24,40 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from datagen.dataset import DatasetWriter, FieldsLocation, open_dataset, write_fields_direct
-from datagen.generate import Block, generate_block
-from datagen.spec import SamplingRanges, SplitSpec
+from datagen.dataset import BlockTargets, DatasetWriter, open_dataset
+from datagen.generate import Block, extra_columns, generate_block
+from datagen.spec import FieldLaw, SamplingRanges, SplitSpec
 from datagen.workers import GenerationWorkers
 
 
 def _writer(spec: SplitSpec, path: Path) -> DatasetWriter:
-    return DatasetWriter(path, spec.system, spec.n_examples, spec.resolution, spec.as_attrs())
+    columns = () if spec.field_law is None else spec.field_law.columns(spec.pde)
+    return DatasetWriter(
+        path,
+        spec.system,
+        spec.n_examples,
+        spec.resolution,
+        spec.as_attrs(),
+        field_columns=columns,
+        extras=extra_columns(spec),
+    )
 
 
-def make_block_into(
-    spec: SplitSpec, block: int, location: FieldsLocation, offset: int = 0
-) -> Block:
-    """Generate a block, write its fields into ``location``, return it without the fields."""
+def make_block_into(spec: SplitSpec, block: int, targets: BlockTargets, offset: int = 0) -> Block:
+    """Generate a block, write its fields into ``targets``, return it without the fields."""
     b = generate_block(spec, block)
-    write_fields_direct(location, b.start - offset, b.sources, b.solutions)
-    return replace(b, sources=None, solutions=None)
+    targets.write(b.start - offset, b.sources, b.solutions, b.coefficient_fields)
+    return b.without_fields()
 
 
 def _record(writer: DatasetWriter, block: Block, offset: int = 0) -> None:
-    writer.write(block.start - offset, block.coefficients, sparsity=block.sparsity, psi=block.psi)
+    writer.write(
+        block.start - offset,
+        block.coefficients,
+        sparsity=block.sparsity,
+        psi=block.psi,
+        extras=block.extras,
+    )
 
 
 def write_split(
@@ -80,7 +93,7 @@ def write_split(
                 _record(writer, block)
                 bar.update(len(block.coefficients))
 
-            jobs = [(spec, b, writer.fields_location, 0) for b in range(spec.n_blocks)]
+            jobs = [(spec, b, writer.targets, 0) for b in range(spec.n_blocks)]
             if pool is None or workers == 1:
                 for job in jobs:
                     record(make_block_into(*job))
@@ -112,9 +125,7 @@ def write_shard(spec: SplitSpec, first_block: int, last_block: int, path: str) -
     with _writer(replace(spec, n_examples=stop - start), Path(path)) as writer:
         writer.attrs_update({"shard_start": start})
         for b in range(first_block, last_block):
-            _record(
-                writer, make_block_into(spec, b, writer.fields_location, offset=start), offset=start
-            )
+            _record(writer, make_block_into(spec, b, writer.targets, offset=start), offset=start)
     return path
 
 
@@ -179,6 +190,8 @@ def _write_split_on_ray(ray, spec: SplitSpec, path: Path, progress: bool) -> Pat
                             solutions=chunk.solutions,
                             sparsity=chunk.sparsity,
                             psi=chunk.psi,
+                            coefficient_fields=chunk.coefficient_fields,
+                            extras=chunk.extras,
                         )
     finally:
         bar.close()
@@ -196,11 +209,13 @@ def write_splits(
     seed: int = 0,
     resolution: int = 128,
     ranges: SamplingRanges | None = None,
+    field_law: FieldLaw | None = None,
     workers: int = 1,
     ray_address: str | None = None,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Write ``out_dir/{train,val,test}.h5``, each split seeded apart (size 0: skipped)."""
+    """Write ``out_dir/{train,val,test}.h5``, each split seeded apart (size 0: skipped);
+    with ``field_law``, coefficient fields of that law."""
     splits = (("train", n_train), ("val", n_val), ("test", n_test))
     for split, n in splits:
         if n < 0:
@@ -211,6 +226,7 @@ def write_splits(
         resolution=resolution,
         seed=seed,
         ranges=ranges or SamplingRanges(),
+        field_law=field_law,
     )
     specs = {split: base.with_split(split, n) for split, n in splits if n > 0}
     n_blocks = sum(spec.n_blocks for spec in specs.values())

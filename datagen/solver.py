@@ -65,6 +65,9 @@ MEAN_TOLERANCE = 1e-6
 #: Krylov iterations it may take.
 DEFAULT_TOLERANCE = 1e-8
 DEFAULT_MAX_ITERATIONS = 1000
+#: Field problems are solved this many at a time: the cost per example and iteration is
+#: lowest for small batches (the arrays stay in cache), and memory stays bounded.
+KRYLOV_BATCH = 8
 
 
 class FieldError(ValueError):
@@ -274,33 +277,51 @@ def solve_detailed(
                     f"initial_guess must be shaped like the sources {expected}, "
                     f"got {np.shape(initial_guess)}"
                 )
-            x0 = guess[field_rows]
-        op = FieldOperator(c[field_rows], system.zero_mean)
+            x0 = guess
         symmetric = _symmetric_rows(c[field_rows])
-        for use_cg, name in ((True, "cg"), (False, "gmres")):
-            group = np.flatnonzero(symmetric == use_cg)
-            if not group.size:
-                continue
-            sub = op.take(group)
-            rhs = sub.to_spectral(f[field_rows[group]])
-            start = None if x0 is None else sub.to_spectral(x0[group])
-            if start is not None and system.zero_mean:
-                start[:, 0, 0] = 0.0
-            options = {"tolerance": tolerance, "max_iterations": max_iterations}
-            if use_cg:
-                result = krylov.cg(sub, rhs, start, **options)
-            else:
-                result = krylov.gmres(sub, rhs, start, restart=restart, **options)
-            at = field_rows[group]
-            u[at] = sub.to_grid(result.x)
-            method[at] = name
-            iterations[at] = result.iterations
-            rel[at] = result.relative_residual
-            converged[at] = result.converged
+        for use_cg in (True, False):
+            group = field_rows[symmetric == use_cg]
+            for lo in range(0, group.size, KRYLOV_BATCH):
+                at = group[lo : lo + KRYLOV_BATCH]
+                result = _krylov_solve(
+                    system,
+                    f[at],
+                    c[at],
+                    None if x0 is None else x0[at],
+                    use_cg,
+                    tolerance,
+                    max_iterations,
+                    restart,
+                )
+                u[at], iterations[at], rel[at], converged[at] = result
+                method[at] = "cg" if use_cg else "gmres"
     out = Solution(u[0] if single else u, tuple(method), iterations, rel, converged)
     if not converged.all():
         raise ConvergenceError(_not_converged(system, out, tolerance), out)
     return out
+
+
+def _krylov_solve(
+    system: System,
+    f: np.ndarray,
+    c: np.ndarray,
+    guess: np.ndarray | None,
+    use_cg: bool,
+    tolerance: float,
+    max_iterations: int,
+    restart: int,
+):
+    """One batch of field problems: (solutions, iterations, residuals, converged)."""
+    op = FieldOperator(c, system.zero_mean)
+    start = None if guess is None else op.to_spectral(guess)
+    if start is not None and system.zero_mean:
+        start[:, 0, 0] = 0.0
+    options = {"tolerance": tolerance, "max_iterations": max_iterations}
+    if use_cg:
+        result = krylov.cg(op, op.to_spectral(f), start, **options)
+    else:
+        result = krylov.gmres(op, op.to_spectral(f), start, restart=restart, **options)
+    return op.to_grid(result.x), result.iterations, result.relative_residual, result.converged
 
 
 def _symmetric_rows(c: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from datagen.media import FIELD_KINDS
 from datagen.systems import System, get_system
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -14,6 +15,10 @@ BLOCK_SIZE = 256
 DEFAULT_EIG = (1.0, 5.0)
 DEFAULT_RATIO = (0.2, 1.0)
 DEFAULT_OMEGA = (1, 10)
+DEFAULT_CONTRAST = (1.0, 100.0)
+DEFAULT_LENGTH = (0.05, 0.3)
+DEFAULT_VARIATION = (0.1, 0.3)
+DEFAULT_FIELD_TOLERANCE = 1e-8
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,61 @@ class SamplingRanges:
         }[system.name]
 
 
+def _check_range(name: str, pair: tuple[float, float], low: float, strict: bool = True) -> None:
+    a, b = pair
+    ok = (a > low if strict else a >= low) and a <= b
+    if not ok:
+        bound = ">" if strict else ">="
+        raise ValueError(f"{name} range must satisfy A {bound} {low:g} and A <= B, got {pair}")
+
+
+@dataclass(frozen=True)
+class FieldLaw:
+    """Coefficient fields of a dataset (see :mod:`datagen.media` for the laws).
+
+    Diffusion systems (poisson, advection_diffusion): a conductivity field of
+    ``kind`` with contrast in ``contrast`` multiplies the system's K0.
+    Helmholtz: w(x) = w0 (1 + delta s(x)) with delta in ``variation``. The
+    correlation length is drawn from ``length``; the exact solves run to the
+    relative residual ``tolerance``.
+    """
+
+    kind: str = "smooth"
+    contrast: tuple[float, float] = DEFAULT_CONTRAST
+    length: tuple[float, float] = DEFAULT_LENGTH
+    variation: tuple[float, float] = DEFAULT_VARIATION
+    tolerance: float = DEFAULT_FIELD_TOLERANCE
+
+    def __post_init__(self) -> None:
+        if self.kind not in FIELD_KINDS:
+            raise ValueError(f"field law must be one of {FIELD_KINDS}, got {self.kind!r}")
+        _check_range("contrast", self.contrast, 1.0, strict=False)
+        _check_range("correlation length", self.length, 0.0)
+        _check_range("variation", self.variation, 0.0, strict=False)
+        if self.variation[1] >= 1:
+            raise ValueError(
+                f"variation must stay below 1 (w keeps its sign), got {self.variation}"
+            )
+        if not 0 < self.tolerance < 1:
+            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
+
+    @staticmethod
+    def columns(system: System) -> tuple[str, ...]:
+        """The unified coefficients this law makes vary (stored as fields)."""
+        return ("w",) if system.name == "helmholtz" else ("k11", "k22", "k12")
+
+    def for_system(self, system: System) -> dict:
+        """The law's attributes for a system's file."""
+        d = {"field_law": self.kind, "length_range": list(self.length)}
+        if system.name == "helmholtz":
+            d["variation_range"] = list(self.variation)
+        else:
+            d["contrast_range"] = list(self.contrast)
+        d["solver_tolerance"] = self.tolerance
+        d["field_columns"] = list(self.columns(system))
+        return d
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """One dataset file: a system, a split, a size, a grid and a seed."""
@@ -55,6 +115,7 @@ class SplitSpec:
     seed: int = 0
     ranges: SamplingRanges = field(default_factory=SamplingRanges)
     block_size: int = BLOCK_SIZE
+    field_law: FieldLaw | None = None
 
     def __post_init__(self) -> None:
         get_system(self.system)
@@ -87,6 +148,9 @@ class SplitSpec:
     def as_attrs(self) -> dict:
         d = asdict(self)
         d.pop("ranges")
+        d.pop("field_law")
         for name, value in self.ranges.for_system(self.pde).items():
             d[f"{name}_range"] = list(value)
+        if self.field_law is not None:
+            d.update(self.field_law.for_system(self.pde))
         return d

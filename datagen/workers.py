@@ -13,17 +13,14 @@ import queue
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from multiprocessing import get_context
 
-from datagen.dataset import FieldsLocation, write_fields_direct
+from datagen.dataset import BlockTargets
 from datagen.generate import Block, generate_block
 from datagen.memory import keep_freed_memory
 from datagen.spec import SplitSpec
 
-Job = tuple[
-    SplitSpec, int, FieldsLocation, int
-]  # spec, block, where, offset of the file's first example
+Job = tuple[SplitSpec, int, BlockTargets, int]  # spec, block, where, offset of the file's first
 _POLL_S = 0.5
 
 
@@ -43,14 +40,18 @@ def _worker_loop(inbox, outbox) -> None:
                     pending = None
                 outbox.put(("flushed", None))
                 continue
-            spec, block, location, offset = message
+            spec, block, targets, offset = message
             made = generate_block(spec, block)
             if pending is not None:
                 pending.result()  # one write in flight at a time (it owns the aligned buffer)
             pending = writer.submit(
-                write_fields_direct, location, made.start - offset, made.sources, made.solutions
+                targets.write,
+                made.start - offset,
+                made.sources,
+                made.solutions,
+                made.coefficient_fields,
             )
-            outbox.put(("block", replace(made, sources=None, solutions=None)))
+            outbox.put(("block", made.without_fields()))
         if pending is not None:
             pending.result()
     except BaseException:
