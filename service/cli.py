@@ -47,6 +47,7 @@ def models_main(argv: Sequence[str]) -> int:
 def evaluate(model: OnnxSurrogate, path: str, batch: int = 32, progress: bool = True) -> dict:
     """Mean relative L2 of the model on a dataset file, overall and for its system."""
     with open_dataset(path) as reader:
+        reader.require_constant("pdeserve eval")
         errors = []
         bar = tqdm(total=len(reader), unit="ex", desc="eval", disable=not progress)
         for chunk in reader.chunks(256):

@@ -79,6 +79,7 @@ def emulate(
     chunk = chunk or batch_size * concurrency
     partial = partial_path(output)
     with open_dataset(input_path, pde) as reader:
+        reader.require_constant("emulation through the service")
         if partial.exists():
             with h5py.File(partial, "r") as f:
                 have = {k: f.attrs.get(k) for k in _describe(reader, mode, chunk)}

@@ -142,7 +142,7 @@ class FieldData:
 
     def reader(self, path: str) -> DatasetReader:
         if path not in self._readers:
-            self._readers[path] = open_dataset(path)
+            self._readers[path] = open_dataset(path).require_constant("the training data pipeline")
         return self._readers[path]
 
     @cached_property

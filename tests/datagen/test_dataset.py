@@ -195,8 +195,8 @@ def test_direct_writes_fall_back_where_o_direct_is_refused(tmp_path, monkeypatch
     rng = np.random.default_rng(0)
     f, u = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
     with DatasetWriter(tmp_path / "x.h5", "poisson", 4, 64, {}) as w:
-        assert w.fields_location.offset % 4096 == 0  # large datasets start on a page
-        write_fields_direct(w.fields_location, 0, f, u)
+        assert w.targets.fields.offset % 4096 == 0  # large datasets start on a page
+        write_fields_direct(w.targets.fields, 0, f, u)
         w.write(0, np.tile([0.01, 0.01, 0, 0, 0, 0], (4, 1)))
     assert refused  # the aligned write asked for O_DIRECT first
     with open_dataset(tmp_path / "x.h5") as r:
@@ -205,10 +205,10 @@ def test_direct_writes_fall_back_where_o_direct_is_refused(tmp_path, monkeypatch
 
 
 def test_worker_failure_reaches_the_caller(tmp_path):
-    from datagen.dataset import FieldsLocation
+    from datagen.dataset import BlockTargets, FieldsLocation
     from datagen.workers import GenerationWorkers, WorkerError
 
     spec = SplitSpec(system="poisson", n_examples=8, resolution=16, block_size=8)
-    nowhere = FieldsLocation(str(tmp_path / "missing" / "x.h5"), 0, 16)
+    nowhere = BlockTargets(FieldsLocation(str(tmp_path / "missing" / "x.h5"), 0, 16))
     with pytest.raises(WorkerError, match="FileNotFoundError"), GenerationWorkers(1) as workers:
         workers.run([(spec, 0, nowhere, 0)], lambda block: None)
