@@ -48,7 +48,7 @@ from datagen.systems import K11, K12, K22, V1, V2, W
 
 #: v fields of advection-diffusion must be divergence-free to this relative
 #: accuracy, ||D . v|| / (||D v1|| + ||D v2||); they are then projected exactly.
-DIVERGENCE_TOLERANCE = 1e-4
+DIVERGENCE_TOLERANCE = 1e-2
 
 
 @lru_cache(maxsize=16)

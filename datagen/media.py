@@ -3,9 +3,9 @@
 All laws start from g, a zero-mean Gaussian random field on the periodic grid
 with the squared-exponential covariance exp(-r^2 / (2 l^2)) of correlation
 length l: its spectral density on the torus is proportional to
-exp(-2 pi^2 l^2 |k|^2), so g is one inverse rfft2 of complex white noise
-shaped by the square root of that density (the mean mode set to zero, so the
-grid mean of g is exactly 0).
+exp(-2 pi^2 l^2 |k|^2), so g is white noise filtered by the square root of
+that density (one FFT pair; the mean mode set to zero, so the grid mean of g
+is exactly 0).
 
 - Conductivity a(x), multiplying a system's constant tensor K0 (K = a K0):
   ``smooth`` a = exp(ln(c)/2 s) with s = g mapped affinely onto [-1, 1], so
@@ -35,8 +35,9 @@ def gaussian_random_fields(rng: np.random.Generator, length: np.ndarray, n: int)
     kx = np.fft.rfftfreq(n, 1.0 / n)[None, :]
     k2 = kx * kx + ky * ky
     amplitude = np.exp(-(np.pi**2) * length[:, None, None] ** 2 * k2)  # sqrt of the density
-    noise = rng.standard_normal((b, n, n // 2 + 1, 2))
-    spectrum = (noise[..., 0] + 1j * noise[..., 1]) * amplitude
+    # The spectrum of real white noise has the symmetries a real field needs (complex noise
+    # drawn on the half-spectrum would lose half the variance of the kx = 0 column).
+    spectrum = np.fft.rfft2(rng.standard_normal((b, n, n))) * amplitude
     spectrum[:, 0, 0] = 0.0
     return np.fft.irfft2(spectrum, s=(n, n))
 

@@ -252,8 +252,6 @@ def solve_detailed(
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
     f, c, single = _check_batch(sources, coefficients, system, "sources")
     _check_mean(system, f, mean)
-    if system.zero_mean:
-        f = f - f.mean(axis=(1, 2), keepdims=True)
     b, n = f.shape[0], f.shape[-1]
     u = np.empty_like(f)
     method = np.full(b, "fft", dtype=object)
@@ -313,14 +311,17 @@ def _krylov_solve(
 ):
     """One batch of field problems: (solutions, iterations, residuals, converged)."""
     op = FieldOperator(c, system.zero_mean)
+    rhs = op.to_spectral(f)
     start = None if guess is None else op.to_spectral(guess)
-    if start is not None and system.zero_mean:
-        start[:, 0, 0] = 0.0
+    if system.zero_mean:  # the mean mode (projected or zero to rounding) is no unknown
+        rhs[:, 0, 0] = 0.0
+        if start is not None:
+            start[:, 0, 0] = 0.0
     options = {"tolerance": tolerance, "max_iterations": max_iterations}
     if use_cg:
-        result = krylov.cg(op, op.to_spectral(f), start, **options)
+        result = krylov.cg(op, rhs, start, **options)
     else:
-        result = krylov.gmres(op, op.to_spectral(f), start, restart=restart, **options)
+        result = krylov.gmres(op, rhs, start, restart=restart, **options)
     return op.to_grid(result.x), result.iterations, result.relative_residual, result.converged
 
 

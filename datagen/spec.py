@@ -81,9 +81,7 @@ class FieldLaw:
         _check_range("correlation length", self.length, 0.0)
         _check_range("variation", self.variation, 0.0, strict=False)
         if self.variation[1] >= 1:
-            raise ValueError(
-                f"variation must stay below 1 (w keeps its sign), got {self.variation}"
-            )
+            raise ValueError(f"variation must be below 1 (w keeps its sign), got {self.variation}")
         if not 0 < self.tolerance < 1:
             raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance}")
 

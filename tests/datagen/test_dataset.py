@@ -161,18 +161,32 @@ def test_same_dataset_whatever_the_number_of_workers(tmp_path):
 def test_ray_shards_make_the_same_dataset(tmp_path):
     import ray
 
+    from datagen.spec import FieldLaw
+
     spec = SplitSpec(system="advection_diffusion", n_examples=45, resolution=32, block_size=8)
+    fields = SplitSpec(
+        system="helmholtz", n_examples=20, resolution=16, block_size=8, field_law=FieldLaw()
+    )
     local = write_split(spec, tmp_path / "local.h5", progress=False)
+    local_fields = write_split(fields, tmp_path / "local-fields.h5", progress=False)
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         sharded = write_split(spec, tmp_path / "ray.h5", ray_address="auto", progress=False)
+        sharded_fields = write_split(
+            fields, tmp_path / "ray-fields.h5", ray_address="auto", progress=False
+        )
     finally:
         ray.shutdown()
     a, b = _arrays(local), _arrays(sharded)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with h5py.File(local, "r") as f, h5py.File(sharded, "r") as g:
         assert np.array_equal(f["other"][:], g["other"][:])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.h5", "ray.h5"]  # shards cleaned up
+    with h5py.File(local_fields, "r") as f, h5py.File(sharded_fields, "r") as g:
+        names = {k for k in f if isinstance(f[k], h5py.Dataset)}
+        assert {"coefficient_fields", "variation", "iterations"} <= names
+        assert all(np.array_equal(f[k][:], g[k][:]) for k in names)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["local-fields.h5", "local.h5", "ray-fields.h5", "ray.h5"]  # shards cleaned up
 
 
 def test_direct_writes_fall_back_where_o_direct_is_refused(tmp_path, monkeypatch):

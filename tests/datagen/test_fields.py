@@ -1,0 +1,292 @@
+"""Coefficient fields in the solver, against independent checks: manufactured solutions
+(sympy), scipy's cg/gmres on the same operator, the FFT solve for constant fields; and the
+solver's refusals and convergence reports."""
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from datagen import apply, residual, solve
+from datagen.coefficients import broadcast_fields, reference
+from datagen.field_operator import FieldOperator, gradient
+from datagen.krylov import cg, gmres, scipy_operators
+from datagen.solver import ConvergenceError, FieldError, relative_l2, solve_detailed
+from datagen.systems import CoefficientError, unified_coefficients
+
+POISSON_C = unified_coefficients(0.031, 0.018, 0.006)
+ADV_C = unified_coefficients(0.031, 0.018, 0.006, 0.35, -0.22)
+HELM_C = unified_coefficients(0.01, 0.01, 0.0, 0.0, 0.0, 7.0)
+CASES = [("poisson", POISSON_C), ("advection_diffusion", ADV_C), ("helmholtz", HELM_C)]
+
+X, Y = sp.symbols("x y")
+TWO_PI = 2 * sp.pi
+
+
+def on_grid(expr, n):
+    x = np.arange(n) / n
+    xg, yg = np.meshgrid(x, x)  # [y, x]
+    return np.broadcast_to(sp.lambdify((X, Y), expr, "numpy")(xg, yg), (n, n)).astype(float)
+
+
+def manufactured(system, n):
+    """(f, u, coefficient fields) with f = L u computed symbolically from analytic (not
+    band-limited) u and coefficients: K = a(x) K0, a general tensor field, a
+    divergence-free v, a varying w."""
+    u = sp.sin(TWO_PI * Y + sp.Rational(3, 10)) * sp.exp(sp.sin(TWO_PI * X))  # mean 0
+    u += sp.Rational(3, 10) * sp.cos(TWO_PI * (X + Y))
+    r = 1 / (sp.Rational(3, 2) - sp.cos(TWO_PI * X) * sp.cos(TWO_PI * Y))  # in [0.4, 2]
+    k11 = k22 = k12 = v1 = v2 = w = sp.Integer(0)
+    if system == "helmholtz":
+        k11 = k22 = sp.Rational(1, 100)
+        u += sp.Rational(1, 2)  # Helmholtz keeps the mean
+        w = 7 * (1 + r / 10)
+    elif system == "poisson_tensor":  # not a scalar times a constant tensor
+        k11 = sp.Rational(2, 100) * r
+        k22 = sp.Rational(15, 1000) * (1 + sp.Rational(3, 10) * sp.cos(TWO_PI * Y))
+        k12 = sp.Rational(4, 1000) * sp.sin(TWO_PI * (X + Y))
+    else:
+        k11, k22, k12 = (r * POISSON_C[0, j] for j in range(3))
+        if system == "advection_diffusion":  # the curl of a stream function: divergence-free
+            psi = r / 20
+            v1, v2 = sp.Rational(3, 10) + sp.diff(psi, Y), -sp.Rational(1, 5) - sp.diff(psi, X)
+    ux, uy = sp.diff(u, X), sp.diff(u, Y)
+    div = sp.diff(k11 * ux + k12 * uy, X) + sp.diff(k12 * ux + k22 * uy, Y)
+    f = -div + v1 * ux + v2 * uy - w * u
+    fields = np.stack([on_grid(e, n) for e in (k11, k22, k12, v1, v2, w)])
+    return on_grid(f, n), on_grid(u, n), fields
+
+
+@pytest.mark.parametrize(
+    "system", ["poisson", "poisson_tensor", "advection_diffusion", "helmholtz"]
+)
+def test_manufactured_solutions_converge_spectrally(system):
+    name = "poisson" if system == "poisson_tensor" else system
+    errors = {}
+    for n in (16, 32, 64):
+        f, u, c = manufactured(system, n)
+        got = solve(name, f, c, tolerance=1e-13, mean="project")
+        errors[n] = relative_l2(got, u)
+    assert errors[64] <= 1e-8, errors
+    # geometric convergence, down to rounding
+    assert errors[16] > 100 * errors[32], errors
+    assert errors[32] > 100 * errors[64] or errors[64] < 1e-12, errors
+
+
+@pytest.mark.parametrize("system,c", CASES)
+def test_constant_fields_in_the_krylov_path_give_the_fft_solve(system, c, rng):
+    """White noise carries the Nyquist modes: the field operator must keep them."""
+    n = 32
+    f = rng.standard_normal((3, n, n))
+    if system != "helmholtz":
+        f -= f.mean(axis=(1, 2), keepdims=True)
+    fields = broadcast_fields(np.repeat(c, 3, axis=0), n)
+    op = FieldOperator(fields, system != "helmholtz")
+    method = cg if system == "poisson" else gmres
+    result = method(op, op.to_spectral(f), tolerance=1e-13, max_iterations=20)
+    assert result.converged.all()
+    assert relative_l2(op.to_grid(result.x), solve(system, f, c)).max() < 1e-10
+    # solve() sends constant fields to the FFT path: bit for bit the scalar answer
+    assert np.array_equal(solve(system, f, fields), solve(system, f, c))
+    assert np.allclose(apply(system, f, fields), apply(system, f, c), rtol=0, atol=1e-10)
+
+
+def smooth_fields(rng, b, n, contrast, c=POISSON_C):
+    """K = a(x) K0 with a log-normal-ish a of the given contrast (low modes only)."""
+    x = np.arange(n) / n
+    xg, yg = np.meshgrid(x, x)
+    g = np.zeros((b, n, n))
+    for kx in range(-2, 3):
+        for ky in range(-2, 3):
+            g += rng.normal(size=(b, 1, 1)) * np.cos(
+                2 * np.pi * (kx * xg + ky * yg) + rng.uniform(0, 2 * np.pi, (b, 1, 1))
+            )
+    g = 2 * (g - g.min(axis=(1, 2), keepdims=True)) / np.ptp(g, axis=(1, 2), keepdims=True) - 1
+    a = np.exp(np.log(np.asarray(contrast, dtype=float))[:, None, None] / 2 * g)
+    fields = broadcast_fields(np.repeat(c, b, axis=0), n)
+    fields[:, :3] *= a[:, None]
+    return fields
+
+
+def zero_mean_noise(rng, b, n):
+    f = rng.standard_normal((b, n, n))
+    return f - f.mean(axis=(1, 2), keepdims=True)
+
+
+def test_the_field_operator_is_symmetric_positive_and_sees_nyquist_modes(rng):
+    n = 16
+    c = smooth_fields(rng, 1, n, [50.0])
+    u, v = zero_mean_noise(rng, 2, n)
+    lu, lv = apply("poisson", np.stack([u, v]), np.repeat(c, 2, axis=0))
+    assert np.isclose(np.vdot(lu, v), np.vdot(u, lv), rtol=1e-12)
+    assert np.vdot(lu, u) > 0
+    nyquist = np.cos(np.pi * np.arange(n))[None, :] * np.ones((n, 1))  # kx = n/2
+    # -D . (K D u) with odd derivatives alone annihilates it; the split operator does not
+    assert np.abs(gradient(nyquist[None])).max() < 1e-12
+    assert np.linalg.norm(apply("poisson", nyquist, c[0])) > 1e-3 * np.linalg.norm(nyquist)
+
+
+@pytest.mark.parametrize(
+    "system,c", [("poisson", POISSON_C), ("advection_diffusion", ADV_C), ("helmholtz", HELM_C)]
+)
+def test_agrees_with_scipy_one_sample_at_a_time(system, c, rng):
+    from scipy.sparse.linalg import cg as scipy_cg
+    from scipy.sparse.linalg import gmres as scipy_gmres
+
+    n, b = 32, 3
+    fields = smooth_fields(rng, b, n, [4.0, 10.0, 30.0], c)
+    if system == "helmholtz":
+        fields = broadcast_fields(np.repeat(c, b, axis=0), n)
+        fields[:, 5] *= 1 + 0.2 * np.sin(2 * np.pi * np.arange(n) / n)[None, None, :]
+    f = zero_mean_noise(rng, b, n) if system != "helmholtz" else rng.standard_normal((b, n, n))
+    ours = solve_detailed(system, f, fields, tolerance=1e-12)
+    assert ours.method == (("cg",) * b if system == "poisson" else ("gmres",) * b)
+    op = FieldOperator(fields, system != "helmholtz")
+    for i in range(b):
+        a, m = scipy_operators(op, i)
+        if system == "poisson":
+            theirs, info = scipy_cg(a, f[i].ravel(), rtol=1e-12, maxiter=500, M=m)
+        else:
+            theirs, info = scipy_gmres(a, f[i].ravel(), rtol=1e-12, restart=30, maxiter=50, M=m)
+        assert info == 0
+        theirs = theirs.reshape(n, n)
+        if system != "helmholtz":
+            theirs -= theirs.mean()
+        assert relative_l2(ours.solutions[i], theirs) < 1e-8
+
+
+def test_each_example_stops_at_its_own_convergence(rng):
+    n = 32
+    fields = smooth_fields(rng, 3, n, [2.0, 20.0, 200.0])
+    f = zero_mean_noise(rng, 3, n)
+    out = solve_detailed("poisson", f, fields, tolerance=1e-9)
+    assert out.iterations[0] < out.iterations[1] < out.iterations[2]
+    true = np.linalg.norm(residual("poisson", out.solutions, f, fields), axis=(1, 2))
+    true /= np.linalg.norm(f, axis=(1, 2))
+    assert np.all(out.relative_residual <= 1e-9) and np.allclose(
+        true, out.relative_residual, rtol=0.05
+    )
+    alone = solve_detailed("poisson", f[1], fields[1], tolerance=1e-9)
+    assert alone.iterations[0] == out.iterations[1]
+    assert relative_l2(alone.solutions, out.solutions[1]) < 1e-12
+
+
+def test_a_batch_mixes_constant_and_field_examples(rng):
+    n = 16
+    fields = smooth_fields(rng, 2, n, [1.0, 10.0])  # contrast 1: a constant field
+    fields = np.concatenate([fields, broadcast_fields(ADV_C, n)])
+    f = zero_mean_noise(rng, 3, n)
+    out = solve_detailed("advection_diffusion", f, fields)
+    assert out.method == ("fft", "cg", "fft") and out.iterations[0] == 0
+    assert np.all(out.relative_residual <= 1e-8)
+
+
+@pytest.mark.parametrize("system,c", CASES)
+def test_an_initial_guess_starts_the_solver(system, c, rng):
+    n = 32
+    fields = smooth_fields(rng, 2, n, [10.0, 10.0], c)
+    if system == "helmholtz":
+        fields = broadcast_fields(np.repeat(c, 2, axis=0), n)
+        fields[:, 5] *= 1 + 0.3 * np.cos(2 * np.pi * np.arange(n) / n)[None, :, None]
+    f = zero_mean_noise(rng, 2, n)
+    cold = solve_detailed(system, f, fields, tolerance=1e-10)
+    near = cold.solutions * (1 + 1e-3 * rng.standard_normal(cold.solutions.shape))
+    warm = solve_detailed(system, f, fields, tolerance=1e-10, initial_guess=near)
+    assert np.all(warm.iterations < cold.iterations)
+    assert relative_l2(warm.solutions, cold.solutions).max() < 1e-8
+    exact = solve_detailed(system, f, fields, tolerance=1e-6, initial_guess=cold.solutions)
+    assert np.all(exact.iterations == 0)
+
+
+def test_not_converging_is_an_error_that_says_so(rng):
+    n = 32
+    fields = smooth_fields(rng, 2, n, [2.0, 300.0])
+    f = zero_mean_noise(rng, 2, n)
+    with pytest.raises(
+        ConvergenceError, match=r"cg solver did not converge for example 1: relative residual"
+    ) as e:
+        solve("poisson", f, fields, max_iterations=12)
+    assert e.value.examples == [1]
+    sol = e.value.solution
+    assert sol.converged.tolist() == [True, False] and sol.relative_residual[1] > 1e-8
+    assert sol.iterations[1] == 12
+
+
+def test_helmholtz_near_resonance_fails_loudly():
+    n = 32
+    w0 = 0.01 * 4 * np.pi**2 * 5  # on the resonance |k|^2 = 5
+    fields = broadcast_fields(unified_coefficients(0.01, 0.01, 0, 0, 0, w0), n)
+    fields[0, 5] *= 1 + 1e-3 * np.sin(2 * np.pi * np.arange(n) / n)[None, :]
+    x = np.arange(n) / n
+    f = np.cos(2 * np.pi * (np.add.outer(2 * x, x)))  # a resonant mode
+    with pytest.raises(ConvergenceError, match="resonance"):
+        solve("helmholtz", f, fields, max_iterations=200)
+
+
+def test_reference_is_the_geometric_mean_times_k0_and_exact_for_constants(rng):
+    n = 16
+    fields = smooth_fields(rng, 2, n, [10.0, 1.0])
+    a = fields[0, 0] / POISSON_C[0, 0]
+    ref = reference(fields)
+    assert np.allclose(ref[0, :3], np.exp(np.log(a).mean()) * POISSON_C[0, :3], rtol=1e-12)
+    assert np.array_equal(ref[1], POISSON_C[0])
+
+
+def _fields(c, n=16, b=1):
+    return broadcast_fields(np.repeat(c, b, axis=0), n)
+
+
+def _bad(index, at, value, c=POISSON_C):
+    fields = _fields(c, b=2)
+    fields[(1, index, *at)] = value
+    return fields
+
+
+@pytest.mark.parametrize(
+    "system,coefficients,match",
+    [
+        (
+            "poisson",
+            _bad(2, (3, 5), 0.05),
+            r"K = \[\[0.031, 0.05\], \[0.05, 0.018\]\] at example 1, grid point \[3, 5\] "
+            r"\(x = 0.3125, y = 0.1875\) is not symmetric positive definite",
+        ),
+        ("poisson", _bad(0, (0, 1), -0.01), r"example 1, grid point \[0, 1\]"),
+        ("poisson", _bad(1, (2, 2), np.nan), r"'k22' is nan at example 1, grid point \[2, 2\]"),
+        ("poisson", _bad(3, (4, 4), 0.5), r"'v1' must be 0 everywhere .*grid point \[4, 4\]"),
+        ("helmholtz", _bad(0, (1, 1), 0.02, HELM_C), r"'k11' must be 0.01 everywhere"),
+        ("poisson", np.zeros((2, 5, 16, 16)), r"shape \(6, n, n\) or \(B, 6, n, n\)"),
+    ],
+)
+def test_bad_fields_name_the_first_offending_point(system, coefficients, match):
+    f = np.zeros((2, 16, 16))
+    with pytest.raises(CoefficientError, match=match):
+        solve(system, f, coefficients)
+
+
+def test_velocity_fields_must_be_divergence_free(rng):
+    n = 16
+    x = np.arange(n) / n
+    fields = _fields(ADV_C)
+    fields[0, 3] += 0.2 * np.sin(2 * np.pi * x)[None, :]  # d v1 / dx != 0
+    with pytest.raises(CoefficientError, match="not divergence-free"):
+        solve("advection_diffusion", zero_mean_noise(rng, 1, n), fields)
+    fields = _fields(ADV_C)
+    fields[0, 3] += 0.2 * np.sin(2 * np.pi * x)[:, None]  # v1(y): divergence-free
+    out = solve_detailed("advection_diffusion", zero_mean_noise(rng, 1, n), fields)
+    assert out.method == ("gmres",) and out.converged.all()
+
+
+def test_field_shapes_grids_and_arguments_are_checked(rng):
+    fields = _fields(POISSON_C, n=16)
+    f = zero_mean_noise(rng, 1, 32)
+    with pytest.raises(FieldError, match="coefficient fields are 16 x 16 but sources are 32 x 32"):
+        solve("poisson", f, fields)
+    f = zero_mean_noise(rng, 1, 16)
+    with pytest.raises(FieldError, match="mean"):
+        solve("poisson", f + 1.0, smooth_fields(rng, 1, 16, [5.0]))
+    with pytest.raises(FieldError, match="initial_guess must be shaped like the sources"):
+        solve("poisson", f, smooth_fields(rng, 1, 16, [5.0]), initial_guess=np.zeros((3, 16, 16)))
+    with pytest.raises(ValueError, match="tolerance must be in"):
+        solve("poisson", f, fields, tolerance=0.0)
+    with pytest.raises(ValueError, match="max_iterations must be >= 1"):
+        solve("poisson", f, fields, max_iterations=0)
