@@ -72,17 +72,18 @@ def broadcast_fields(scalars: np.ndarray, n: int) -> np.ndarray:
     return np.broadcast_to(s[:, :, None, None], (*s.shape, n, n)).copy()
 
 
-def _sym_log_exp(k11, k22, k12, fn):
+def _sym_log_exp(k11, k22, k12, fn, derivative):
     """fn applied to the symmetric 2 x 2 matrices [[k11, k12], [k12, k22]] through their
     eigenvalues, in closed form: (m, h) = mean and half-spread of the eigenvalues, and
-    fn(K) = (fn(m+h) + fn(m-h))/2 I + (fn(m+h) - fn(m-h))/(2h) (K - m I)."""
+    fn(K) = (fn(m+h) + fn(m-h))/2 I + s (K - m I) with s = (fn(m+h) - fn(m-h))/(2h),
+    or fn'(m) where the eigenvalues (nearly) coincide (to O(h^2), below rounding)."""
     m = (k11 + k22) / 2
     h = np.hypot((k11 - k22) / 2, k12)
     hi, lo = fn(m + h), fn(m - h)
     mean = (hi + lo) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where(h > 1e-12 * m, (hi - lo) / (2 * h), 0.0)
-    # For h -> 0 the slope tends to fn'(m); it multiplies K - m I = 0 there, so 0 will do.
+    apart = h > 1e-8 * np.abs(m)
+    slope = derivative(m)
+    np.divide(hi - lo, 2 * h, out=slope, where=apart)
     return mean + slope * (k11 - m), mean + slope * (k22 - m), slope * k12
 
 
@@ -101,9 +102,10 @@ def reference(fields: np.ndarray) -> np.ndarray:
     k_var = var[:, [K11, K22, K12]].any(axis=1)
     if k_var.any():  # the matrix mean couples the three entries: set them together
         f = fields[k_var]
-        logs = _sym_log_exp(f[:, K11], f[:, K22], f[:, K12], np.log)
+        logs = _sym_log_exp(f[:, K11], f[:, K22], f[:, K12], np.log, np.reciprocal)
         means = [a.mean(axis=(1, 2)) for a in logs]
-        out[np.ix_(k_var, [K11, K22, K12])] = np.stack(_sym_log_exp(*means, np.exp), axis=1)
+        mean = _sym_log_exp(*means, np.exp, np.exp)
+        out[np.ix_(k_var, [K11, K22, K12])] = np.stack(mean, axis=1)
     return out
 
 

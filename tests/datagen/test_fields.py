@@ -222,13 +222,28 @@ def test_helmholtz_near_resonance_fails_loudly():
         solve("helmholtz", f, fields, max_iterations=200)
 
 
-def test_reference_is_the_geometric_mean_times_k0_and_exact_for_constants(rng):
+@pytest.mark.parametrize("k0", [POISSON_C, unified_coefficients(0.01, 0.01, 0.0)])
+def test_reference_is_the_geometric_mean_times_k0_and_exact_for_constants(rng, k0):
     n = 16
-    fields = smooth_fields(rng, 2, n, [10.0, 1.0])
-    a = fields[0, 0] / POISSON_C[0, 0]
+    fields = smooth_fields(rng, 2, n, [10.0, 1.0], k0)
+    a = fields[0, 0] / k0[0, 0]
     ref = reference(fields)
-    assert np.allclose(ref[0, :3], np.exp(np.log(a).mean()) * POISSON_C[0, :3], rtol=1e-12)
-    assert np.array_equal(ref[1], POISSON_C[0])
+    assert np.allclose(ref[0, :3], np.exp(np.log(a).mean()) * k0[0, :3], rtol=1e-12, atol=0)
+    assert np.array_equal(ref[1], k0[0])
+    # a general tensor field: the log-Euclidean mean against eigendecompositions
+    from scipy.linalg import expm
+
+    def logm(m):
+        lam, vec = np.linalg.eigh(m)
+        return vec @ np.diag(np.log(lam)) @ vec.T
+
+    fields[0, 2] = 0.3 * np.sqrt(fields[0, 0] * fields[0, 1]) * np.cos(np.arange(n) / 3)
+    mats = np.stack([[fields[0, 0], fields[0, 2]], [fields[0, 2], fields[0, 1]]]).transpose(
+        2, 3, 0, 1
+    )
+    expected = expm(np.mean([logm(m) for m in mats.reshape(-1, 2, 2)], axis=0))
+    got = reference(fields)[0]
+    assert np.allclose([got[0], got[1], got[2]], expected[[0, 1, 0], [0, 1, 1]], rtol=1e-10)
 
 
 def _fields(c, n=16, b=1):

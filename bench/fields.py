@@ -1,0 +1,396 @@
+"""Coefficient fields: what the batched Krylov solvers cost, how fast they converge, and
+how they compare with scipy (same operator, one sample at a time) and with pyamg (the
+strongest exact method a user could pick instead), at 128^2 on this machine.
+
+    .venv/bin/python bench/fields.py [--quick]
+
+Sections, all in one run, one process, one thread (FFTs, BLAS and pyamg alike):
+- iteration cost: a CG (and GMRES) iteration per sample against the floor, a batched
+  float64 rfft2 + irfft2 pair at the same batch, in adjacent paired rounds;
+- convergence: iterations and ms/sample to relative residuals 1e-2, 1e-4, 1e-8 at
+  contrast 4, 10, 100, 1000 (smooth and two-phase media, K = a(x) 0.01 I) and for
+  Helmholtz with w(x) = w0 (1 + delta s(x)), delta 0.1 and 0.3;
+- scipy: the batched solver against scipy.sparse.linalg cg/gmres on a LinearOperator of
+  the same operator and preconditioner, one sample at a time;
+- datagen: samples/s of field datasets written end to end into HDF5 (2 workers);
+- pyamg: smoothed aggregation + CG on the 5-point finite-difference discretisation
+  (harmonic-mean face conductivities) of the same problems, setup included (each sample
+  has its own field, so each pays its own setup), against pdeserve's CG: time to reach
+  a given error against a tight (1e-12) spectral solution. Plotted to fields.png.
+
+Writes bench/results/fields.json and bench/results/fields.png. Goals: a CG iteration
+costs at most 3 floor pairs; the batched solver is >= 5x scipy one sample at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.fft as sfft
+from threadpoolctl import threadpool_limits
+
+# bench/datagen.py is named like the package: take this folder off the path first.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+
+from datagen import krylov, media, sources  # noqa: E402
+from datagen.coefficients import broadcast_fields  # noqa: E402
+from datagen.field_operator import FieldOperator  # noqa: E402
+from datagen.memory import keep_freed_memory  # noqa: E402
+from datagen.pipeline import write_split  # noqa: E402
+from datagen.solver import KRYLOV_BATCH, ConvergenceError, relative_l2, solve_detailed  # noqa: E402
+from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
+from datagen.systems import unified_coefficients  # noqa: E402
+
+sys.path.append(str(_BENCH))
+from common import RESULTS, goal, write_results  # noqa: E402
+
+N = 128
+LENGTH = 0.1
+CONTRASTS = (4, 10, 100, 1000)
+TOLERANCES = (1e-2, 1e-4, 1e-8)
+VARIATIONS = (0.1, 0.3)
+ERROR_TARGETS = (1e-2, 1e-3, 1e-4)
+K0 = unified_coefficients(0.01, 0.01, 0.0)
+ADV = unified_coefficients(0.01, 0.01, 0.0, 0.3, -0.2)
+HELM = unified_coefficients(0.01, 0.01, 0.0, 0.0, 0.0, 1.0)
+
+
+def diffusion_problems(rng, b, kind, contrast, base=K0, n=N):
+    """Sources (the paper's Gaussians) and K = a(x) K0 fields of one contrast."""
+    weights = sources.sample_weights(rng, sources.sparsity_for_indices(np.arange(b)))
+    f, _ = sources.build_sources(weights, n, zero_mean=True)
+    a = media.conductivity(
+        media.gaussian_random_fields(rng, np.full(b, LENGTH), n), np.full(b, contrast), kind
+    )
+    fields = broadcast_fields(np.repeat(base, b, axis=0), n)
+    fields[:, :3] *= a[:, None]
+    return f, fields
+
+
+def helmholtz_problems(rng, b, variation, n=N):
+    weights = sources.sample_weights(rng, sources.sparsity_for_indices(np.arange(b)))
+    f, _ = sources.build_sources(weights, n, zero_mean=False)
+    w0 = rng.integers(1, 11, b).astype(float)
+    g = media.gaussian_random_fields(rng, np.full(b, LENGTH), n)
+    fields = broadcast_fields(np.repeat(HELM, b, axis=0), n)
+    fields[:, 5] = media.wavenumber_field(g, w0, np.full(b, variation), "smooth")
+    return f, fields
+
+
+def _floor(x: np.ndarray, k: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(k):
+        sfft.irfft2(sfft.rfft2(x), s=x.shape[-2:])
+    return (time.perf_counter() - t0) / k
+
+
+def iteration_cost(rng, rounds: int) -> dict:
+    """Seconds per iteration (from the difference of a long and a short run, so set-up and
+    the final residual check cancel) against the floor pair, per sample, paired by round."""
+    b, short, long_ = KRYLOV_BATCH, 5, 25
+    x = rng.standard_normal((b, N, N))
+    out = {}
+    cases = {
+        "cg_poisson_contrast_10": ("cg", *diffusion_problems(rng, b, "smooth", 10), True),
+        "gmres_advection_diffusion_contrast_10": (
+            "gmres",
+            *diffusion_problems(rng, b, "smooth", 10, ADV),
+            True,
+        ),
+        "gmres_helmholtz_delta_0.3": ("gmres", *helmholtz_problems(rng, b, 0.3), False),
+    }
+    for name, (method, f, fields, zero_mean) in cases.items():
+        op = FieldOperator(fields, zero_mean)
+        rhs = op.to_spectral(f)
+        run = getattr(krylov, method)
+
+        def timed(k, run=run, op=op, rhs=rhs):
+            t0 = time.perf_counter()
+            run(op, rhs, tolerance=1e-300, max_iterations=k)  # never converges: k iterations
+            return time.perf_counter() - t0
+
+        ratios, per_iteration, floors = [], [], []
+        timed(short)  # warm-up
+        for _ in range(rounds):
+            before = _floor(x, 10)
+            it = (timed(long_) - timed(short)) / (long_ - short)
+            pair = (before + _floor(x, 10)) / 2
+            ratios.append(it / pair)
+            per_iteration.append(it / b * 1e3)
+            floors.append(pair / b * 1e3)
+        out[name] = {
+            "batch": b,
+            "ms_per_iteration_per_sample": round(statistics.median(per_iteration), 4),
+            "floor_pair_ms_per_sample": round(statistics.median(floors), 4),
+            "ratio_to_floor_median": round(statistics.median(ratios), 3),
+            "ratio_to_floor_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        }
+        print(
+            f"  {name:40s} {out[name]['ms_per_iteration_per_sample']:.3f} ms/it/sample = "
+            f"{out[name]['ratio_to_floor_median']:.2f} floor pairs "
+            f"(range {out[name]['ratio_to_floor_range']})"
+        )
+    return out
+
+
+def _solve(system, f, fields, tol):
+    t0 = time.perf_counter()
+    try:
+        sol = solve_detailed(system, f, fields, tolerance=tol, mean="project")
+    except ConvergenceError as e:
+        sol = e.solution
+    return sol, (time.perf_counter() - t0) / len(f) * 1e3
+
+
+def _row(sol, ms):
+    its = sol.iterations[sol.converged]
+    return {
+        "iterations_median": float(np.median(its)) if its.size else None,
+        "iterations_max": int(its.max()) if its.size else None,
+        "ms_per_sample": round(ms, 2),
+        "converged": f"{int(sol.converged.sum())}/{len(sol.converged)}",
+    }
+
+
+def convergence(rng, b: int) -> dict:
+    out = {}
+    for kind in media.FIELD_KINDS:
+        for contrast in CONTRASTS:
+            f, fields = diffusion_problems(rng, b, kind, contrast)
+            for tol in TOLERANCES:
+                key = f"{kind}_contrast_{contrast}_tol_{tol:g}"
+                out[key] = _row(*_solve("poisson", f, fields, tol))
+                print(f"  {key:36s} {out[key]}")
+    for variation in VARIATIONS:
+        f, fields = helmholtz_problems(rng, b, variation)
+        for tol in TOLERANCES:
+            key = f"helmholtz_delta_{variation:g}_tol_{tol:g}"
+            out[key] = _row(*_solve("helmholtz", f, fields, tol))
+            print(f"  {key:36s} {out[key]}")
+    return out
+
+
+def against_scipy(rng, b: int) -> dict:
+    from scipy.sparse.linalg import cg, gmres
+
+    out = {}
+    for n in (64, N):
+        cases = {
+            "cg_poisson_contrast_10": ("poisson", *diffusion_problems(rng, b, "smooth", 10, n=n)),
+            "cg_poisson_contrast_100": (
+                "poisson",
+                *diffusion_problems(rng, b, "smooth", 100, n=n),
+            ),
+            "gmres_helmholtz_delta_0.3": ("helmholtz", *helmholtz_problems(rng, b, 0.3, n=n)),
+        }
+        for name, (system, f, fields) in cases.items():
+            ours, ours_ms = _solve(system, f, fields, 1e-8)
+            op = FieldOperator(fields, system != "helmholtz")
+            t0 = time.perf_counter()
+            agree = []
+            for i in range(b):
+                a, m = krylov.scipy_operators(op, i)
+                if system == "poisson":
+                    x, _ = cg(a, f[i].ravel(), rtol=1e-8, maxiter=2000, M=m)
+                else:
+                    x, _ = gmres(a, f[i].ravel(), rtol=1e-8, restart=krylov.RESTART, M=m)
+                x = x.reshape(n, n)
+                agree.append(
+                    float(relative_l2(x - x.mean() * (system != "helmholtz"), ours.solutions[i]))
+                )
+            scipy_ms = (time.perf_counter() - t0) / b * 1e3
+            key = f"{name}_n{n}"
+            out[key] = {
+                "batch": b,
+                "pdeserve_ms_per_sample": round(ours_ms, 2),
+                "scipy_ms_per_sample": round(scipy_ms, 2),
+                "speedup": round(scipy_ms / ours_ms, 2),
+                "largest_difference": max(agree),
+            }
+            print(f"  {key:36s} {out[key]}")
+    return out
+
+
+def datagen_rate(examples: int, folder: Path) -> dict:
+    out = {}
+    for system, law in (
+        ("poisson", FieldLaw("smooth")),
+        ("poisson", FieldLaw("two-phase")),
+        ("helmholtz", FieldLaw("smooth")),
+    ):
+        spec = SplitSpec(system=system, n_examples=examples, resolution=N, seed=1, field_law=law)
+        t0 = time.perf_counter()
+        path = write_split(spec, folder / "fields.h5", workers=2, progress=False)
+        rate = examples / (time.perf_counter() - t0)
+        path.unlink()
+        key = f"{system}_{law.kind}"
+        out[key] = {"samples_per_s": round(rate, 1), "examples": examples}
+        print(f"  {key:36s} {rate:8.1f} samples/s (2 workers, contrast 1..100, l 0.05..0.3)")
+    return out
+
+
+def fd_matrix(a: np.ndarray, k: float = 0.01):
+    """The periodic 5-point discretisation of -div(k a grad u), harmonic-mean faces."""
+    import scipy.sparse as sp
+
+    n = a.shape[0]
+    h2 = (1.0 / n) ** 2
+    index = np.arange(n * n).reshape(n, n)
+    rows, cols, vals = [], [], []
+    for axis in (0, 1):
+        nb = np.roll(a, -1, axis=axis)
+        c = (k * 2 * a * nb / (a + nb) / h2).ravel()
+        i, j = index.ravel(), np.roll(index, -1, axis=axis).ravel()
+        rows += [i, j, i, j]
+        cols += [i, j, j, i]
+        vals += [c, c, -c, -c]
+    m = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n * n,) * 2
+    )
+    return m.tocsr()
+
+
+def against_pyamg(rng, b: int) -> dict:
+    import pyamg
+
+    out = {}
+    tolerances = [10.0**-k for k in range(1, 11)]
+    for kind in media.FIELD_KINDS:
+        for contrast in CONTRASTS:
+            f, fields = diffusion_problems(rng, b, kind, contrast)
+            reference = solve_detailed("poisson", f, fields, tolerance=1e-12).solutions
+            ours = []
+            for tol in tolerances:
+                sol, ms = _solve("poisson", f, fields, tol)
+                ours.append((ms, float(relative_l2(sol.solutions, reference).mean())))
+            curves = []
+            for i in range(b):  # each sample: its own matrix, its own hierarchy
+                t0 = time.perf_counter()
+                ml = pyamg.smoothed_aggregation_solver(fd_matrix(fields[i, 0] / 0.01))
+                setup = time.perf_counter() - t0
+                stamps = []
+                t0 = time.perf_counter()
+
+                def record(x, stamps=stamps, t0=t0):
+                    stamps.append((time.perf_counter() - t0, x.copy()))
+
+                ml.solve(f[i].ravel(), tol=1e-12, accel="cg", maxiter=200, callback=record)
+                curve = []
+                for t, x in stamps:
+                    x = x.reshape(N, N)
+                    curve.append(
+                        ((setup + t) * 1e3, float(relative_l2(x - x.mean(), reference[i])))
+                    )
+                curves.append(curve)
+            steps = min(len(c) for c in curves)
+            amg = [
+                (
+                    float(np.mean([c[k][0] for c in curves])),
+                    float(np.mean([c[k][1] for c in curves])),
+                )
+                for k in range(steps)
+            ]
+            key = f"{kind}_contrast_{contrast}"
+            out[key] = {
+                "pdeserve_cg": {
+                    "ms_per_sample": [p[0] for p in ours],
+                    "error": [p[1] for p in ours],
+                },
+                "pyamg_sa_cg": {"ms_per_sample": [p[0] for p in amg], "error": [p[1] for p in amg]},
+                "time_to_error_ms": {
+                    f"{e:g}": {
+                        "pdeserve_cg": _first_time(ours, e),
+                        "pyamg_sa_cg": _first_time(amg, e),
+                    }
+                    for e in ERROR_TARGETS
+                },
+                "pyamg_error_floor": min(p[1] for p in amg),
+            }
+            print(f"  {key:24s} time to error {out[key]['time_to_error_ms']}")
+    return out
+
+
+def _first_time(curve, error):
+    times = [t for t, e in curve if e <= error]
+    return round(min(times), 2) if times else None
+
+
+def plot(pyamg_results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = media.FIELD_KINDS
+    fig, axes = plt.subplots(
+        len(kinds), len(CONTRASTS), figsize=(4 * len(CONTRASTS), 3.4 * len(kinds)), squeeze=False
+    )
+    for r, kind in enumerate(kinds):
+        for c, contrast in enumerate(CONTRASTS):
+            ax = axes[r, c]
+            res = pyamg_results[f"{kind}_contrast_{contrast}"]
+            for name, label, style in (
+                ("pdeserve_cg", "pdeserve CG, batched (per sample)", "o-"),
+                ("pyamg_sa_cg", "pyamg SA + CG, 5-point FD (setup incl.)", "s--"),
+            ):
+                ax.loglog(res[name]["ms_per_sample"], res[name]["error"], style, ms=3, label=label)
+            ax.set_title(f"{kind}, contrast {contrast}", fontsize=10)
+            ax.set_xlabel("ms per sample")
+            ax.set_ylabel("rel. L2 error vs spectral 1e-12")
+            ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"Error against time, K = a(x) 0.01 I at {N}^2, one thread", fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="smaller batches, fewer rounds")
+    args = p.parse_args()
+    keep_freed_memory()
+    threadpool_limits(1)
+    rng = np.random.default_rng(0)
+    rounds, batch, examples, amg = (3, 4, 32, 2) if args.quick else (9, 16, 256, 4)
+    results = {"resolution": N, "correlation_length": LENGTH, "threads": 1}
+    print("iteration cost")
+    results["iteration_cost"] = iteration_cost(rng, rounds)
+    print("convergence")
+    results["convergence"] = convergence(rng, batch)
+    print("against scipy (same operator and preconditioner, one sample at a time)")
+    results["scipy"] = against_scipy(rng, KRYLOV_BATCH)
+    print("datagen, field datasets into HDF5")
+    with tempfile.TemporaryDirectory() as tmp:
+        results["datagen"] = datagen_rate(examples, Path(tmp))
+    print("against pyamg")
+    results["pyamg"] = against_pyamg(rng, amg)
+    png = RESULTS / "fields.png"
+    plot(results["pyamg"], png)
+    cost = results["iteration_cost"]["cg_poisson_contrast_10"]["ratio_to_floor_median"]
+    speedup = results["scipy"][f"cg_poisson_contrast_10_n{N}"]["speedup"]
+    goals = {
+        "cg_iteration_in_floor_pairs": goal(3.0, cost, higher_is_better=False),
+        "speedup_over_scipy_cg_128": goal(5.0, speedup),
+    }
+    out = write_results("fields", results, goals)
+    print(f"wrote {out} and {png}")
+    missed = [k for k, g in goals.items() if not g["met"]]
+    if missed:
+        print("goals missed: " + ", ".join(missed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
