@@ -23,7 +23,6 @@ import numpy as np
 from datagen import media, sampling, sources
 from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields, reference
 from datagen.dataset import PER_EXAMPLE
-from datagen.field_operator import gradient
 from datagen.solver import ConvergenceError, Solution, solve_detailed
 from datagen.spec import SPLITS, SplitSpec
 from datagen.symbol import divide_by_symbol
@@ -149,6 +148,8 @@ def _coefficients(spec: SplitSpec, draws: _Draws, c: slice, f_hat: np.ndarray):
 def _field_psi(f: np.ndarray, u: np.ndarray, fields: np.ndarray) -> np.ndarray:
     """Psi = ||v . grad u|| / ||div(K grad u)|| of solved field problems, with
     div(K grad u) = v . grad u - f from the equation itself."""
+    from datagen.field_operator import gradient  # scipy.fft: only field data pays the import
+
     grad = gradient(u)
     adv = (fields[:, V1] * grad[:, 0] + fields[:, V2] * grad[:, 1]).reshape(len(u), -1)
     return np.linalg.norm(adv, axis=1) / np.linalg.norm(adv - f.reshape(len(u), -1), axis=1)

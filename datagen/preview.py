@@ -93,6 +93,8 @@ def plot_preview(
                 lim = float(np.abs(ex.solutions[0]).max()) or 1.0  # diverging, centred on 0
                 describe = _describe(reader.system.name, ex.coefficients[0], psi)
                 style = {"cmap": "RdBu_r", "vmin": -lim, "vmax": lim}
+                if reader.has_fields:  # the coefficients describe the reference
+                    describe = f"reference {describe}"
                 shown.append((ex.solutions[0], f"solution: {describe}", style))
                 for ax, (field, title, style) in zip(panels, shown, strict=True):
                     im = ax.imshow(field, origin="lower", extent=(0, 1, 0, 1), **style)

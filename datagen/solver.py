@@ -32,11 +32,9 @@ from typing import Literal
 
 import numpy as np
 
-from datagen import krylov
-from datagen.coefficients import constant_examples, is_field, scalars_of, varying
-from datagen.field_operator import DIVERGENCE_TOLERANCE, FieldOperator, divergence_free
+from datagen.coefficients import constant_examples, is_field, scalars_of
 from datagen.symbol import divide_by_symbol, singular_modes, symbol, symbol_parts, wavenumbers
-from datagen.systems import V1, V2, CoefficientError, System, get_system
+from datagen.systems import System, get_system
 
 __all__ = [
     "DEFAULT_MAX_ITERATIONS",
@@ -68,6 +66,15 @@ DEFAULT_MAX_ITERATIONS = 1000
 #: Field problems are solved this many at a time: the cost per example and iteration is
 #: lowest for small batches (the arrays stay in cache), and memory stays bounded.
 KRYLOV_BATCH = 8
+
+
+def _field_solver():
+    """The field machinery (:mod:`datagen.field_solver`), imported on first use: it brings
+    scipy.linalg and scipy.fft, 0.3 s of imports that constant-coefficient users (datagen
+    worker processes, the service's exact replica) need not pay."""
+    from datagen import field_solver
+
+    return field_solver
 
 
 class FieldError(ValueError):
@@ -133,7 +140,7 @@ def _check_batch(fields: np.ndarray, coefficients: np.ndarray, system: System, n
                 f"coefficient fields are {c.shape[-1]} x {c.shape[-1]} but {name} are "
                 f"{a.shape[-1]} x {a.shape[-1]}; fields must lie on the {name}' grid"
             )
-        c = _divergence_free_velocity(system, c)
+        c = _field_solver().divergence_free_velocity(system, c)
     if c.shape[0] == 1 and a.shape[0] > 1:
         c = np.repeat(c, a.shape[0], axis=0)
     if c.shape[0] != a.shape[0]:
@@ -142,28 +149,6 @@ def _check_batch(fields: np.ndarray, coefficients: np.ndarray, system: System, n
             "(or one for all)"
         )
     return a, c, single
-
-
-def _divergence_free_velocity(system: System, c: np.ndarray) -> np.ndarray:
-    """Velocity fields projected onto D . v = 0, or CoefficientError where they are not
-    divergence-free (then L^T annihilates some other function than the constants, and
-    zero-mean sources have no solution in general)."""
-    moving = varying(c)[:, [V1, V2]].any(axis=1)
-    if not system.zero_mean or not moving.any():
-        return c
-    projected, relative = divergence_free(c[moving][:, [V1, V2]])
-    bad = relative > DIVERGENCE_TOLERANCE
-    if bad.any():
-        i = int(np.flatnonzero(moving)[np.flatnonzero(bad)[0]])
-        raise CoefficientError(
-            f"{system.name}: the velocity field of example {i} is not divergence-free "
-            f"(||div v|| / ||grad v|| = {relative[bad][0]:.3g}, more than "
-            f"{DIVERGENCE_TOLERANCE:g}); this system needs div v = 0 for zero-mean sources "
-            "to have a solution"
-        )
-    c = c.copy()
-    c[np.ix_(moving, [V1, V2])] = projected
-    return c
 
 
 def _check_mean(system: System, f: np.ndarray, mean: MeanPolicy) -> None:
@@ -235,10 +220,11 @@ def solve_detailed(
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     initial_guess: np.ndarray | None = None,
-    restart: int = krylov.RESTART,
+    restart: int | None = None,
 ) -> Solution:
     """:func:`solve`, returning a :class:`Solution` with the method, iterations and
-    relative residual of every example. ``restart``: GMRES(m)'s m.
+    relative residual of every example. ``restart``: GMRES(m)'s m (default
+    :data:`datagen.krylov.RESTART`).
 
     Examples whose coefficients are constant (scalars, or fields that do not
     vary) take the FFT path; the others are split into a CG group (diffusion
@@ -276,12 +262,13 @@ def solve_detailed(
                     f"got {np.shape(initial_guess)}"
                 )
             x0 = guess
-        symmetric = _symmetric_rows(c[field_rows])
+        fields = _field_solver()
+        symmetric = fields.symmetric_rows(c[field_rows])
         for use_cg in (True, False):
             group = field_rows[symmetric == use_cg]
             for lo in range(0, group.size, KRYLOV_BATCH):
                 at = group[lo : lo + KRYLOV_BATCH]
-                result = _krylov_solve(
+                result = fields.krylov_solve(
                     system,
                     f[at],
                     c[at],
@@ -297,37 +284,6 @@ def solve_detailed(
     if not converged.all():
         raise ConvergenceError(_not_converged(system, out, tolerance), out)
     return out
-
-
-def _krylov_solve(
-    system: System,
-    f: np.ndarray,
-    c: np.ndarray,
-    guess: np.ndarray | None,
-    use_cg: bool,
-    tolerance: float,
-    max_iterations: int,
-    restart: int,
-):
-    """One batch of field problems: (solutions, iterations, residuals, converged)."""
-    op = FieldOperator(c, system.zero_mean)
-    rhs = op.to_spectral(f)
-    start = None if guess is None else op.to_spectral(guess)
-    if system.zero_mean:  # the mean mode (projected or zero to rounding) is no unknown
-        rhs[:, 0, 0] = 0.0
-        if start is not None:
-            start[:, 0, 0] = 0.0
-    options = {"tolerance": tolerance, "max_iterations": max_iterations}
-    if use_cg:
-        result = krylov.cg(op, rhs, start, **options)
-    else:
-        result = krylov.gmres(op, rhs, start, restart=restart, **options)
-    return op.to_grid(result.x), result.iterations, result.relative_residual, result.converged
-
-
-def _symmetric_rows(c: np.ndarray) -> np.ndarray:
-    """Field examples (B, 6, n, n) whose operator is symmetric positive definite: no v, no w."""
-    return ~np.any(c[:, V1:] != 0, axis=(1, 2, 3))
 
 
 def _fft_solve(f: np.ndarray, c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -368,7 +324,7 @@ def apply(system: str | System, solutions: np.ndarray, coefficients: np.ndarray)
     u, c, single = _check_batch(solutions, coefficients, system, "solutions")
     n = u.shape[-1]
     if c.ndim == 4:
-        f = FieldOperator(c, system.zero_mean).apply_grid(u)
+        f = _field_solver().FieldOperator(c, system.zero_mean).apply_grid(u)
     else:
         f = np.fft.irfft2(np.fft.rfft2(u) * symbol(c, n), s=(n, n))
     return f[0] if single else f
