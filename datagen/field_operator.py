@@ -9,13 +9,14 @@ operator is split into a constant reference part and a remainder,
 
 with ``L_ref`` the constant-coefficient operator at the reference coefficients
 (:func:`datagen.coefficients.reference`) applied with its Fourier symbol, the
-very symbol of :mod:`datagen.solver` (even factors kx^2, ky^2 with the
-Nyquist wavenumber, odd factors without), and ``dK = K - K_ref``, ``dv``,
-``dw`` the deviations, applied with the odd spectral derivative D (Nyquist
-wavenumber 0). Why split: ``-D . (K D u)`` alone never sees the Nyquist
-modes of u (D annihilates them), so a Krylov solver stalls on them; with the
-split, they see ``L_ref``. For constant fields the remainder vanishes and L
-is exactly the constant-coefficient symbol, Nyquist modes included.
+very symbol of the constant-coefficient solver (:mod:`datagen.symbol`: even
+factors kx^2, ky^2 with the Nyquist wavenumber, odd factors without), and
+``dK = K - K_ref``, ``dv``, ``dw`` the deviations, applied with the odd
+spectral derivative D (Nyquist wavenumber 0). Why split: ``-D . (K D u)``
+alone never sees the Nyquist modes of u (D annihilates them), so a Krylov
+solver stalls on them; with the split, they see ``L_ref``. For constant
+fields the remainder vanishes and L is exactly the constant-coefficient
+symbol, Nyquist modes included.
 
 Properties the solvers rely on (tests check them):
 - with K(x) and K_ref symmetric positive definite and v = w = 0, L is
@@ -32,7 +33,8 @@ kx = 0 and Nyquist columns, sqrt 2 elsewhere): in those coordinates the
 plain real dot product of two spectra is n^2 times the grid inner product of
 the fields, so the Krylov methods work in Fourier space, where the
 preconditioner is a multiplication, and an operator application costs two
-FFT pairs (a gradient back, a flux forward) however many coefficients vary.
+FFT pairs where K varies (a gradient back, a flux forward; one more forward
+transform where v or w vary too, one pair where only w does).
 """
 
 from __future__ import annotations
@@ -61,23 +63,19 @@ def spectral_scale(n: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _derivatives(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Odd spectral derivatives 2 pi i (kx, ky), Nyquist 0, as (2, n, n//2 + 1) complex:
-    plain, divided by the spectral scale (spectra -> gradient) and multiplied by it."""
+def _derivatives(n: int) -> np.ndarray:
+    """Odd spectral derivatives 2 pi i (kx, ky), Nyquist 0, as (2, n, n//2 + 1) complex."""
     _, _, ky_odd, kx_odd = wavenumbers(n)
     shape = (n, n // 2 + 1)
     d = 2j * np.pi * np.stack([np.broadcast_to(kx_odd, shape), np.broadcast_to(ky_odd, shape)])
-    s = spectral_scale(n)
-    out = (d, d / s, d * s)
-    for a in out:
-        a.setflags(write=False)
-    return out
+    d.setflags(write=False)
+    return d
 
 
 def gradient(u: np.ndarray) -> np.ndarray:
     """The odd spectral gradient of grid fields (B, n, n), as (B, 2, n, n) [d/dx, d/dy]."""
     n = u.shape[-1]
-    d, _, _ = _derivatives(n)
+    d = _derivatives(n)
     return sfft.irfft2(sfft.rfft2(u)[:, None] * d, s=(n, n))
 
 
@@ -88,7 +86,7 @@ def divergence_free(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ||D v1|| + ||D v2|| before the projection (0 for constant fields).
     """
     n = v.shape[-1]
-    d, _, _ = _derivatives(n)
+    d = _derivatives(n)
     v_hat = sfft.rfft2(v)
     div_hat = (v_hat * d).sum(axis=1)
     lap = (d * d).sum(axis=0)  # -4 pi^2 |k|^2 with odd wavenumbers
@@ -160,22 +158,12 @@ class FieldOperator:
             self.dv = np.einsum("bji,bj...->bi...", np.linalg.inv(g), dv)  # G^-T dv
         if var[:, W].any():
             self.dw = fields[:, W] - r[:, W]
-        d, _, _ = _derivatives(n)
+        d = _derivatives(n)
         self.to_grad = np.einsum("bij,jyx->biyx", g, d) / spectral_scale(n)  # (B, 2, n, m)
         self.from_flux = -d * spectral_scale(n)
 
     def __len__(self) -> int:
         return self.symbol.shape[0]
-
-    @property
-    def symmetric(self) -> bool:
-        """Symmetric positive definite (on zero-mean fields): no advection and no w anywhere."""
-        return (
-            not np.iscomplexobj(self.symbol)
-            and self.dv is None
-            and self.dw is None
-            and not np.any(self.reference[:, W])
-        )
 
     def take(self, rows: np.ndarray) -> FieldOperator:
         """The operator of the examples ``rows`` (a copy; the solvers drop converged ones)."""

@@ -123,12 +123,12 @@ def cg(
     out = KrylovResult.empty(f.shape)
     rows = np.arange(len(op))  # original index of each example still in the batch
     x, r, f_norm = _start(op, f, x0)
-    f = f.copy()
+    safe_norm = np.where(f_norm > 0, f_norm, 1.0)
     z = op.precondition(r)
     p = z.copy()
     rz = dot(r, z)
     its = np.zeros(len(rows), dtype=np.int64)
-    res = norm(r) / np.where(f_norm > 0, f_norm, 1.0)
+    res = norm(r) / safe_norm
     while rows.size:
         done = (res <= tolerance) | (its >= max_iterations)
         if done.any():
@@ -153,7 +153,8 @@ def cg(
             keep = np.setdiff1d(np.arange(rows.size), leave)
             if keep.size < rows.size:
                 rows, x, r, z, p, f = rows[keep], x[keep], r[keep], z[keep], p[keep], f[keep]
-                rz, its, res, f_norm = rz[keep], its[keep], res[keep], f_norm[keep]
+                rz, its, res = rz[keep], its[keep], res[keep]
+                f_norm, safe_norm = f_norm[keep], safe_norm[keep]
                 op = op.take(keep)
             if not rows.size:
                 break
@@ -168,7 +169,7 @@ def cg(
         axpy(np.ones(rows.size), z, p)
         rz = rz_new
         its += 1
-        res = norm(r) / np.where(f_norm > 0, f_norm, 1.0)
+        res = norm(r) / safe_norm
     return out
 
 
