@@ -72,3 +72,13 @@ def write_results(name: str, results: dict, goals: dict) -> Path:
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, out)
     return out
+
+
+def finish(name: str, results: dict, goals: dict, *also: Path) -> int:
+    """Write the JSON, say where it went (and the other files named), list missed goals."""
+    out = write_results(name, results, goals)
+    print("wrote " + " and ".join(str(p) for p in (out, *also)))
+    missed = [k for k, g in goals.items() if not g["met"]]
+    if missed:
+        print("goals missed: " + ", ".join(missed))
+    return 0

@@ -34,7 +34,7 @@ from datagen.pipeline import write_split  # noqa: E402
 from datagen.spec import SplitSpec  # noqa: E402
 
 sys.path.append(str(_BENCH))
-from common import goal, write_results  # noqa: E402
+from common import finish, goal  # noqa: E402
 
 SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
 _fields: dict[tuple[int, int], np.ndarray] = {}
@@ -125,12 +125,7 @@ def main() -> int:
             )
             goals[f"{system}_samples_per_s"] = goal(3000, round(rate, 1))
             goals[f"{system}_ratio_to_floor"] = goal(0.5, round(rate / floor, 3))
-    out = write_results("datagen", results, goals)
-    print(f"wrote {out}")
-    missed = [k for k, g in goals.items() if not g["met"]]
-    if missed:
-        print("goals missed: " + ", ".join(missed))
-    return 0
+    return finish("datagen", results, goals)
 
 
 if __name__ == "__main__":

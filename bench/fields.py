@@ -49,7 +49,7 @@ from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
 from datagen.systems import unified_coefficients  # noqa: E402
 
 sys.path.append(str(_BENCH))
-from common import RESULTS, goal, write_results  # noqa: E402
+from common import RESULTS, finish, goal  # noqa: E402
 
 N = 128
 LENGTH = 0.1
@@ -82,6 +82,14 @@ def helmholtz_problems(rng, b, variation, n=N):
     fields = broadcast_fields(np.repeat(HELM, b, axis=0), n)
     fields[:, 5] = media.wavenumber_field(g, w0, np.full(b, variation), "smooth")
     return f, fields
+
+
+def _spread(name: str, values: list[float], digits: int) -> dict:
+    """{NAME_median, NAME_range} of paired-round ratios."""
+    return {
+        f"{name}_median": round(statistics.median(values), digits),
+        f"{name}_range": [round(min(values), digits), round(max(values), digits)],
+    }
 
 
 def _floor(x: np.ndarray, k: int) -> float:
@@ -129,8 +137,7 @@ def iteration_cost(rng, rounds: int) -> dict:
             "batch": b,
             "ms_per_iteration_per_sample": round(statistics.median(per_iteration), 4),
             "floor_pair_ms_per_sample": round(statistics.median(floors), 4),
-            "ratio_to_floor_median": round(statistics.median(ratios), 3),
-            "ratio_to_floor_range": [round(min(ratios), 3), round(max(ratios), 3)],
+            **_spread("ratio_to_floor", ratios, 3),
             "rounds": rounds,
         }
         print(
@@ -219,8 +226,7 @@ def against_scipy(rng, b: int, rounds: int) -> dict:
                 "batch": b,
                 "pdeserve_ms_per_sample": round(statistics.median(ours_ms), 2),
                 "scipy_ms_per_sample": round(statistics.median(scipy_ms), 2),
-                "speedup_median": round(statistics.median(ratios), 2),
-                "speedup_range": [round(min(ratios), 2), round(max(ratios), 2)],
+                **_spread("speedup", ratios, 2),
                 "largest_difference": float(relative_l2(theirs, ours.solutions).max()),
             }
             print(f"  {key:36s} {out[key]}")
@@ -407,12 +413,7 @@ def main() -> int:
         "cg_iteration_in_floor_pairs": goal(3.0, cost, higher_is_better=False),
         "speedup_over_scipy_cg_128": goal(5.0, speedup),
     }
-    out = write_results("fields", results, goals)
-    print(f"wrote {out} and {png}")
-    missed = [k for k, g in goals.items() if not g["met"]]
-    if missed:
-        print("goals missed: " + ", ".join(missed))
-    return 0
+    return finish("fields", results, goals, png)
 
 
 if __name__ == "__main__":

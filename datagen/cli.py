@@ -60,6 +60,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_ranges(parser, options: dict) -> None:
+    """One ``--NAME A B`` option per entry of a range-option table."""
+    for option, (kind, systems, default, what) in options.items():
+        parser.add_argument(
+            f"--{option}",
+            nargs=2,
+            type=kind,
+            metavar=("A", "B"),
+            help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
+        )
+
+
 def datagen_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pdeserve datagen",
@@ -75,14 +87,7 @@ def datagen_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution", type=int, default=128, help="grid size n (even, >= 16; default 128)"
     )
-    for option, (kind, systems, default, what) in _RANGE_OPTIONS.items():
-        p.add_argument(
-            f"--{option}",
-            nargs=2,
-            type=kind,
-            metavar=("A", "B"),
-            help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
-        )
+    _add_ranges(p, _RANGE_OPTIONS)
     fields = p.add_argument_group(
         "coefficient fields",
         "heterogeneous media: K = a(x) K0 for poisson and advection_diffusion (a conductivity "
@@ -92,14 +97,7 @@ def datagen_parser() -> argparse.ArgumentParser:
     fields.add_argument(
         "--field", choices=FIELD_KINDS, help="field law (default: constant coefficients)"
     )
-    for option, (kind, systems, default, what) in _FIELD_OPTIONS.items():
-        fields.add_argument(
-            f"--{option}",
-            nargs=2,
-            type=kind,
-            metavar=("A", "B"),
-            help=f"{what} ({', '.join(systems)}; default {default[0]:g} {default[1]:g})",
-        )
+    _add_ranges(fields, _FIELD_OPTIONS)
     fields.add_argument(
         "--tolerance",
         type=float,
@@ -127,16 +125,10 @@ def datagen_main(argv: Sequence[str]) -> int:
 
     parser = datagen_parser()
     args = parser.parse_args(argv)
-    for option, (_, systems, _, _) in _RANGE_OPTIONS.items():
-        if getattr(args, option) is not None and args.system not in systems:
-            parser.error(
-                f"--{option} does not apply to {args.system} (only to {', '.join(systems)})"
-            )
-    field_options = [*_FIELD_OPTIONS, "tolerance"]
-    given = [option for option in field_options if getattr(args, option) is not None]
+    given = [o for o in [*_FIELD_OPTIONS, "tolerance"] if getattr(args, o) is not None]
     if args.field is None and given:
         parser.error(f"--{given[0]} needs --field smooth|two-phase")
-    for option, (_, systems, _, _) in _FIELD_OPTIONS.items():
+    for option, (_, systems, _, _) in {**_RANGE_OPTIONS, **_FIELD_OPTIONS}.items():
         if getattr(args, option) is not None and args.system not in systems:
             parser.error(
                 f"--{option} does not apply to {args.system} (only to {', '.join(systems)})"

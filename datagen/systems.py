@@ -129,31 +129,9 @@ class System:
         symmetric positive definite (Poisson, advection-diffusion). A field
         error names the first offending grid point.
         """
-        if is_field(coefficients):
-            return self._validate_fields(as_field_batch(coefficients))
-        c = _as_batch(coefficients)
-        bad = ~np.isfinite(c).all(axis=1)
-        if bad.any():
-            raise CoefficientError(
-                f"{self.name}: coefficients contain NaN or Inf (example {_first(bad)})"
-            )
-        for j, name in enumerate(COEFFICIENT_NAMES):
-            off = self._off_fixed(name, c[:, j])
-            if off is not None and off.any():
-                i = _first(off)
-                raise CoefficientError(
-                    f"{self.name}: coefficient {name!r} must be {self.fixed_value(name):g} for "
-                    f"this system (example {i} has {c[i, j]:g}); free coefficients are "
-                    f"{list(self.free)}"
-                )
-        if "k11" in self.free:
-            not_spd = ~_positive_definite(c[:, K11], c[:, K22], c[:, K12])
-            if not_spd.any():
-                i = _first(not_spd)
-                raise CoefficientError(
-                    f"{self.name}: diffusion tensor {_tensor(c[i, K11], c[i, K22], c[i, K12])} "
-                    f"(example {i}) {_NOT_SPD}"
-                )
+        field = is_field(coefficients)
+        c = as_field_batch(coefficients) if field else _as_batch(coefficients)
+        self._check(c if field else c[:, :, None, None], field)
         return c
 
     def _off_fixed(self, name: str, values: np.ndarray) -> np.ndarray | None:
@@ -165,23 +143,30 @@ class System:
             return values != 0.0
         return np.abs(values - expected) > _FIXED_RTOL * expected
 
-    def _validate_fields(self, f: np.ndarray) -> np.ndarray:
+    def _check(self, f: np.ndarray, field: bool) -> None:
+        """The checks on (B, 6, n, n) values; scalars come as 1 x 1 fields (``field`` False),
+        and the errors then name the example alone."""
         n = f.shape[-1]
+
+        def where(i: int, y: int, x: int) -> str:
+            return describe_point(i, y, x, n) if field else f"example {i}"
+
         bad = ~np.isfinite(f)
         if bad.any():
-            i, j, y, x = np.unravel_index(int(np.flatnonzero(bad.ravel())[0]), bad.shape)
+            i, j, y, x = (int(a) for a in np.unravel_index(np.flatnonzero(bad)[0], bad.shape))
             raise CoefficientError(
-                f"{self.name}: coefficient field {COEFFICIENT_NAMES[j]!r} is {f[i, j, y, x]} at "
-                f"{describe_point(int(i), int(y), int(x), n)}; fields must be finite"
+                f"{self.name}: coefficient {COEFFICIENT_NAMES[j]!r} is {f[i, j, y, x]} at "
+                f"{where(i, y, x)}; coefficients must be finite (no NaN or Inf)"
             )
+        everywhere = " everywhere" if field else ""
         for j, name in enumerate(COEFFICIENT_NAMES):
             off = self._off_fixed(name, f[:, j])
             if off is not None and off.any():
                 i, y, x = first_point(off)
                 raise CoefficientError(
-                    f"{self.name}: coefficient {name!r} must be {self.fixed_value(name):g} "
-                    f"everywhere for this system ({describe_point(i, y, x, n)} has "
-                    f"{f[i, j, y, x]:g}); free coefficients are {list(self.free)}"
+                    f"{self.name}: coefficient {name!r} must be {self.fixed_value(name):g}"
+                    f"{everywhere} for this system ({where(i, y, x)} has {f[i, j, y, x]:g}); "
+                    f"free coefficients are {list(self.free)}"
                 )
         if "k11" in self.free:
             not_spd = ~_positive_definite(f[:, K11], f[:, K22], f[:, K12])
@@ -189,10 +174,8 @@ class System:
                 i, y, x = first_point(not_spd)
                 k = f[i, [K11, K22, K12], y, x]
                 raise CoefficientError(
-                    f"{self.name}: diffusion tensor {_tensor(*k)} at "
-                    f"{describe_point(i, y, x, n)} {_NOT_SPD}"
+                    f"{self.name}: diffusion tensor {_tensor(*k)} at {where(i, y, x)} {_NOT_SPD}"
                 )
-        return f
 
 
 _NOT_SPD = "is not symmetric positive definite: need k11 > 0, k22 > 0 and k11*k22 - k12**2 > 0"
@@ -216,10 +199,6 @@ def _as_batch(coefficients: np.ndarray) -> np.ndarray:
             f"got {np.shape(coefficients)}"
         )
     return c
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
 
 
 def _own_columns(*names: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
