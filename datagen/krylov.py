@@ -20,11 +20,12 @@ what that means is the caller's job (:func:`datagen.solver.solve` raises).
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import blas
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import threadpool_limits
 
 from datagen.field_operator import FieldOperator
 
@@ -34,17 +35,30 @@ RESTART = 30
 STAGNATION = 0.999
 
 
-_threadpools = ThreadpoolController()
+_single_thread = threading.Lock()
+_solves_running = 0
+_limiter = None
 
 
 def _one_blas_thread(method):
     """Run with single-threaded BLAS: the per-example vector operations are small, and
-    BLAS threads woken for each of them cost ten times the operation (measured here)."""
+    BLAS threads woken for each of them cost ten times the operation (measured here).
+    Solves running at once in several threads share one limit, lifted by the last."""
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        with _threadpools.limit(limits=1, user_api="blas"):
+        global _solves_running, _limiter
+        with _single_thread:
+            if _solves_running == 0:
+                _limiter = threadpool_limits(limits=1, user_api="blas")
+            _solves_running += 1
+        try:
             return method(*args, **kwargs)
+        finally:
+            with _single_thread:
+                _solves_running -= 1
+                if _solves_running == 0:
+                    _limiter.restore_original_limits()
 
     return wrapper
 

@@ -305,3 +305,21 @@ def test_field_shapes_grids_and_arguments_are_checked(rng):
         solve("poisson", f, fields, tolerance=0.0)
     with pytest.raises(ValueError, match="max_iterations must be >= 1"):
         solve("poisson", f, fields, max_iterations=0)
+
+
+def test_solves_in_threads_leave_the_blas_threads_as_they_were(rng):
+    """The Krylov loops run on one BLAS thread; concurrent solves share that limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    fields, f = smooth_fields(rng, 2, 16, [5.0, 50.0]), zero_mean_noise(rng, 2, 16)
+    expected = solve("poisson", f, fields)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: solve("poisson", f, fields), range(8)))
+    assert all(np.array_equal(r, expected) for r in results)
+    assert blas_threads() == before
