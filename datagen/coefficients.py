@@ -109,6 +109,22 @@ def reference(fields: np.ndarray) -> np.ndarray:
     return out
 
 
+def contrast(fields: np.ndarray) -> np.ndarray:
+    """Contrast of K per example of (B, 6, n, n): max over min of sqrt(det K(x)), the
+    isotropic conductivity (for K = a(x) K0, max a / min a: the field laws' c)."""
+    kappa = np.sqrt(fields[:, K11] * fields[:, K22] - fields[:, K12] ** 2)
+    return kappa.max(axis=(1, 2)) / kappa.min(axis=(1, 2))
+
+
+def variation(fields: np.ndarray) -> np.ndarray:
+    """Relative variation of w per example of (B, 6, n, n): max |w / mean w - 1| (the
+    smooth Helmholtz law's delta; 0 where w is constant or zero)."""
+    w = fields[:, W]
+    mean = w.mean(axis=(1, 2))
+    safe = np.where(mean != 0, mean, 1.0)[:, None, None]
+    return np.where(mean != 0, np.abs(w / safe - 1).max(axis=(1, 2)), 0.0)
+
+
 def first_point(mask: np.ndarray) -> tuple[int, int, int]:
     """(example, row, column) of the first True entry of a (B, n, n) mask."""
     i, y, x = np.unravel_index(int(np.flatnonzero(mask.ravel())[0]), mask.shape)

@@ -440,6 +440,12 @@ class DatasetReader:
             return None
         return np.asarray(self._file["sparsity"][start:stop], dtype=np.float64)
 
+    def extra(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """A per-example array of field files (``contrast``, ``length``, ...), or None."""
+        if name not in self.extra_columns:
+            return None
+        return np.asarray(self._file[name][start:stop])
+
     def read(self, start: int = 0, stop: int | None = None) -> Chunk:
         stop = len(self) if stop is None else min(stop, len(self))
         fields = self.fields[start:stop]
@@ -453,7 +459,7 @@ class DatasetReader:
             sparsity,
             None if self.coefficient_fields is None else self.coefficient_fields[start:stop],
             self.field_columns,
-            {name: self._file[name][start:stop] for name in self.extra_columns},
+            {name: self.extra(name, start, stop) for name in self.extra_columns},
         )
 
     def chunks(self, chunk_size: int = 256) -> Iterator[Chunk]:

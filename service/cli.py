@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from datagen.coefficients import broadcast_fields
 from datagen.dataset import open_dataset
 from service.registry import Registry, RegistryError
 from service.runner import DEFAULT_REGISTRY, OnnxSurrogate
@@ -45,23 +47,41 @@ def models_main(argv: Sequence[str]) -> int:
 
 
 def evaluate(model: OnnxSurrogate, path: str, batch: int = 32, progress: bool = True) -> dict:
-    """Mean relative L2 of the model on a dataset file, overall and for its system."""
+    """Mean relative L2 of the model on a dataset file, overall and for its system. A file
+    with coefficient fields needs the model's fields graph (``OnnxSurrogate.load(...,
+    fields=True)``; :func:`has_fields` tells)."""
     with open_dataset(path) as reader:
-        reader.require_constant("pdeserve eval")
+        if reader.has_fields and not model.fields:
+            raise ValueError(
+                f"{Path(path).name} has coefficient fields: evaluate it with the model's "
+                "fields graph"
+            )
         errors = []
         bar = tqdm(total=len(reader), unit="ex", desc="eval", disable=not progress)
         for chunk in reader.chunks(256):
-            pred = model.predict(chunk.sources, chunk.coefficients, batch)
+            coefficients = chunk.unified()
+            if model.fields and coefficients.ndim == 2:  # constant data, fields graph
+                coefficients = broadcast_fields(coefficients, chunk.sources.shape[-1])
+            pred = model.predict(chunk.sources, coefficients, batch)
             diff = np.linalg.norm((pred - chunk.solutions).reshape(len(pred), -1), axis=1)
             errors.append(diff / np.linalg.norm(chunk.solutions.reshape(len(pred), -1), axis=1))
             bar.update(len(pred))
         bar.close()
         err = np.concatenate(errors)
+        name = reader.system.name  # field files by law too: poisson-smooth, poisson-two-phase
+        if reader.has_fields:
+            name += f"-{reader.attrs.get('field_law', 'fields')}"
         return {
             "mean_relative_l2": float(err.mean()),
-            "per_system": {reader.system.name: float(err.mean())},
+            "per_system": {name: float(err.mean())},
             "n": int(err.size),
         }
+
+
+def has_fields(path: str) -> bool:
+    """Whether a dataset file holds coefficient fields."""
+    with open_dataset(path) as reader:
+        return reader.has_fields
 
 
 def eval_main(argv: Sequence[str]) -> int:
@@ -73,7 +93,8 @@ def eval_main(argv: Sequence[str]) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        model = OnnxSurrogate.load(args.model, args.registry)
+        fields = has_fields(args.data)
+        model = OnnxSurrogate.load(args.model, args.registry, fields=fields)
         result = evaluate(model, args.data, args.batch, progress=not args.json)
     except (RegistryError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

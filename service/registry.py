@@ -1,6 +1,8 @@
 """The model registry: the contract between training and serving.
 
-Layout: ``<root>/<name>/<version>/`` holding ``model.onnx``,
+Layout: ``<root>/<name>/<version>/`` holding ``model.onnx`` (coefficients as
+(B, 6) scalars), ``model-fields.onnx`` (as (B, 6, n, n) fields; models exported
+before fields existed have none: the card's ``graphs`` says),
 ``weights.safetensors`` and ``card.json``. The root is a local folder or any
 fsspec URL (``memory://``, ``s3://``, ...). Versions are integers, immutable
 once published: a publish writes a hidden temporary folder and renames it to
@@ -26,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 CARD = "card.json"
 ONNX = "model.onnx"
+#: The graph for coefficient fields, (B, 6, n, n); ``ONNX`` takes (B, 6) scalars.
+ONNX_FIELDS = "model-fields.onnx"
 WEIGHTS = "weights.safetensors"
 CARD_FORMAT = "pdeserve-model"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
@@ -59,13 +63,33 @@ class Normalization(BaseModel):
     solution_ref: float = Field(gt=0)
 
 
+class FieldEnvelope(BaseModel):
+    """Coefficient fields seen in training for one system (None: not seen or not recorded).
+
+    ``contrast`` and ``variation`` are defined in :mod:`datagen.coefficients`
+    (max/min of sqrt(det K); max |w / mean w - 1|), ``length`` is the field laws'
+    correlation length where the files record it.
+    """
+
+    n_examples: int  # examples with coefficient fields
+    laws: list[str]  # smooth, two-phase, or "unrecorded" for files without a law
+    contrast: tuple[float, float] | None = None
+    variation: tuple[float, float] | None = None
+    length: tuple[float, float] | None = None
+
+
 class Envelope(BaseModel):
-    """Coefficient ranges seen in training for one system (None where the term is absent)."""
+    """Coefficient ranges seen in training for one system (None where the term is absent).
+
+    For field examples eig, psi and omega describe the reference coefficients (the
+    log-Euclidean mean of K, Psi of the reference operator, the mean of w).
+    """
 
     n_examples: int
     eig: tuple[float, float] | None = None  # diffusion anisotropy, largest / smallest eigenvalue
     psi: tuple[float, float] | None = None  # advection / diffusion ratio
     omega: tuple[float, float] | None = None  # Helmholtz w
+    field: FieldEnvelope | None = None  # None: constant coefficients only
 
 
 class ModelCard(BaseModel):
@@ -85,6 +109,8 @@ class ModelCard(BaseModel):
     notes: str | None = None  # what a reader should know: the scale training reached, ...
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     files: dict[str, str] = {}  # file name -> SHA-256
+    # Which ONNX file takes which coefficients: "constant" (B, 6), "fields" (B, 6, n, n).
+    graphs: dict[Literal["constant", "fields"], str] = {"constant": ONNX}
 
     @property
     def ref(self) -> str:

@@ -65,10 +65,18 @@ class OnnxSurrogate:
     (the HTTP ingress) does not hold the others at a barrier.
     """
 
-    def __init__(self, card: ModelCard, onnx_bytes: bytes, threads: int | None = None):
+    def __init__(
+        self,
+        card: ModelCard,
+        onnx_bytes: bytes,
+        threads: int | None = None,
+        *,
+        fields: bool = False,
+    ):
         import onnxruntime as ort
 
         self.card = card
+        self.fields = fields  # the graph takes (B, 6, n, n) coefficient fields, not (B, 6)
         self._onnx = onnx_bytes
         self.threads = threads or _usable_cpus()
         providers = ["CPUExecutionProvider"]
@@ -83,19 +91,39 @@ class OnnxSurrogate:
 
     @classmethod
     def load(
-        cls, model: str | None = None, registry: str = DEFAULT_REGISTRY, threads: int | None = None
+        cls,
+        model: str | None = None,
+        registry: str = DEFAULT_REGISTRY,
+        threads: int | None = None,
+        *,
+        fields: bool = False,
     ) -> OnnxSurrogate:
+        """The model's graph for (B, 6) coefficients, or with ``fields`` for (B, 6, n, n)."""
         card, files = locate(model, registry)
+        if fields:
+            name = card.graphs.get("fields")
+            if name is None or name not in files:
+                raise RegistryError(
+                    f"{card.ref} has no graph for coefficient fields (exported before fields "
+                    "existed); export its checkpoint again"
+                )
+            return cls(card, files[name], threads=threads, fields=True)
         if ONNX not in files:
+            if card.name is None:  # a folder: a training checkpoint, never exported
+                raise RegistryError(
+                    f"{model} is a training checkpoint (weights and card, no {ONNX}); export "
+                    f"it first: python -m training.export --checkpoint {model} --name NAME "
+                    "[--registry ROOT], then evaluate NAME"
+                )
             raise RegistryError(f"{card.ref} has no {ONNX}")
         return cls(card, files[ONNX], threads=threads)
 
     def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
         """Solutions on the sources' grid; another grid than the model's is resampled
-        spectrally to it and back (exact for fields band-limited below both Nyquists).
-        ``batch``: samples per call where a batch runs whole (one thread, or a GPU)."""
-        source, back = self._on_model_grid(source)
-        coefficients = np.asarray(coefficients, dtype=np.float32)
+        spectrally to it and back (exact for fields band-limited below both Nyquists;
+        coefficient fields are resampled with the sources). ``batch``: samples per call
+        where a batch runs whole (one thread, or a GPU)."""
+        source, coefficients, back = self._on_model_grid(source, coefficients)
         return back(np.concatenate(list(self._batches(source, coefficients, batch))))
 
     def submit(self, source: np.ndarray, coefficients: np.ndarray) -> Future:
@@ -117,27 +145,33 @@ class OnnxSurrogate:
                 lambda blocks: blocks[0],
                 partial(self._answered, count),
             )
-        source, back = self._on_model_grid(source)
+        source, coefficients, back = self._on_model_grid(source, coefficients)
         session, pool = self._single_thread_streams()
         samples = [
             pool.submit(_run, session, s[None], c[None])
-            for s, c in zip(source, np.asarray(coefficients, dtype=np.float32), strict=True)
+            for s, c in zip(source, coefficients, strict=True)
         ]
         return _all_of(
             samples, lambda blocks: back(np.concatenate(blocks)), partial(self._answered, count)
         )
 
     def _on_model_grid(
-        self, source: np.ndarray
-    ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """``source`` as float32 on the model's grid, and what brings solutions back to the
-        source's grid (spectral resampling, exact for fields band-limited below both
-        Nyquists)."""
+        self, source: np.ndarray, coefficients: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """``source`` and ``coefficients`` as float32 on the model's grid, and what brings
+        solutions back to the source's grid (spectral resampling, exact for fields
+        band-limited below both Nyquists)."""
+        coefficients = np.asarray(coefficients, dtype=np.float32)
+        if (coefficients.ndim == 4) != self.fields:
+            want = "(B, 6, n, n) fields" if self.fields else "(B, 6) scalars"
+            raise ValueError(f"this graph takes coefficients as {want}, got {coefficients.shape}")
         n, grid = source.shape[-1], self.card.resolution or source.shape[-1]
         if grid == n:
-            return np.asarray(source, dtype=np.float32), lambda solution: solution
+            return np.asarray(source, dtype=np.float32), coefficients, lambda solution: solution
         on_grid = np.asarray(resample(source, grid), dtype=np.float32)
-        return on_grid, lambda solution: resample(solution, n).astype(np.float32)
+        if self.fields:
+            coefficients = np.asarray(resample(coefficients, grid), dtype=np.float32)
+        return on_grid, coefficients, lambda solution: resample(solution, n).astype(np.float32)
 
     def _answered(self, count: int) -> None:
         with self._lock:

@@ -15,7 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from datagen.spec import SPLITS, SamplingRanges, SplitSpec
+from datagen.media import FIELD_KINDS
+from datagen.spec import SPLITS, FieldLaw, SamplingRanges, SplitSpec
 from datagen.systems import SYSTEMS
 from training.data import PLACEMENTS
 from training.models.presets import MODEL_PRESETS, preset
@@ -25,6 +26,21 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(Strict):
+    """Coefficient fields of a generated dataset (``pdeserve datagen --field``); ranges left
+    out take datagen's defaults."""
+
+    kind: Literal[FIELD_KINDS]  # type: ignore[valid-type]
+    contrast: tuple[float, float] | None = None
+    length: tuple[float, float] | None = None
+    variation: tuple[float, float] | None = None
+    tolerance: float | None = Field(None, gt=0, lt=1)
+
+    def law(self) -> FieldLaw:
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        return FieldLaw(**given)
 
 
 class GenerateSpec(Strict):
@@ -38,6 +54,16 @@ class GenerateSpec(Strict):
     eig: tuple[float, float] | None = None
     ratio: tuple[float, float] | None = None
     omega: tuple[int, int] | None = None
+    field: FieldSpec | None = None
+
+    @model_validator(mode="after")
+    def _valid_law(self) -> GenerateSpec:
+        if self.field is not None:
+            try:
+                self.field.law()
+            except ValueError as e:
+                raise ValueError(f"field: {e}") from None
+        return self
 
     def split_spec(self) -> SplitSpec:
         given = {k: getattr(self, k) for k in ("eig", "ratio", "omega") if getattr(self, k)}
@@ -48,11 +74,23 @@ class GenerateSpec(Strict):
             resolution=self.resolution,
             seed=self.seed,
             ranges=SamplingRanges(**given),
+            field_law=None if self.field is None else self.field.law(),
         )
 
+    def key_fields(self) -> dict:
+        """What identifies the data; constant-coefficient specs hash as before fields existed
+        (their cached files and experiment points stay valid)."""
+        fields = self.model_dump()
+        if fields["field"] is None:
+            del fields["field"]
+        return fields
+
     def cache_name(self) -> str:
-        key = hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()
-        return f"{self.system}-{self.split}-{self.n_examples}-r{self.resolution}-{key[:12]}.h5"
+        key = hashlib.sha256(json.dumps(self.key_fields(), sort_keys=True).encode()).hexdigest()
+        media = "" if self.field is None else f"-{self.field.kind}"
+        return (
+            f"{self.system}{media}-{self.split}-{self.n_examples}-r{self.resolution}-{key[:12]}.h5"
+        )
 
 
 class DataSource(Strict):

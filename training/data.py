@@ -2,7 +2,11 @@
 
 ``FieldData`` is a list of contiguous example ranges (``Part``) over files;
 mixing systems is listing parts of several files, subsampling is taking the
-first N examples. ``BatchLoader`` turns it into shuffled batches on a device:
+first N examples. Files with coefficient fields and constant-coefficient files
+mix: where any part has fields, every example carries the union of the varying
+columns as fields (constant examples as constant fields), and
+``Examples.model_coefficients`` gives the model its (B, 6, n, n) input.
+``BatchLoader`` turns it into shuffled batches on a device:
 
 - ``device``: the whole set lives in GPU memory, batches are index gathers;
 - ``host``: the whole set lives in (pinned) RAM;
@@ -29,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from datagen.dataset import DatasetReader, open_dataset
+from datagen.systems import COEFFICIENT_NAMES
 
 Placement = Literal["auto", "device", "host", "stream"]
 PLACEMENTS: tuple[str, ...] = ("auto", "device", "host", "stream")
@@ -52,21 +57,35 @@ class Part:
 
 @dataclass
 class Examples:
-    """A batch: source and solution (B, n, n), unified coefficients (B, 6), group ids (B,)."""
+    """A batch: source and solution (B, n, n), unified coefficients (B, 6) (reference values
+    where fields vary), group ids (B,), and where the data has coefficient fields, ``fields``
+    (B, F, n, n): the unified coefficients ``columns`` as fields."""
 
     source: torch.Tensor
     solution: torch.Tensor
     coefficients: torch.Tensor
     group: torch.Tensor
+    fields: torch.Tensor | None = None
+    columns: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return self.source.shape[0]
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.source, self.solution, self.coefficients, self.group)
+        base = (self.source, self.solution, self.coefficients, self.group)
+        return base if self.fields is None else (*base, self.fields)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Examples:
-        return Examples(*map(fn, self._tensors()))
+        return Examples(*map(fn, self._tensors()), columns=self.columns)
+
+    def model_coefficients(self) -> torch.Tensor:
+        """What the model takes: (B, 6), or (B, 6, n, n) where the data has fields."""
+        if self.fields is None:
+            return self.coefficients
+        n = self.fields.shape[-1]
+        out = self.coefficients[:, :, None, None].expand(-1, -1, n, n).clone()
+        out[:, list(self.columns)] = self.fields
+        return out
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Examples:
         return self.map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -79,7 +98,11 @@ class Examples:
 
     @staticmethod
     def cat(items: Sequence[Examples]) -> Examples:
-        return Examples(*(torch.cat(ts) for ts in zip(*(e._tensors() for e in items), strict=True)))
+        columns = {e.columns for e in items}
+        if len(columns) != 1:
+            raise ValueError(f"cannot join examples with field columns {sorted(columns)}")
+        tensors = zip(*(e._tensors() for e in items), strict=True)
+        return Examples(*(torch.cat(ts) for ts in tensors), columns=columns.pop())
 
 
 class FieldData:
@@ -142,8 +165,14 @@ class FieldData:
 
     def reader(self, path: str) -> DatasetReader:
         if path not in self._readers:
-            self._readers[path] = open_dataset(path).require_constant("the training data pipeline")
+            self._readers[path] = open_dataset(path)
         return self._readers[path]
+
+    @cached_property
+    def field_columns(self) -> tuple[int, ...]:
+        """Unified indices that vary in some part, in the unified order (() : none do)."""
+        names = {c for p in self.parts for c in self.reader(p.path).field_columns}
+        return tuple(i for i, name in enumerate(COEFFICIENT_NAMES) if name in names)
 
     @cached_property
     def resolution(self) -> int:
@@ -155,7 +184,8 @@ class FieldData:
     @property
     def nbytes(self) -> int:
         """Memory the whole set takes as float32 tensors."""
-        return len(self) * (2 * self.resolution**2 + 6 + 1) * 4
+        images = 2 + len(self.field_columns)
+        return len(self) * (images * self.resolution**2 + 6 + 1) * 4
 
     def chunks(self, chunk_size: int = CHUNK_SIZE) -> list[Part]:
         """Contiguous pieces of at most ``chunk_size`` examples, in file order."""
@@ -188,21 +218,36 @@ class FieldData:
     def read(self, part: Part) -> Examples:
         chunk = self.reader(part.path).read(part.start, part.stop)
         group = self.groups.index(part.group)
+        fields = None
+        if self.field_columns:
+            n = chunk.sources.shape[-1]
+            fields = np.empty((len(chunk), len(self.field_columns), n, n), dtype=np.float32)
+            for k, j in enumerate(self.field_columns):
+                name = COEFFICIENT_NAMES[j]
+                if name in chunk.field_columns:
+                    fields[:, k] = chunk.coefficient_fields[:, chunk.field_columns.index(name)]
+                else:  # a constant example, or a coefficient this file holds constant
+                    fields[:, k] = chunk.coefficients[:, j, None, None]
+            fields = torch.from_numpy(fields)
         return Examples(
             torch.from_numpy(np.ascontiguousarray(chunk.sources, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(chunk.solutions, dtype=np.float32)),
             torch.from_numpy(chunk.coefficients.astype(np.float32)),
             torch.full((len(chunk),), group, dtype=torch.int64),
+            fields,
+            self.field_columns,
         )
 
     def load(self, chunk_size: int = CHUNK_SIZE, progress: bool = False) -> Examples:
         """Everything, read chunk by chunk into one set of tensors."""
-        n, res = len(self), self.resolution
+        n, res, columns = len(self), self.resolution, self.field_columns
         out = Examples(
             torch.empty(n, res, res),
             torch.empty(n, res, res),
             torch.empty(n, 6),
             torch.empty(n, dtype=torch.int64),
+            torch.empty(n, len(columns), res, res) if columns else None,
+            columns,
         )
         at = 0
         with tqdm(total=n, unit="ex", desc="loading", disable=not progress, leave=False) as bar:

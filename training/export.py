@@ -2,11 +2,15 @@
 
     python -m training.export --checkpoint RUN/model --name NAME [--registry ROOT]
 
-The graph takes raw inputs, ``source`` (B, n, n) and ``coefficients`` (B, 6),
-and returns ``solution`` (B, n, n): normalisation, the constant channels and
-the output scale are inside it, the batch axis is dynamic, and the spectral
-layers are matrix products (no ``DFT`` node). Every export checks ONNX Runtime
-against torch at batch 1, 7 and 64 before anything is published.
+Two graphs from the same weights: ``model.onnx`` takes raw inputs ``source``
+(B, n, n) and ``coefficients`` (B, 6) (the constant channels as a bias and the
+first block on the source alone: the fast path), ``model-fields.onnx`` takes
+``coefficients`` (B, 6, n, n) fields on the source's grid; both return
+``solution`` (B, n, n). Normalisation and the output scale are inside them,
+the batch axis is dynamic, and the spectral layers are matrix products (no
+``DFT`` node). Every export checks ONNX Runtime against torch at batch 1, 7 and
+64, for both graphs, before anything is published; the card's ``graphs`` names
+the files.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from service.registry import (
     DEFAULT_REGISTRY,
     ONNX,
+    ONNX_FIELDS,
     WEIGHTS,
     ModelCard,
     Registry,
@@ -42,11 +47,14 @@ class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree beyond the tolerance."""
 
 
-def export_onnx(model: PDESurrogate, resolution: int, metadata: dict[str, str]) -> bytes:
-    """The model as ONNX bytes (dynamic batch), with ``metadata`` in its properties."""
+def export_onnx(
+    model: PDESurrogate, resolution: int, metadata: dict[str, str], *, fields: bool = False
+) -> bytes:
+    """The model as ONNX bytes (dynamic batch), with ``metadata`` in its properties; the
+    graph for (B, 6) coefficients, or with ``fields`` for (B, 6, n, n)."""
     model = model.eval().cpu()
     model.set_spectral_path("dft")  # a model trained on the fft path: same weights, MatMuls
-    source, coefficients = example_inputs(2, resolution)
+    source, coefficients = example_inputs(2, resolution, fields=fields)
     with torch.no_grad():
         model(source, coefficients)  # builds the DFT matrices, so they export as constants
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,13 +77,21 @@ def export_onnx(model: PDESurrogate, resolution: int, metadata: dict[str, str]) 
     return graph.SerializeToString()
 
 
-def example_inputs(batch: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smooth random sources and valid coefficients of each system, cycling through them."""
-    g = torch.Generator().manual_seed(seed)
+def _smooth(batch: int, n: int, g: torch.Generator) -> torch.Tensor:
     k = torch.fft.rfftfreq(n) * n
     spectrum = torch.randn(batch, n, n // 2 + 1, 2, generator=g)
     decay = 1 / (1 + k[None, :] ** 2 + (torch.fft.fftfreq(n) * n)[:, None] ** 2)
-    source = torch.fft.irfft2(torch.view_as_complex(spectrum) * decay, s=(n, n))
+    return torch.fft.irfft2(torch.view_as_complex(spectrum) * decay, s=(n, n))
+
+
+def example_inputs(
+    batch: int, n: int, seed: int = 0, *, fields: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random sources and valid coefficients of each system, cycling through them;
+    with ``fields``, (B, 6, n, n) coefficient fields (K times a smooth positive field, w
+    varied by up to 30%)."""
+    g = torch.Generator().manual_seed(seed)
+    source = _smooth(batch, n, g)
     coefficients = torch.zeros(batch, 6)
     kind = torch.arange(batch) % 3
     eig = 1 + 4 * torch.rand(batch, generator=g)
@@ -85,12 +101,21 @@ def example_inputs(batch: int, n: int, seed: int = 0) -> tuple[torch.Tensor, tor
     coefficients[kind == 2, 5] = torch.randint(
         1, 11, (int((kind == 2).sum()),), generator=g
     ).float()
-    return source.float(), coefficients
+    if not fields:
+        return source.float(), coefficients
+    s = _smooth(batch, n, g)
+    s = s / s.abs().amax(dim=(1, 2), keepdim=True)  # in [-1, 1]
+    out = coefficients[:, :, None, None].repeat(1, 1, n, n)
+    out[:, :3] *= torch.exp(s)[:, None]  # K = a(x) K0, contrast up to e^2
+    out[:, 5] *= 1 + 0.3 * s
+    return source.float(), out.float()
 
 
-def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dict[int, float]:
-    """Relative L2 between ONNX Runtime and the torch model per batch size; raises over the
-    tolerance.
+def check_parity(
+    model: PDESurrogate, onnx_bytes: bytes, resolution: int, *, fields: bool = False
+) -> dict[int, float]:
+    """Relative L2 between ONNX Runtime and the torch model per batch size (on coefficient
+    fields with ``fields``); raises over the tolerance.
 
     The torch side runs in float64, the model's function without rounding: two float32
     evaluations in different orders (the graph's sandwich products, torch's GEMMs) each
@@ -109,7 +134,7 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
     reference = copy.deepcopy(model).double().eval()
     errors = {}
     for batch in PARITY_BATCHES:
-        source, coefficients = example_inputs(batch, resolution, seed=batch)
+        source, coefficients = example_inputs(batch, resolution, seed=batch, fields=fields)
         (got,) = session.run(None, {"source": source.numpy(), "coefficients": coefficients.numpy()})
         with torch.no_grad():
             want = reference(source.double(), coefficients.double()).numpy()
@@ -119,10 +144,11 @@ def check_parity(model: PDESurrogate, onnx_bytes: bytes, resolution: int) -> dic
         floor = float(np.linalg.norm(float32 - want) / scale)
         tolerance = max(PARITY_RTOL, 2 * floor)
         if not errors[batch] <= tolerance:
+            on = " on coefficient fields" if fields else ""
             raise ParityError(
                 f"ONNX Runtime differs from torch by {errors[batch]:.2e} (relative L2) at batch "
-                f"{batch}; the tolerance is {tolerance:.1e} (the larger of {PARITY_RTOL:.0e} "
-                f"and twice torch's own float32 error, {floor:.1e})"
+                f"{batch}{on}; the tolerance is {tolerance:.1e} (the larger of "
+                f"{PARITY_RTOL:.0e} and twice torch's own float32 error, {floor:.1e})"
             )
     return errors
 
@@ -135,15 +161,28 @@ def card_from_checkpoint(directory: Path, parent: str | None) -> ModelCard:
     return card.model_copy(update={"parent": parent, "files": {}, "created": now})
 
 
-def test_metrics(graph: bytes, card: ModelCard, files: list[Path]) -> dict[str, float]:
-    """Mean relative L2 of the exported graph on test files: per system and overall."""
-    from service.cli import evaluate
+def onnx_runner(model: PDESurrogate, card: ModelCard, *, fields: bool, threads: int | None = None):
+    """The model's exported graph in ONNX Runtime, as served (constant or fields input)."""
     from service.runner import OnnxSurrogate
 
-    runner = OnnxSurrogate(card, graph)
+    graph = export_onnx(model, card.resolution, {}, fields=fields)
+    return OnnxSurrogate(card, graph, threads=threads, fields=fields)
+
+
+def test_metrics(
+    model: PDESurrogate, card: ModelCard, files: list[Path], threads: int | None = None
+) -> dict[str, float]:
+    """Mean relative L2 of the exported graphs on test files (each file through the graph
+    for its kind of coefficients): per system (and field law) and overall."""
+    from service.cli import evaluate, has_fields
+
+    runners = {}
     per_system, total, count = {}, 0.0, 0
     for path in files:
-        result = evaluate(runner, str(path), progress=False)
+        fields = has_fields(str(path))
+        if fields not in runners:
+            runners[fields] = onnx_runner(model, card, fields=fields, threads=threads)
+        result = evaluate(runners[fields], str(path), progress=False)
         for system, value in result["per_system"].items():
             per_system[f"test_rel_l2/{system}"] = value
         total += result["mean_relative_l2"] * result["n"]
@@ -170,19 +209,26 @@ def export(
     checked: dict[str, float] = {}
 
     if test:
-        card.metrics.update(test_metrics(export_onnx(model, card.resolution, {}), card, test))
+        card.metrics.update(test_metrics(model, card, test))
+
+    card.graphs = {"constant": ONNX, "fields": ONNX_FIELDS}
 
     def files(draft: ModelCard) -> dict[str, bytes]:
         meta = {"pdeserve.name": draft.name, "pdeserve.version": str(draft.version)}
         meta["pdeserve.card_sha256"] = draft.digest()
-        graph = export_onnx(model, card.resolution, meta)
-        checked.update(check_parity(model, graph, card.resolution))
-        return {ONNX: graph, WEIGHTS: weights}
+        out = {WEIGHTS: weights}
+        for kind, filename in draft.graphs.items():
+            fields = kind == "fields"
+            graph = export_onnx(model, card.resolution, meta, fields=fields)
+            for batch, error in check_parity(model, graph, card.resolution, fields=fields).items():
+                checked[f"{kind} batch {batch}"] = error
+            out[filename] = graph
+        return out
 
     published = Registry(registry).publish(name, card, files)
     print(
         f"published {published.ref} to {registry}; parity (relative L2): "
-        + ", ".join(f"batch {b}: {e:.1e}" for b, e in checked.items())
+        + ", ".join(f"{what}: {e:.1e}" for what, e in checked.items())
     )
     return published
 

@@ -41,7 +41,7 @@ from training.config import (
     TrainConfig,
 )
 from training.context import LocalContext, default_device
-from training.export import DEFAULT_REGISTRY, export, export_onnx
+from training.export import DEFAULT_REGISTRY, export, test_metrics
 from training.normalization import NormalizationStats
 from training.prepare import PreparedData, prepare_data
 from training.trainer import train
@@ -161,15 +161,10 @@ def test_errors(model_dir: Path, resolution: int, test: str) -> dict[str, float]
     """Mean relative L2 of the model's ONNX graph on the test file: per system and overall."""
     import torch
 
-    from service.cli import evaluate
-    from service.runner import OnnxSurrogate
-
     card = ModelCard.model_validate_json((model_dir / "card.json").read_text())
-    graph = export_onnx(load_model(model_dir), resolution, {})
     # As many ONNX Runtime threads as torch has: parallel sweeps each get their share.
-    surrogate = OnnxSurrogate(card, graph, threads=torch.get_num_threads())
-    result = evaluate(surrogate, test, progress=False)
-    return {**result["per_system"], "all": result["mean_relative_l2"]}
+    metrics = test_metrics(load_model(model_dir), card, [Path(test)], torch.get_num_threads())
+    return {key.removeprefix("test_rel_l2/"): value for key, value in metrics.items()}
 
 
 def sweep_local(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedData, root: Path):

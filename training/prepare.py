@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datagen.coefficients import contrast, variation
 from datagen.pipeline import write_split
 from datagen.systems import anisotropy
 from training.config import DataConfig, DataSource, GenerateSpec
@@ -57,12 +58,17 @@ def generated_file(spec: GenerateSpec, cache_dir: Path, progress: bool = True) -
 
 
 def envelope(data: FieldData) -> dict[str, dict]:
-    """Coefficient ranges per group: diffusion anisotropy (eigenvalue ratio), Psi, w."""
+    """Coefficient ranges per group: diffusion anisotropy (eigenvalue ratio), Psi, w, and
+    where the group has coefficient fields their law, contrast, variation and length."""
     seen: dict[str, dict[str, list[np.ndarray]]] = {}
+    laws: dict[str, set[str]] = {}
     for part in data.parts:
         reader = data.reader(part.path)
         c = reader.coefficients(part.start, part.stop)
-        group = seen.setdefault(part.group, {"eig": [], "psi": [], "omega": []})
+        group = seen.setdefault(
+            part.group,
+            {"eig": [], "psi": [], "omega": [], "contrast": [], "variation": [], "length": []},
+        )
         if reader.system.name != "helmholtz":  # Helmholtz carries the fixed K = 0.01 I
             group["eig"].append(anisotropy(c))
         psi = reader.psi(part.start, part.stop)
@@ -70,15 +76,49 @@ def envelope(data: FieldData) -> dict[str, dict]:
             group["psi"].append(psi)
         if np.any(c[:, 5] != 0):
             group["omega"].append(c[:, 5])
+        if reader.has_fields:
+            laws.setdefault(part.group, set()).add(str(reader.attrs.get("field_law", "unrecorded")))
+            for key, value in _field_statistics(reader, part).items():
+                group[key].append(value)
     out = {}
     for name, ranges in seen.items():
         n = sum(len(p) for p in data.parts if p.group == name)
-        out[name] = {"n_examples": n} | {
-            key: (float(np.min(np.concatenate(v))), float(np.max(np.concatenate(v))))
-            for key, v in ranges.items()
+        span = {
+            k: (float(np.min(np.concatenate(v))), float(np.max(np.concatenate(v))))
+            for k, v in ranges.items()
             if v
         }
+        out[name] = {"n_examples": n} | {k: span[k] for k in ("eig", "psi", "omega") if k in span}
+        if name in laws:
+            n_fields = sum(
+                len(p) for p in data.parts if p.group == name and data.reader(p.path).has_fields
+            )
+            field = {"n_examples": n_fields, "laws": sorted(laws[name])}
+            out[name]["field"] = field | {
+                k: span[k] for k in ("contrast", "variation", "length") if k in span
+            }
     return out
+
+
+def _field_statistics(reader, part) -> dict[str, np.ndarray]:
+    """Contrast (diffusion) or variation (Helmholtz) and length of a part's fields: the
+    file's own per-example record where it has one, else measured on the fields."""
+    key = "variation" if reader.system.name == "helmholtz" else "contrast"
+    stats = {}
+    recorded = reader.extra(key, part.start, part.stop)
+    if recorded is None:
+        measure = variation if key == "variation" else contrast
+        recorded = np.concatenate(
+            [
+                measure(reader.read(s, min(s + 256, part.stop)).unified())
+                for s in range(part.start, part.stop, 256)
+            ]
+        )
+    stats[key] = recorded
+    length = reader.extra("length", part.start, part.stop)
+    if length is not None:
+        stats["length"] = length
+    return stats
 
 
 def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:

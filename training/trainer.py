@@ -103,7 +103,7 @@ def evaluate(
     sums = torch.zeros(2, len(groups) + 1, dtype=torch.float64, device=loader.device)
     for batch in loader.epoch(0):
         with torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=autocast):
-            pred = model(batch.source, batch.coefficients)
+            pred = model(batch.source, batch.model_coefficients())
         err = relative_l2(pred, batch.solution).double()
         sums[0, : len(groups)].index_add_(0, batch.group, err)
         sums[1, : len(groups)].index_add_(0, batch.group, torch.ones_like(err))
@@ -259,7 +259,7 @@ def _train_epoch(
     loss_sum = torch.zeros((), device=solution_ref.device, dtype=torch.float64)
     for batch in batches:
         with torch.autocast(batch.source.device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = net(batch.source, batch.coefficients)
+            pred = net(batch.source, batch.model_coefficients())
         loss = training_loss(optim.loss, pred, batch.solution, solution_ref)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,18 +27,24 @@ def checkpoint(tmp_path):
 def test_export_publishes_a_checked_onnx_model(checkpoint, tmp_path, root):
     where = str(tmp_path / "registry") if root == "local" else f"memory://export-{tmp_path.name}"
     card = export(checkpoint, "tiny", where)
-    assert card.ref == "tiny@1" and set(card.files) == {"model.onnx", "weights.safetensors"}
+    assert card.ref == "tiny@1"
+    assert set(card.files) == {"model.onnx", "model-fields.onnx", "weights.safetensors"}
+    assert card.graphs == {"constant": "model.onnx", "fields": "model-fields.onnx"}
     assert card.metrics == {"val_rel_l2/all": 0.1} and card.resolution == 32
     assert card.envelope["poisson"].eig == (1, 5) and card.lineage["n_train"] == 10
     published, files = Registry(where).read_files("tiny")
-    graph = onnx.load_from_string(files["model.onnx"])
-    meta = {p.key: p.value for p in graph.metadata_props}
-    assert meta == {
-        "pdeserve.name": "tiny",
-        "pdeserve.version": "1",
-        "pdeserve.card_sha256": published.digest(),
-    }
-    assert not {n.op_type for n in graph.graph.node} & {"DFT", "Cos", "Sin"}  # constants
+    for name, shape in (("model.onnx", ["batch", 6]), ("model-fields.onnx", ["batch", 6, 32, 32])):
+        graph = onnx.load_from_string(files[name])
+        meta = {p.key: p.value for p in graph.metadata_props}
+        assert meta == {
+            "pdeserve.name": "tiny",
+            "pdeserve.version": "1",
+            "pdeserve.card_sha256": published.digest(),
+        }
+        assert not {n.op_type for n in graph.graph.node} & {"DFT", "Cos", "Sin"}  # constants
+        (_, coefficients) = graph.graph.input
+        dims = coefficients.type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == shape
 
 
 def test_a_model_trained_on_the_fft_path_exports(tmp_path):
@@ -49,13 +55,35 @@ def test_a_model_trained_on_the_fft_path_exports(tmp_path):
     assert card.ref == "fft@1" and card.model.args["spectral"] == "fft"
 
 
+@pytest.mark.parametrize("fields", [False, True])
 @pytest.mark.parametrize("n", [32, 64])
-def test_parity_at_two_resolutions(checkpoint, n):
+def test_parity_at_two_resolutions(checkpoint, n, fields):
     from training.checkpoint import load_model
 
     model = load_model(checkpoint).eval()
-    errors = check_parity(model, export_onnx(model, n, {}), n)
+    graph = export_onnx(model, n, {}, fields=fields)
+    errors = check_parity(model, graph, n, fields=fields)
     assert set(errors) == {1, 7, 64} and max(errors.values()) <= 1e-5
+
+
+def test_the_fields_graph_gives_the_constant_graph_on_constant_fields(checkpoint):
+    """Both graphs of one export, on the same problems: constant fields = scalars."""
+    import numpy as np
+
+    from datagen.coefficients import broadcast_fields
+    from service.runner import OnnxSurrogate
+    from training.checkpoint import load_model, read_card
+    from training.export import example_inputs
+
+    model, card = load_model(checkpoint).eval(), read_card(checkpoint)
+    source, coefficients = example_inputs(5, 32)
+    scalar = OnnxSurrogate(card, export_onnx(model, 32, {}))
+    field = OnnxSurrogate(card, export_onnx(model, 32, {}, fields=True), fields=True)
+    a = scalar.predict(source.numpy(), coefficients.numpy())
+    b = field.predict(source.numpy(), broadcast_fields(coefficients.numpy(), 32))
+    assert np.linalg.norm(a - b) <= 1e-6 * np.linalg.norm(a)
+    with pytest.raises(ValueError, match="takes coefficients as"):
+        field.predict(source.numpy(), coefficients.numpy())
 
 
 def test_parity_failure_is_reported(checkpoint):
@@ -135,6 +163,10 @@ def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["mean_relative_l2"] == pytest.approx(
         expected, rel=1e-4
     )
+    # a training checkpoint (no ONNX) says what it is and how to export it
+    assert cli(["eval", "--model", str(checkpoint), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "is a training checkpoint" in err and "python -m training.export" in err
 
 
 def test_the_parity_reference_runs_the_model_in_float64(checkpoint):

@@ -1,9 +1,10 @@
 """Per-instance input normalisation of the paper (appendix A.5), as a layer.
 
-Each example's source and coefficients are divided by ``s = rms(f) / source_ref``
-(so scaling f and the coefficients together changes nothing: the solution of
-a linear PDE is unchanged by it), then the coefficients by per-channel
-reference values. The solution is predicted in units of ``solution_ref``.
+Each example's source and coefficients (scalars or fields) are divided by
+``s = rms(f) / source_ref`` (so scaling f and the coefficients together
+changes nothing: the solution of a linear PDE is unchanged by it), then the
+coefficients by per-channel reference values. The solution is predicted in
+units of ``solution_ref``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class InputNormalization(nn.Module):
     def forward(
         self, source: torch.Tensor, coefficients: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, n, n), (B, 6) -> normalised source, normalised coefficients, nonzero-source mask."""
+        """(B, n, n), (B, 6) or (B, 6, n, n) -> normalised source, normalised coefficients
+        (scalars or fields alike), nonzero-source mask."""
         norm = rms(source)
         nonzero = norm > 0
         scale = torch.where(nonzero, norm / self.source_ref, torch.ones_like(norm))
         source = at_least_float32(source) / scale[:, None, None]
-        coefficients = at_least_float32(coefficients) / scale[:, None] / self.coefficient_ref
-        return source, coefficients, nonzero
+        grid = (1,) * (coefficients.dim() - 2)  # () for scalars, (1, 1) for fields
+        coefficients = at_least_float32(coefficients) / scale.view(-1, 1, *grid)
+        return source, coefficients / self.coefficient_ref.view(-1, *grid), nonzero

@@ -1,11 +1,14 @@
 """The served model: raw source and coefficients in, solution out.
 
-Normalisation, the mixed-operator encoding (source + 6 constant coefficient
-channels) and the FNO live in one module, so an exported graph needs nothing
-but its card. The constant channels are never built as images: the lifting
-layer is linear, so their contribution is a per-example bias added on the
-device (``lift(x) = w_f * f + (W_c c + b)``). An exported graph goes one step
-further and runs the first Fourier block on the source channel alone.
+Normalisation, the mixed-operator encoding (source + 6 coefficient channels)
+and the FNO live in one module, so an exported graph needs nothing but its
+card. Coefficients come as (B, 6) scalars or (B, 6, n, n) fields. Constant
+channels are never built as images: the lifting layer is linear, so their
+contribution is a per-example bias added on the device
+(``lift(x) = w_f * f + (W_c c + b)``), and an exported graph goes one step
+further and runs the first Fourier block on the source channel alone. Fields
+enter the lifting layer as the six image channels they are; a constant field
+gives what its scalars give (to rounding).
 """
 
 from __future__ import annotations
@@ -63,19 +66,33 @@ class PDESurrogate(ModelBase):
         )
 
     def forward(self, source: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """source (B, n, n), coefficients (B, 6) in the unified layout -> solution (B, n, n)."""
-        if source.dim() != 3 or coefficients.dim() != 2:
+        """source (B, n, n), coefficients (B, 6) or (B, 6, n, n) in the unified layout ->
+        solution (B, n, n)."""
+        fields = coefficients.dim() == 4
+        if (
+            not exporting()
+            and (  # a traced graph's shapes are symbolic: checked by ORT
+                source.dim() != 3
+                or coefficients.dim() not in (2, 4)
+                or coefficients.shape[1] != N_COEFFICIENTS
+                or (fields and coefficients.shape[2:] != source.shape[1:])
+            )
+        ):
             raise ValueError(
-                f"expected source (B, n, n) and coefficients (B, 6), "
-                f"got {tuple(source.shape)} and {tuple(coefficients.shape)}"
+                "expected source (B, n, n) and coefficients (B, 6) or (B, 6, n, n) on the "
+                f"source's grid, got {tuple(source.shape)} and {tuple(coefficients.shape)}"
             )
         f, c, nonzero = self.normalize(source, coefficients)
         lift = self.fno.lift
-        # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the 6 constant channels as a bias.
-        bias = torch.nn.functional.linear(c, lift.weight[:, 1:], lift.bias)
-        if exporting():  # the first block on the source alone: ~8% of a batch-1 graph's time
-            u = self.fno.graph_trunk_rank_one(f, lift.weight[:, 0], bias)
+        if fields:  # all seven channels are images
+            u = self.fno.trunk(lift(torch.cat([f[:, None], c], dim=1)))
         else:
-            u = self.fno.trunk(f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None])
+            # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the constant channels as a bias.
+            bias = torch.nn.functional.linear(c, lift.weight[:, 1:], lift.bias)
+            if exporting():  # the first block on the source alone: ~8% of batch-1 graph time
+                u = self.fno.graph_trunk_rank_one(f, lift.weight[:, 0], bias)
+            else:
+                h = f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None]
+                u = self.fno.trunk(h)
         u = at_least_float32(u[:, 0])
         return u * (self.normalize.solution_ref * nonzero[:, None, None])
