@@ -4,8 +4,12 @@
         [--ray | --no-ray [--jobs K]] [--gpu]
 
 NAME is one of ``data-scaling`` (Fig. 3), ``model-scaling`` (Fig. 4), ``ood-shift``
-(Fig. 5, Table 1), ``mixed`` (Fig. 6), ``data-savings`` (Fig. B.1) or ``loss`` (not in
-the paper: SYS-2 fine-tuned with MSE and with a relative-L2 loss). Every experiment
+(Fig. 5, Table 1), ``mixed`` (Fig. 6), ``data-savings`` (Fig. B.1), ``loss`` (not in
+the paper: SYS-2 fine-tuned with MSE and with a relative-L2 loss), and two on
+coefficient fields, one step beyond the paper: ``operator-shift`` (a base pre-trained
+on constant coefficients fine-tuned to Darcy flow, smooth and two-phase media) and
+``field-shift`` (Q3 on the new axis: a base pre-trained on smooth fields of contrast
+1..10 fine-tuned to contrast 10..100 and to two-phase media). Every experiment
 is a set of panels; a panel is one downstream task with curves of test error against
 the number of downstream examples N: fine-tuning a pre-trained model (TL) and
 training the same architecture from scratch, each point with its own learning-rate
@@ -40,7 +44,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from tqdm import tqdm
 
 from datagen.spec import DEFAULT_EIG, DEFAULT_OMEGA, DEFAULT_RATIO
@@ -48,6 +52,7 @@ from service.registry import Registry, RegistryError
 from training.config import (
     DataConfig,
     DataSource,
+    FieldSpec,
     GenerateSpec,
     Loss,
     ModelConfig,
@@ -77,21 +82,42 @@ SYSTEM_NAMES = {
 
 
 class Task(Strict):
-    """A data distribution: ``SYS-1(5,10)`` is Poisson with diffusion eigenvalue e in (5, 10)."""
+    """A data distribution: ``SYS-1(5,10)`` is Poisson with diffusion eigenvalue e in (5, 10);
+    ``SYS-1 smooth(1,10)`` is Poisson with a smooth conductivity field of contrast 1..10."""
 
     system: str
     eig: tuple[float, float] = DEFAULT_EIG
     ratio: tuple[float, float] = DEFAULT_RATIO
     omega: tuple[int, int] = DEFAULT_OMEGA
+    field: FieldSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_field(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Constant-coefficient tasks dump as before fields existed: their curve and base
+        # keys, and so their cached points and bases, stay what they were.
+        out = handler(self)
+        if out.get("field") is None:
+            out.pop("field", None)
+        return out
 
     @property
     def label(self) -> str:
         name, key = SYSTEM_NAMES[self.system]
+        if self.field is not None:
+            low, high = self._field_range
+            return f"{name} {self.field.kind}({low:g},{high:g})"
         low, high = getattr(self, key)
         return f"{name}({low:g},{high:g})"
 
     @property
+    def _field_range(self) -> tuple[float, float]:
+        law = self.field.law()
+        return law.variation if self.system == "helmholtz" else law.contrast
+
+    @property
     def range_name(self) -> str:
+        if self.field is not None:
+            return "δ" if self.system == "helmholtz" else "contrast"
         return {"eig": "e", "ratio": "Ψ", "omega": "ω"}[SYSTEM_NAMES[self.system][1]]
 
     def spec(self, split: str, n: int, resolution: int, seed: int) -> GenerateSpec:
@@ -104,7 +130,14 @@ class Task(Strict):
             eig=self.eig,
             ratio=self.ratio,
             omega=self.omega,
+            field=self.field,
         )
+
+
+def darcy(kind: str, low: float, high: float) -> Task:
+    """Poisson (K0 from SYS-1's pre-training law) with a conductivity field of ``kind`` and
+    contrast in (low, high)."""
+    return Task(system="poisson", field=FieldSpec(kind=kind, contrast=(low, high)))
 
 
 def sys1(low: float, high: float) -> Task:
@@ -220,6 +253,8 @@ SCALES = {
             "mixed": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
             "model-scaling": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
             "loss": {"n_examples": [0, 8, 128], "scratch_extra": [512]},
+            # The fields' questions ask about N up to 2,048 for TL too.
+            "operator-shift": {"n_examples": [0, 8, 32, 128, 512, 2048], "scratch_extra": []},
         },
     ),
     # A few minutes on one H100/H200 with --jobs 8 (16 cores): 64x64 grids, the 1M model,
@@ -418,6 +453,33 @@ def loss(scale: Scale) -> list[Panel]:
     return [Panel(title=title, downstream=sys2(1, 2), curves=curves)]
 
 
+def operator_shift(scale: Scale) -> list[Panel]:
+    """Not in the paper: the operator's form changes, not its parameters. The mixed base
+    saw constant coefficients only (the network's coefficient channels were constant
+    images); downstream they are fields, smooth or two-phase, of contrast 1..10."""
+    model = scale.model
+    panels = []
+    for downstream in (darcy("smooth", 1, 10), darcy("two-phase", 1, 10)):
+        curves = [tl(MIXED, model, "TL from mixed (constant coefficients)"), scratch(model)]
+        title = f"constant coefficients → {downstream.label}"
+        panels.append(Panel(title=title, downstream=downstream, curves=curves))
+    return panels
+
+
+DARCY_BASE = darcy("smooth", 1, 10)
+
+
+def field_shift(scale: Scale) -> list[Panel]:
+    """Q3 on the new axis: a base pre-trained on smooth fields of contrast 1..10, fine-tuned
+    to ten times the contrast and to binary media of the same contrast."""
+    return [
+        transfer_panel(
+            DARCY_BASE, downstream, scale.model, f"{DARCY_BASE.label} → {downstream.label}"
+        )
+        for downstream in (darcy("smooth", 10, 100), darcy("two-phase", 1, 10))
+    ]
+
+
 EXPERIMENTS: dict[str, Callable[[Scale], list[Panel]]] = {
     "data-scaling": data_scaling,
     "model-scaling": model_scaling,
@@ -426,6 +488,8 @@ EXPERIMENTS: dict[str, Callable[[Scale], list[Panel]]] = {
     "loss": loss,
     # Fig. B.1 reads the Table 1 shifts; its points are the ood-shift ones.
     "data-savings": ood_shift,
+    "operator-shift": operator_shift,
+    "field-shift": field_shift,
 }
 
 
@@ -538,7 +602,7 @@ class Runner:
         settings = self.scale.model_dump(
             include={"pretrain_epochs", "pretrain_lr", "pretrain_batch"}
         )
-        key = json.dumps([model, [x.model_dump() for x in specs + vals], settings], sort_keys=True)
+        key = json.dumps([model, [x.key_fields() for x in specs + vals], settings], sort_keys=True)
         return f"base-{model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
     def published_base(self, name: str) -> str | None:

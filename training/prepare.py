@@ -58,15 +58,20 @@ def generated_file(spec: GenerateSpec, cache_dir: Path, progress: bool = True) -
 
 
 def envelope(data: FieldData) -> dict[str, dict]:
-    """Coefficient ranges per group: diffusion anisotropy (eigenvalue ratio), Psi, w, and
-    where the group has coefficient fields their law, contrast, variation and length."""
+    """Coefficient ranges per system (the key the service looks requests up by, whatever
+    the metric groups are called): diffusion anisotropy (eigenvalue ratio), Psi, w, and
+    where the system had coefficient fields their law, contrast, variation and length."""
     seen: dict[str, dict[str, list[np.ndarray]]] = {}
     laws: dict[str, set[str]] = {}
+    counts: dict[str, list[int]] = {}  # system -> [examples, examples with fields]
     for part in data.parts:
         reader = data.reader(part.path)
         c = reader.coefficients(part.start, part.stop)
+        system = reader.system.name
+        count = counts.setdefault(system, [0, 0])
+        count[0] += len(part)
         group = seen.setdefault(
-            part.group,
+            system,
             {"eig": [], "psi": [], "omega": [], "contrast": [], "variation": [], "length": []},
         )
         if reader.system.name != "helmholtz":  # Helmholtz carries the fixed K = 0.01 I
@@ -77,12 +82,13 @@ def envelope(data: FieldData) -> dict[str, dict]:
         if np.any(c[:, 5] != 0):
             group["omega"].append(c[:, 5])
         if reader.has_fields:
-            laws.setdefault(part.group, set()).add(str(reader.attrs.get("field_law", "unrecorded")))
+            count[1] += len(part)
+            laws.setdefault(system, set()).add(str(reader.attrs.get("field_law", "unrecorded")))
             for key, value in _field_statistics(reader, part).items():
                 group[key].append(value)
     out = {}
     for name, ranges in seen.items():
-        n = sum(len(p) for p in data.parts if p.group == name)
+        n, n_fields = counts[name]
         span = {
             k: (float(np.min(np.concatenate(v))), float(np.max(np.concatenate(v))))
             for k, v in ranges.items()
@@ -90,9 +96,6 @@ def envelope(data: FieldData) -> dict[str, dict]:
         }
         out[name] = {"n_examples": n} | {k: span[k] for k in ("eig", "psi", "omega") if k in span}
         if name in laws:
-            n_fields = sum(
-                len(p) for p in data.parts if p.group == name and data.reader(p.path).has_fields
-            )
             field = {"n_examples": n_fields, "laws": sorted(laws[name])}
             out[name]["field"] = field | {
                 k: span[k] for k in ("contrast", "variation", "length") if k in span

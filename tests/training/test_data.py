@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from datagen.dataset import open_dataset, write_authors_file
-from training.data import BatchLoader, FieldData
+from datagen.pipeline import write_split
+from datagen.spec import SplitSpec
+from training.data import BatchLoader, Examples, FieldData
 from training.normalization import compute_stats
 
 
@@ -122,8 +124,6 @@ def test_batch_larger_than_data_is_refused(small_files):
 
 
 def test_files_of_different_resolutions_do_not_mix(small_files, tmp_path):
-    from datagen.pipeline import write_split
-    from datagen.spec import SplitSpec
 
     other = write_split(
         SplitSpec(system="poisson", n_examples=4, resolution=16),
@@ -157,3 +157,39 @@ def test_envelope_of_the_training_data(small_files):
     assert 0.2 * 0.99 <= lo < hi <= 1.0 * 1.01
     assert ranges["helmholtz"]["omega"][0] >= 1 and ranges["helmholtz"]["omega"][1] <= 10
     assert "eig" not in ranges["helmholtz"] and ranges["poisson"]["n_examples"] == 300
+
+
+@pytest.fixture(scope="module")
+def field_file(tmp_path_factory):
+    from datagen.spec import FieldLaw
+
+    spec = SplitSpec(
+        system="poisson", n_examples=40, resolution=32, seed=3, field_law=FieldLaw("two-phase")
+    )
+    return write_split(spec, tmp_path_factory.mktemp("fields") / "darcy.h5", progress=False)
+
+
+def test_field_and_constant_files_mix(small_files, field_file):
+    from training.prepare import envelope
+
+    data = FieldData.from_files([small_files["poisson"], field_file])
+    assert data.field_columns == (0, 1, 2)  # k11, k22, k12
+    assert data.nbytes == len(data) * (5 * 32 * 32 + 7) * 4
+    first, last = data.read(data.parts[0]), data.read(data.parts[1])
+    c = first.model_coefficients()  # constant examples: constant fields of their scalars
+    assert c.shape == (300, 6, 32, 32) and torch.all(c == first.coefficients[:, :, None, None])
+    with open_dataset(field_file) as r:
+        expected = torch.from_numpy(r.read().unified()).float()
+    assert torch.equal(last.model_coefficients(), expected)
+    # host and stream placements give the same field batches
+    host = BatchLoader(data, 20, placement="host", seed=2, chunk_size=32)  # 340 = 17 x 20
+    stream = BatchLoader(data, 20, placement="stream", seed=2, chunk_size=32, window_chunks=4)
+    a = Examples.cat(list(host.epoch(1)))
+    b = Examples.cat(list(stream.epoch(1)))
+    order = lambda e: torch.argsort(e.source.square().sum(dim=(1, 2)))  # noqa: E731
+    assert torch.equal(a.fields[order(a)], b.fields[order(b)])
+    ranges = envelope(data)["poisson"]
+    assert ranges["n_examples"] == 340 and ranges["field"]["n_examples"] == 40
+    assert ranges["field"]["laws"] == ["two-phase"]
+    lo, hi = ranges["field"]["contrast"]
+    assert 1 <= lo < hi <= 100 * (1 + 1e-5) and ranges["field"]["length"][1] <= 0.3 + 1e-6

@@ -8,13 +8,17 @@ import pytest
 from training import experiments
 from training.experiments import (
     EXPERIMENTS,
+    MIXED,
     SCALES,
     SHIFTS,
+    darcy,
     main,
+    scratch,
     scratch_equivalent,
     sys1,
     sys2,
     sys3,
+    tl,
 )
 
 
@@ -25,6 +29,38 @@ def test_tasks_are_named_as_in_the_paper():
     spec = sys2(1, 2).spec("test", 16, 32, seed=7).split_spec()
     assert spec.ranges.ratio == (1, 2) and spec.ranges.eig == (1.0, 5.0)
     assert spec.split == "test" and spec.resolution == 32
+
+
+def test_field_tasks_and_unchanged_keys_of_constant_ones():
+    smooth = darcy("smooth", 1, 10)
+    assert smooth.label == "SYS-1 smooth(1,10)" and smooth.range_name == "contrast"
+    spec = smooth.spec("train", 16, 32, seed=7).split_spec()
+    assert spec.field_law.kind == "smooth" and spec.field_law.contrast == (1, 10)
+    # Keys computed before tasks had fields: cached points and bases stay valid.
+    assert tl((sys1(1, 5),), "fno-64k").key == "tl-fno-64k-d7587c7414"
+    assert "field" not in sys1(5, 10).model_dump()
+    assert tl((smooth,), "fno-64k").key != tl((sys1(1, 5),), "fno-64k").key
+    operator = EXPERIMENTS["operator-shift"](SCALES["small"])
+    assert [p.downstream.label for p in operator] == ["SYS-1 smooth(1,10)", "SYS-1 two-phase(1,10)"]
+    assert all(p.curves[0].pretrain == MIXED for p in operator)
+    assert SCALES["small"].for_experiment("operator-shift").n_examples[-1] == 2048
+    fields = EXPERIMENTS["field-shift"](SCALES["small"])
+    assert [p.downstream.label for p in fields] == ["SYS-1 smooth(10,100)", "SYS-1 two-phase(1,10)"]
+    assert all(p.curves[0].pretrain == (smooth,) for p in fields)
+    assert fields[0].curves[1] == scratch("fno-64k")
+
+
+def test_smoke_field_shift_fine_tunes_a_field_base(tmp_path):
+    out = tmp_path / "exp"
+    assert main(["field-shift", "--out", str(out), "--scale", "smoke"]) == 0
+    results = json.loads((out / "field-shift.json").read_text())
+    for panel in results["panels"]:
+        assert panel["range"] == "contrast"
+        for curve in panel["curves"]:
+            assert all(0 < p["error"] < 10 for p in curve["points"])
+    (base,) = (out / "registry").iterdir()  # one smooth-field base for both panels
+    card = json.loads((base / "1" / "card.json").read_text())
+    assert card["envelope"]["poisson"]["field"]["laws"] == ["smooth"]
 
 
 def test_scratch_equivalent_inverts_a_power_law():

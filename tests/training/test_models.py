@@ -185,3 +185,51 @@ def test_load_model_refuses_changed_weights(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.raises(ValueError, match="does not match its checksum"):
         load_model(path)
+
+
+def _field_inputs(b=3, n=16, seed=0):
+    """Sources and coefficient fields: each example's scalars times smooth positive fields."""
+    source, coefficients = _inputs(b, n, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    x = torch.arange(n) / n
+    wave = torch.sin(2 * torch.pi * x)[None, :] * torch.cos(2 * torch.pi * x)[:, None]
+    fields = coefficients[:, :, None, None].repeat(1, 1, n, n)
+    fields *= torch.exp(0.5 * torch.rand(b, 6, 1, 1, generator=g) * wave)
+    return source, fields
+
+
+def test_constant_fields_give_what_their_scalars_give():
+    model = _model(source_ref=0.7, coefficient_ref=[0.02, 0.03, 0.01, 0.5, 0.4, 5.0])
+    source, coefficients = _inputs()
+    fields = coefficients[:, :, None, None].expand(-1, -1, 16, 16)
+    with torch.no_grad():
+        a, b = model(source, coefficients), model(source, fields)
+        assert (a - b).norm() <= 1e-6 * a.norm()
+        double = model.double()
+        a, b = (
+            double(source.double(), coefficients.double()),
+            double(source.double(), fields.double()),
+        )
+    assert (a - b).norm() <= 1e-12 * a.norm()
+
+
+@pytest.mark.parametrize("factor", [10.0, 0.01, 3.7])
+def test_scaling_source_and_coefficient_fields_together_changes_nothing(factor):
+    model = _model(source_ref=0.3, coefficient_ref=[0.01, 0.01, 0.005, 0.2, 0.2, 4.0])
+    source, fields = _field_inputs(seed=2)
+    with torch.no_grad():
+        base = model(source, fields)
+        scaled = model(source * factor, fields * factor)
+        assert torch.allclose(base, scaled, rtol=1e-4, atol=1e-5 * base.abs().max().item())
+        # the fields matter: their constant counterparts give another answer
+        mean = fields.mean(dim=(-2, -1))
+        assert not torch.allclose(base, model(source, mean), rtol=1e-2)
+
+
+def test_field_shapes_are_checked():
+    model = _model()
+    source, fields = _field_inputs()
+    with pytest.raises(ValueError, match=r"\(B, 6, n, n\) on the source's grid"):
+        model(source, fields[..., :8, :8])
+    with pytest.raises(ValueError, match=r"coefficients \(B, 6\) or \(B, 6, n, n\)"):
+        model(source, fields[:, :5])

@@ -202,3 +202,19 @@ def test_training_losses_match_their_definitions():
     assert float(training_loss("relative_l2", t["p"], t["t"], ref_t)) == pytest.approx(
         rel, rel=1e-5
     )
+
+
+def test_smoke_darcy_pretraining_learns_coefficient_fields(tmp_path, cache):
+    """Poisson with smooth conductivity fields: the validation error falls, and the card's
+    envelope records the fields the model saw."""
+    raw = yaml.safe_load((SMOKE.parent / "smoke-darcy.yaml").read_text())
+    raw["data"]["cache_dir"] = str(cache)
+    config = tmp_path / "darcy.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    argv = ["--config", str(config), "--no-ray", "--storage", str(tmp_path), "--run-name", "d"]
+    assert main([*argv, "--quiet"]) == 0
+    errors = [h["val_rel_l2/all"] for h in epochs(read_log(tmp_path / "d" / "metrics.jsonl"))]
+    assert errors[-1] < 0.5 * errors[0], errors
+    field = read_card(tmp_path / "d" / "model").envelope["poisson"].field
+    assert field.laws == ["smooth"] and field.n_examples == 512
+    assert 1 <= field.contrast[0] < field.contrast[1] <= 10 * (1 + 1e-5)
