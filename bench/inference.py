@@ -1,9 +1,12 @@
 """Inference cost per sample: torch eager vs ONNX Runtime (same weights, same threads), and
-the exact spectral solver, at batch 1, 8 and 32 on a 128^2 grid.
+the exact solver, at batch 1, 8 and 32 on a 128^2 grid, for constant coefficients (the
+FFT solve) and for coefficient fields (Poisson with smooth conductivity fields of contrast
+1..100: the fields graph, and the Krylov solver to 1e-8).
 
     .venv/bin/python bench/inference.py [--quick] [--model fno-1m] [--threads 2]
 
-Writes bench/results/inference.json. Goal: ONNX Runtime >= 2x torch eager on CPU.
+Writes bench/results/inference.json. Goal: ONNX Runtime >= 2x torch eager on CPU, for
+constant inputs (the fields graph's own ratio is reported beside it).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from datagen.pipeline import write_split  # noqa: E402
 from datagen.solver import solve  # noqa: E402
-from datagen.spec import SplitSpec  # noqa: E402
+from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
 from training.export import export_onnx  # noqa: E402
 from training.models import PDESurrogate, preset  # noqa: E402
 
@@ -115,10 +118,18 @@ def main() -> None:
     data = Path("/tmp/pdeserve-bench-inference.h5")
     spec = SplitSpec(system="advection_diffusion", n_examples=max(BATCHES), resolution=RESOLUTION)
     write_split(spec, data, progress=False)
+    darcy = Path("/tmp/pdeserve-bench-inference-fields.h5")
+    darcy_spec = SplitSpec(
+        system="poisson", n_examples=max(BATCHES), resolution=RESOLUTION, field_law=FieldLaw()
+    )
+    write_split(darcy_spec, darcy, progress=False)
     from datagen.dataset import open_dataset
 
     with open_dataset(data) as reader:
         chunk = reader.read()
+    with open_dataset(darcy) as reader:
+        darcy_chunk = reader.read()
+        darcy_fields = darcy_chunk.unified()
     torch.manual_seed(0)
     model = PDESurrogate(**preset(args.model)).eval()
     options = ort.SessionOptions()
@@ -127,13 +138,24 @@ def main() -> None:
     session = ort.InferenceSession(
         export_onnx(model, RESOLUTION, {}), options, providers=["CPUExecutionProvider"]
     )
+    field_session = ort.InferenceSession(
+        export_onnx(model, RESOLUTION, {}, fields=True), options, providers=["CPUExecutionProvider"]
+    )
     results, goals = {}, {}
     for batch in BATCHES:
         s, c = chunk.sources[:batch], chunk.coefficients[:batch]
         st, ct = torch.from_numpy(s), torch.from_numpy(c).float()
         feed = {"source": s, "coefficients": c.astype(np.float32)}
 
+        fs, fc = darcy_chunk.sources[:batch], darcy_fields[:batch]
+        fst, fct = torch.from_numpy(fs), torch.from_numpy(fc).float()
+        field_feed = {"source": fs, "coefficients": fc.astype(np.float32)}
+
         def torch_eager(st=st, ct=ct):
+            with torch.inference_mode():
+                model(st, ct)
+
+        def torch_eager_fields(st=fst, ct=fct):
             with torch.inference_mode():
                 model(st, ct)
 
@@ -142,6 +164,9 @@ def main() -> None:
                 "torch_eager": torch_eager,
                 "onnxruntime": lambda f=feed: session.run(None, f),
                 "exact_solver": lambda s=s, c=c: solve("advection_diffusion", s, c),
+                "torch_eager_fields": torch_eager_fields,
+                "onnxruntime_fields": lambda f=field_feed: field_session.run(None, f),
+                "exact_solver_fields": lambda s=fs, c=fc: solve("poisson", s, c, mean="project"),
             },
             rounds,
             max(1, 8 // batch) if args.quick else max(2, 32 // batch),
@@ -153,6 +178,14 @@ def main() -> None:
         ratios = round_ratios(seconds["torch_eager"], seconds["onnxruntime"])
         row["onnxruntime_speedup"] = statistics.median(ratios)
         row["onnxruntime_speedup_range"] = [min(ratios), max(ratios)]
+        for key, (slow, fast) in {
+            "onnxruntime_fields_speedup": ("torch_eager_fields", "onnxruntime_fields"),
+            "fields_graph_over_constant_graph": ("onnxruntime_fields", "onnxruntime"),
+            "krylov_over_fields_graph": ("exact_solver_fields", "onnxruntime_fields"),
+        }.items():
+            ratios = round_ratios(seconds[slow], seconds[fast])
+            row[key] = statistics.median(ratios)
+            row[f"{key}_range"] = [min(ratios), max(ratios)]
         results[f"batch {batch}"] = row
         goals[f"onnxruntime vs torch eager, batch {batch}"] = goal(
             TARGET, row["onnxruntime_speedup"]
@@ -162,6 +195,15 @@ def main() -> None:
             f"onnxruntime {row['onnxruntime_ms_per_sample']:7.2f} ms/sample  "
             f"(x{row['onnxruntime_speedup']:.2f})  "
             f"exact solver {row['exact_solver_ms_per_sample']:.3f} ms/sample",
+            flush=True,
+        )
+        print(
+            f"  fields: torch {row['torch_eager_fields_ms_per_sample']:7.2f}  onnxruntime "
+            f"{row['onnxruntime_fields_ms_per_sample']:7.2f} ms/sample "
+            f"(x{row['onnxruntime_fields_speedup']:.2f}; "
+            f"{row['fields_graph_over_constant_graph']:.2f} x the constant graph)  Krylov "
+            f"{row['exact_solver_fields_ms_per_sample']:.2f} ms/sample "
+            f"({row['krylov_over_fields_graph']:.1f} x the fields graph)",
             flush=True,
         )
     results.update(

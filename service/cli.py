@@ -68,9 +68,12 @@ def evaluate(model: OnnxSurrogate, path: str, batch: int = 32, progress: bool = 
             bar.update(len(pred))
         bar.close()
         err = np.concatenate(errors)
-        name = reader.system.name  # field files by law too: poisson-smooth, poisson-two-phase
+        name = reader.system.name  # field files by law and range: poisson-smooth(1,10)
         if reader.has_fields:
             name += f"-{reader.attrs.get('field_law', 'fields')}"
+            span = reader.attrs.get("contrast_range", reader.attrs.get("variation_range"))
+            if span is not None:
+                name += f"({span[0]:g},{span[1]:g})"
         return {
             "mean_relative_l2": float(err.mean()),
             "per_system": {name: float(err.mean())},
