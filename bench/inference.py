@@ -4,9 +4,19 @@ FFT solve) and for coefficient fields (Poisson with smooth conductivity fields o
 1..100: the fields graph, and the Krylov solver to 1e-8).
 
     .venv/bin/python bench/inference.py [--quick] [--model fno-1m] [--threads 2]
+        [--baseline-graph OLD.onnx]
 
 Writes bench/results/inference.json. Goal: ONNX Runtime >= 2x torch eager on CPU, for
 constant inputs (the fields graph's own ratio is reported beside it).
+
+``--baseline-graph`` times a constant graph exported by an older commit in the same
+rounds, so a change to the model is checked for a slowdown of constant inputs in paired
+runs (ratio ``constant_graph_over_baseline``). Make one with, for example::
+
+    git worktree add /tmp/base d1eb231 && cd /tmp/base && PYTHONPATH=. \
+      /work/main/.venv/bin/python -c "import torch; from training.export import export_onnx; \
+      from training.models import PDESurrogate, preset; torch.manual_seed(0); \
+      open('/tmp/base.onnx', 'wb').write(export_onnx(PDESurrogate(**preset('fno-1m')), 128, {}))"
 """
 
 from __future__ import annotations
@@ -109,6 +119,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", default="fno-1m")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline-graph", type=Path, help="a constant graph from an older commit")
     args = p.parse_args()
     import onnxruntime as ort
 
@@ -141,6 +152,11 @@ def main() -> None:
     field_session = ort.InferenceSession(
         export_onnx(model, RESOLUTION, {}, fields=True), options, providers=["CPUExecutionProvider"]
     )
+    baseline = None
+    if args.baseline_graph is not None:
+        baseline = ort.InferenceSession(
+            str(args.baseline_graph), options, providers=["CPUExecutionProvider"]
+        )
     results, goals = {}, {}
     for batch in BATCHES:
         s, c = chunk.sources[:batch], chunk.coefficients[:batch]
@@ -159,15 +175,24 @@ def main() -> None:
             with torch.inference_mode():
                 model(st, ct)
 
+        fns = {
+            "torch_eager": torch_eager,
+            "onnxruntime": lambda f=feed: session.run(None, f),
+            "exact_solver": lambda s=s, c=c: solve("advection_diffusion", s, c),
+            "torch_eager_fields": torch_eager_fields,
+            "onnxruntime_fields": lambda f=field_feed: field_session.run(None, f),
+            "exact_solver_fields": lambda s=fs, c=fc: solve("poisson", s, c, mean="project"),
+        }
+        pairs = {
+            "onnxruntime_fields_speedup": ("torch_eager_fields", "onnxruntime_fields"),
+            "fields_graph_over_constant_graph": ("onnxruntime_fields", "onnxruntime"),
+            "krylov_over_fields_graph": ("exact_solver_fields", "onnxruntime_fields"),
+        }
+        if baseline is not None:
+            fns["onnxruntime_baseline"] = lambda f=feed: baseline.run(None, f)
+            pairs["constant_graph_over_baseline"] = ("onnxruntime", "onnxruntime_baseline")
         seconds = timed(
-            {
-                "torch_eager": torch_eager,
-                "onnxruntime": lambda f=feed: session.run(None, f),
-                "exact_solver": lambda s=s, c=c: solve("advection_diffusion", s, c),
-                "torch_eager_fields": torch_eager_fields,
-                "onnxruntime_fields": lambda f=field_feed: field_session.run(None, f),
-                "exact_solver_fields": lambda s=fs, c=fc: solve("poisson", s, c, mean="project"),
-            },
+            fns,
             rounds,
             max(1, 8 // batch) if args.quick else max(2, 32 // batch),
         )
@@ -178,11 +203,7 @@ def main() -> None:
         ratios = round_ratios(seconds["torch_eager"], seconds["onnxruntime"])
         row["onnxruntime_speedup"] = statistics.median(ratios)
         row["onnxruntime_speedup_range"] = [min(ratios), max(ratios)]
-        for key, (slow, fast) in {
-            "onnxruntime_fields_speedup": ("torch_eager_fields", "onnxruntime_fields"),
-            "fields_graph_over_constant_graph": ("onnxruntime_fields", "onnxruntime"),
-            "krylov_over_fields_graph": ("exact_solver_fields", "onnxruntime_fields"),
-        }.items():
+        for key, (slow, fast) in pairs.items():
             ratios = round_ratios(seconds[slow], seconds[fast])
             row[key] = statistics.median(ratios)
             row[f"{key}_range"] = [min(ratios), max(ratios)]
@@ -206,11 +227,19 @@ def main() -> None:
             f"({row['krylov_over_fields_graph']:.1f} x the fields graph)",
             flush=True,
         )
+        if baseline is not None:
+            print(
+                f"  constant graph / baseline graph: {row['constant_graph_over_baseline']:.3f} "
+                f"(range {row['constant_graph_over_baseline_range'][0]:.3f}.."
+                f"{row['constant_graph_over_baseline_range'][1]:.3f})",
+                flush=True,
+            )
     results.update(
         model=args.model,
         resolution=RESOLUTION,
         threads=args.threads,
         allocator=allocator,
+        baseline_graph=None if args.baseline_graph is None else args.baseline_graph.name,
         timing=(
             f"median of {rounds} rounds of alternating blocks, {PAUSE_S:g} s pause before "
             "each; the speedup is the median of the rounds' torch / ONNX Runtime ratios"

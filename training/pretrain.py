@@ -15,9 +15,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from training.checkpoint import replace_dir
-from training.config import ConfigError, TrainConfig, load_config
+from training.config import ConfigError, Loss, TrainConfig, load_config
 from training.context import LocalContext, default_device
 from training.metrics import MetricsLog, read_log
 from training.plots import plot_metrics
@@ -43,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ray", action="store_true", help="one plain process, no Ray imported")
     p.add_argument("--address", help="Ray cluster address (default: start one here)")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
+    p.add_argument("--loss", choices=get_args(Loss), help="override optim.loss")
     p.add_argument("--model", help="override the model preset (fno-64k, fno-1m, fno-16m, fno-256m)")
     p.add_argument("--spectral", choices=("auto", "dft", "fft"), help="override model.spectral")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -51,8 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     update = {}
-    if args.epochs is not None:
-        update["optim"] = config.optim.model_copy(update={"epochs": args.epochs})
+    optim = {
+        key: getattr(args, key) for key in ("epochs", "loss") if getattr(args, key) is not None
+    }
+    if optim:
+        update["optim"] = config.optim.model_copy(update=optim)
     model = {}
     if args.model is not None:
         model["preset"] = args.model

@@ -13,7 +13,7 @@ from training.checkpoint import load_model, read_card
 from training.config import ConfigError, load_config
 from training.data import FieldData
 from training.metrics import read_log, relative_l2
-from training.pretrain import main, parse_args, run
+from training.pretrain import _with_overrides, main, parse_args, run
 
 SMOKE = Path(__file__).parents[2] / "training" / "configs" / "smoke.yaml"
 
@@ -94,6 +94,17 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="presets:"):
         load_config("no-such-preset")
     assert main(["--config", str(bad), "--no-ray"]) == 2
+
+
+def test_command_line_overrides_the_config():
+    args = parse_args(
+        ["--config", "darcy-small", "--epochs", "3", "--loss", "mse", "--model", "fno-64k"]
+    )
+    config = _with_overrides(load_config("darcy-small"), args)
+    assert (config.optim.epochs, config.optim.loss, config.model.preset) == (3, "mse", "fno-64k")
+    assert config.optim.lr == load_config("darcy-small").optim.lr
+    with pytest.raises(SystemExit):
+        parse_args(["--config", "darcy-small", "--loss", "l1"])
 
 
 def test_too_many_workers_fail_before_training(tmp_path, cache, capsys):
