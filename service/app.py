@@ -1,25 +1,25 @@
 """The Ray Serve application: an HTTP ingress, a surrogate deployment and an exact solver.
 
-- ``Ingress`` (FastAPI): validation, authentication, model resolution, the
-  envelope check, and routing by ``mode``; ``validate`` runs both solvers at
-  once. Requests that arrive together reach the Surrogate in one call per model
-  and grid (``@serve.batch`` here too).
+- ``Ingress`` (FastAPI): authentication and the body cap (``_Guard``), validation,
+  then one :class:`~service.plan.Plan` per request (model, envelope, mode; decided in
+  ``service/plan.py``), which it carries out; ``validate`` runs both solvers at once.
+  Problems that arrive together reach the Surrogate in one call per model and grid
+  (``service/batching.py``: a window of calls in flight, not ``@serve.batch``).
 - ``Surrogate``: ONNX Runtime sessions, several models per replica
-  (``@serve.multiplexed``), requests batched dynamically (``@serve.batch``)
-  per model and grid. The ONNX graph is built for the model's grid, so
+  (``@serve.multiplexed``); the samples of every call join one queue per model that
+  the ORT streams work through. The ONNX graph is built for the model's grid, so
   requests at other grids are resampled spectrally to it and back.
-- ``ExactSolver``: datagen's spectral solver.
+- ``ExactSolver``: datagen's solver.
 
 ``build_app(settings)`` returns the application; ``app_builder(args)`` is the
 same for ``serve run`` / ``serve deploy`` config files.
 """
 
 import asyncio
-import collections
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -31,10 +31,10 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from datagen.solver import MEAN_TOLERANCE
 from datagen.solver import solve as exact_solve
-from datagen.systems import get_system
-from service.envelope import envelope_reasons
+from service.batching import CallWindow, Problems, by_model_and_grid
+from service.errors import http_error
+from service.plan import Plan, plan_request
 from service.registry import ModelCard, Registry, RegistryError
 from service.runner import OnnxSurrogate
 from service.schema import (
@@ -55,108 +55,8 @@ _SOLVE_REQUEST = TypeAdapter(SolveRequest)
 _BATCH_REQUEST = TypeAdapter(BatchRequest)
 
 
-def _error(status: int, loc: list[Any], msg: str) -> HTTPException:
-    """An HTTP error in FastAPI's validation layout: {"detail": [{"loc", "msg", "type"}]}."""
-    return HTTPException(status, detail=[{"loc": loc, "msg": msg, "type": f"http_{status}"}])
-
-
 # ---------------------------------------------------------------------------------------
 # Surrogate
-
-
-#: A model ref, source(s) and unified coefficients: one problem, (n, n) and (6,), in the
-#: ingress; k problems at one grid, (k, n, n) and (k, 6) float32, sent to the Surrogate.
-Problems = tuple[str, np.ndarray, np.ndarray]
-
-
-def _by_model_and_grid(items: list[Problems]) -> dict[tuple[str, int], list[int]]:
-    """The indices of ``items`` per (model ref, grid n), in order."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, (ref, source, _) in enumerate(items):
-        groups.setdefault((ref, source.shape[-1]), []).append(i)
-    return groups
-
-
-class _CallWindow:
-    """Problems queue here and leave in calls of up to ``max_size``, at most ``window``
-    calls in flight: when one returns, everything that queued meanwhile goes in the next.
-
-    The Surrogate works through the samples of all calls in order, so one call waiting
-    there keeps its streams busy while another travels; what arrives meanwhile waits here
-    and travels together. While another call is out, a new one also waits up to ``hold_s``
-    for ``max_size`` problems: the Surrogate has work, and fewer, larger calls cost less
-    (at concurrency 32, waiting for 8 problems gave +2.6% req/s over five paired runs,
-    waiting for max_size 218.6 and 219.4 against 196.1 and 218.2 in two; the idle CPU
-    stayed at 0.01 cores). Serve's ``@serve.batch`` forms a batch before it waits for a
-    free slot, so under load its calls held one to a few problems.
-    """
-
-    def __init__(
-        self,
-        send: Callable[[list[Problems]], Awaitable[list[np.ndarray]]],
-        window: int,
-        max_size: int,
-        hold_s: float = 0.0,
-    ):
-        self._send = send
-        self._window = self._free = window
-        self._max_size = max_size
-        self._hold_s = hold_s
-        self._queue: collections.deque[tuple[Problems, asyncio.Future]] = collections.deque()
-        self._calls: set[asyncio.Task] = set()
-        self._held: asyncio.TimerHandle | None = None
-
-    async def __call__(self, problem: Problems) -> np.ndarray:
-        answer = asyncio.get_running_loop().create_future()
-        self._queue.append((problem, answer))
-        self._start_calls()
-        return await answer
-
-    def _start_calls(self, held_enough: bool = False) -> None:
-        while self._free and self._queue:
-            other_call_out = self._free < self._window
-            if (
-                self._hold_s
-                and other_call_out
-                and not held_enough
-                and len(self._queue) < self._max_size
-            ):
-                if self._held is None:
-                    loop = asyncio.get_running_loop()
-                    self._held = loop.call_later(self._hold_s, self._hold_over)
-                return
-            if self._held is not None:
-                self._held.cancel()
-                self._held = None
-            items = []
-            while self._queue and len(items) < self._max_size:
-                item = self._queue.popleft()
-                if not item[1].done():  # a caller that timed out has cancelled its own
-                    items.append(item)
-            if not items:
-                return
-            self._free -= 1
-            call = asyncio.create_task(self._call(items))
-            self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
-
-    def _hold_over(self) -> None:
-        self._held = None
-        self._start_calls(held_enough=True)
-
-    async def _call(self, items: list[tuple[Problems, asyncio.Future]]) -> None:
-        try:
-            results = await self._send([problem for problem, _ in items])
-            for (_, answer), result in zip(items, results, strict=True):
-                if not answer.done():  # a caller that timed out has cancelled its own
-                    answer.set_result(result)
-        except Exception as e:
-            for _, answer in items:
-                if not answer.done():
-                    answer.set_exception(e)
-        finally:
-            self._free += 1
-            self._start_calls()
 
 
 @serve.deployment(name="Surrogate")
@@ -323,26 +223,13 @@ def _authorised(request: Request, settings: ServiceSettings) -> bool:
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError):
+async def _validationhttp_error(request: Request, exc: RequestValidationError):
     """422 with every error's location and message; no input echoed back (it can be MBs)."""
     errors = [
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
         for e in exc.errors()
     ]
     return JSONResponse(status_code=422, content={"detail": errors})
-
-
-@dataclass
-class _Plan:
-    """What is decided about one request before anything is computed."""
-
-    source: np.ndarray  # float64 (n, n), mean projected where needed
-    coefficients: np.ndarray  # unified (6,)
-    mode: str  # surrogate | exact | validate: what will run
-    loc: list[Any]  # where the request sits in the body, for errors
-    warnings: list[str] = field(default_factory=list)
-    card: ModelCard | None = None
-    reason: str | None = None  # why the mode differs from the request's
 
 
 class _Metrics:
@@ -379,7 +266,7 @@ class Ingress:
         self.metrics = _Metrics()
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
         # Awaited with one problem (ref, source (n, n), coefficients (6,)).
-        self._to_surrogate = _CallWindow(
+        self._to_surrogate = CallWindow(
             self._surrogate_calls,
             settings.surrogate_calls_in_flight * settings.surrogate_replicas,
             settings.max_batch_size,
@@ -406,7 +293,7 @@ class Ingress:
         try:
             card = self.registry.card(ref)
         except RegistryError as e:
-            raise _error(404, loc, str(e)) from None
+            raise http_error(404, loc, e.public) from None
         self._cards[ref] = (now, card)
         return card
 
@@ -423,7 +310,7 @@ class Ingress:
                 self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
             )
         except HTTPException as e:
-            raise _error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
+            raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
         return {"status": "ready", "model": card.ref, "providers": providers}
 
     @api.get("/models")
@@ -458,56 +345,24 @@ class Ingress:
         return await self._solve_batch(batch)
 
     async def _solve(self, request: SolveRequest) -> SolveResponse:
-        plan = self._plan(request, ["body"])
+        plan = plan_request(request, ["body"], self.card)
         return await self._call(self._run(request, plan))
 
     async def _solve_batch(self, batch: BatchRequest) -> BatchResponse:
         if len(batch.items) > self.settings.max_batch_items:
-            raise _error(
+            raise http_error(
                 413,
                 ["body", "items"],
                 f"{len(batch.items)} items; at most {self.settings.max_batch_items} per batch",
             )
-        plans = [self._plan(item, ["body", "items", i]) for i, item in enumerate(batch.items)]
+        plans = [
+            plan_request(item, ["body", "items", i], self.card)
+            for i, item in enumerate(batch.items)
+        ]
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
-    def _plan(self, request: SolveRequest, loc: list[Any]) -> _Plan:
-        """Everything decided before computing: source, mode, model, reasons, warnings."""
-        system = get_system(request.pde)
-        source = request.source_array()
-        warnings: list[str] = []
-        if system.zero_mean:
-            mean = float(source.mean())
-            if abs(mean) > MEAN_TOLERANCE * max(float(np.abs(source).max()), 1e-300):
-                if request.nonzero_mean == "reject":
-                    raise _error(
-                        422,
-                        [*loc, "source"],
-                        f"{request.pde} needs a zero-mean source (the operator annihilates "
-                        f"constants); this one has mean {mean:.4g}",
-                    )
-                source = source - mean
-                warnings.append(f"subtracted the source's mean {mean:.4g} ({request.pde} needs 0)")
-        coefficients = request.unified()
-        plan = _Plan(source, coefficients, request.mode, loc, warnings)
-        if request.mode == "exact":
-            return plan
-        card = self.card(request.model, [*loc, "model"])
-        plan.card = card
-        reasons = envelope_reasons(card, request.pde, source, coefficients)
-        if reasons:
-            why = "; ".join(reasons)
-            if request.out_of_envelope == "reject":
-                raise _error(422, [*loc, "coefficients"], f"outside the model's envelope: {why}")
-            if request.out_of_envelope == "fallback":
-                plan.mode = "exact"
-                plan.reason = f"fell back to the exact solver: {why}"
-            else:
-                warnings.append(f"answered by the surrogate outside its envelope: {why}")
-        return plan
-
-    async def _run(self, request: SolveRequest, plan: _Plan) -> SolveResponse:
+    async def _run(self, request: SolveRequest, plan: Plan) -> SolveResponse:
         pde, source, coefficients = request.pde, plan.source, plan.coefficients
         card = plan.card
         timings: dict[str, float] = {}
@@ -559,7 +414,7 @@ class Ingress:
 
     async def _surrogate_calls(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for problems that travel together."""
-        groups = _by_model_and_grid(problems)
+        groups = by_model_and_grid(problems)
         calls = [
             self.surrogate.options(multiplexed_model_id=ref).predict.remote(
                 ref,
@@ -578,11 +433,11 @@ class Ingress:
     def _check_output(solution: np.ndarray, request: SolveRequest, loc: list[Any]) -> None:
         """A 422, not a broken response, for solutions that overflow (near-singular problems)."""
         if not np.isfinite(solution).all():
-            raise _error(422, [*loc, "coefficients"], "the problem is too close to singular")
+            raise http_error(422, [*loc, "coefficients"], "the problem is too close to singular")
         if getattr(request.source, "dtype", "") == "float32" and (
             np.abs(solution).max() > np.finfo(np.float32).max
         ):
-            raise _error(
+            raise http_error(
                 422, [*loc, "source"], "the solution overflows float32; send a float64 source"
             )
 
@@ -590,12 +445,12 @@ class Ingress:
         try:
             return await asyncio.wait_for(awaitable, self.settings.request_timeout_s)
         except asyncio.TimeoutError:
-            raise _error(
+            raise http_error(
                 504, ["body"], f"no answer within {self.settings.request_timeout_s:g} s"
             ) from None
         except (RayActorError, ActorUnavailableError):
             # A replica died mid-request (Serve starts another): safe to retry, say so.
-            error = _error(503, ["body"], "a solver replica restarted; retry the request")
+            error = http_error(503, ["body"], "a solver replica restarted; retry the request")
             error.headers = {"Retry-After": "1"}
             raise error from None
 

@@ -129,6 +129,9 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL, help="default model, name[@version]")
     p.add_argument("--address", help="Ray cluster address; default: start Ray here")
     p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument(
+        "--verbose", action="store_true", help="print the Ray processes' log lines here too"
+    )
     args = p.parse_args(argv)
 
     import ray
@@ -142,12 +145,14 @@ def serve_main(argv: Sequence[str]) -> int:
     if "://" not in registry:
         registry = os.path.abspath(registry)  # replicas may run in another directory
     settings = ServiceSettings(registry=registry, default_model=args.model)
+    published = True
     try:
         Registry(registry).resolve(args.model)
     except RegistryError as e:
+        published = False
         print(f"warning: {e}; surrogate requests fail until it is published", file=sys.stderr)
     if args.address:
-        ray.init(address=args.address)
+        ray.init(address=args.address, log_to_driver=args.verbose)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
@@ -163,14 +168,20 @@ def serve_main(argv: Sequence[str]) -> int:
                 num_cpus=args.num_cpus,
                 include_dashboard=False,
                 configure_logging=False,
+                log_to_driver=args.verbose,
             ).url
+        # The banner last, once the default model answers: nothing of the start-up
+        # pushes it off the screen.
+        not_ready = embedded.wait_ready(url) if published else None
+        if not_ready:
+            print(f"warning: not ready yet ({not_ready})", file=sys.stderr)
         print(
             f"pdeserve is serving {args.model} from {registry}\n"
             f"  URL:  {url}\n"
             f"  docs: {url}/docs\n"
             f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
             f"-d @examples/helmholtz.json\n"
-            "Ctrl-C stops it.",
+            "Ctrl-C stops it." + ("" if args.verbose else " (--verbose shows Ray's log lines)"),
             flush=True,
         )
         while not stop:

@@ -101,6 +101,26 @@ def start(
     return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
 
 
+def wait_ready(url: str, timeout_s: float = 120.0) -> str | None:
+    """Poll ``GET url/readyz`` until it answers 200: None then, else what it said last."""
+    import time
+
+    import httpx
+
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while True:
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=10)
+            if r.status_code == 200:
+                return None
+            last = f"{r.status_code}: {r.text[:300]}"
+        except httpx.HTTPError as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() >= deadline:
+            return last
+        time.sleep(0.5)
+
+
 def replica_pids(deployment: str = "") -> list[int]:
     """PIDs of this instance's replica processes of ``deployment`` (all when empty), from
     ``ps``: Ray titles a worker process after its actor. (``ray.util.state`` needs the

@@ -44,7 +44,15 @@ FileMaker = Callable[["ModelCard"], dict[str, bytes]]
 
 
 class RegistryError(ValueError):
-    """A model that is missing, malformed or tampered with."""
+    """A model that is missing, malformed or tampered with.
+
+    ``public`` is the message for a remote user: it names the model, never where the
+    registry lies on the server (the full message, for local use, may say).
+    """
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class Architecture(BaseModel):
@@ -169,7 +177,9 @@ class Registry:
         name, version = parse_ref(ref)
         versions = self.versions(name)
         if not versions:
-            raise RegistryError(f"no model {name!r} in {self.root}")
+            raise RegistryError(
+                f"no model {name!r} in {self.root}", public=f"no model {name!r} in the registry"
+            )
         if version == "latest":
             return name, versions[-1]
         if int(version) not in versions:

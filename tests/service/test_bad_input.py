@@ -120,6 +120,12 @@ CASES = [
     ),
     ("unknown model", body("helmholtz", n=32) | {"model": "nosuch"}, 404, ["model", "nosuch"]),
     (
+        "unknown model in exact mode",
+        body("helmholtz", n=32) | {"model": "nosuch", "mode": "exact"},
+        404,
+        ["model", "nosuch"],
+    ),
+    (
         "invalid model name",
         body("helmholtz", n=32) | {"model": "Bad Name!"},
         404,
@@ -159,7 +165,7 @@ CASES = [
 @pytest.mark.parametrize(
     ("payload", "status", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
-def test_bad_input_is_a_4xx_naming_the_problem(client, payload, status, fragments):
+def test_bad_input_is_a_4xx_naming_the_problem(client, registry_root, payload, status, fragments):
     path = "/solve/batch" if isinstance(payload, dict) and "items" in payload else "/solve"
     if isinstance(payload, bytes):
         r = client.post(path, content=payload, headers={"Content-Type": "application/json"})
@@ -173,6 +179,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(client, payload, status, fragment
     text = json.dumps(detail)
     for fragment in fragments:
         assert fragment in text, (fragment, text[:500])
+    assert str(registry_root) not in r.text  # the model is named, never the server's paths
 
 
 def test_the_catalogue_is_large_and_the_service_survives_it(client, service):

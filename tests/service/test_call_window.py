@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from service.app import _CallWindow
+from service.batching import CallWindow
 
 
 class _Surrogate:
@@ -36,7 +36,7 @@ async def _settle() -> None:
 def test_what_queues_while_calls_are_out_travels_together():
     async def scenario():
         surrogate = _Surrogate()
-        window = _CallWindow(surrogate, window=2, max_size=3)
+        window = CallWindow(surrogate, window=2, max_size=3)
         callers = [asyncio.create_task(window(i)) for i in range(7)]
         await _settle()
         assert surrogate.calls == [[0], [1]]  # each left as it came, while a slot was free
@@ -61,7 +61,7 @@ def test_what_queues_while_calls_are_out_travels_together():
 def test_a_failed_call_fails_its_callers_and_frees_its_slot():
     async def scenario():
         surrogate = _Surrogate()
-        window = _CallWindow(surrogate, window=1, max_size=2)
+        window = CallWindow(surrogate, window=1, max_size=2)
         first = asyncio.create_task(window(0))
         await _settle()
         queued = [asyncio.create_task(window(i)) for i in (1, 2)]
@@ -80,7 +80,7 @@ def test_a_failed_call_fails_its_callers_and_frees_its_slot():
 def test_a_caller_that_gave_up_is_not_sent():
     async def scenario():
         surrogate = _Surrogate()
-        window = _CallWindow(surrogate, window=1, max_size=4)
+        window = CallWindow(surrogate, window=1, max_size=4)
         patient = asyncio.create_task(window("a"))
         await _settle()
         gave_up = asyncio.create_task(window("b"))
@@ -100,7 +100,7 @@ def test_a_caller_that_gave_up_is_not_sent():
 def test_while_another_call_is_out_a_new_one_waits_for_company_up_to_the_hold():
     async def scenario():
         surrogate = _Surrogate()
-        window = _CallWindow(surrogate, window=2, max_size=3, hold_s=0.2)
+        window = CallWindow(surrogate, window=2, max_size=3, hold_s=0.2)
         first = asyncio.create_task(window(0))
         await _settle()
         assert surrogate.calls == [[0]]  # nothing else out: it leaves at once

@@ -73,3 +73,6 @@ def test_pdeserve_serve_starts_answers_and_stops(registry_root, tmp_path):
     # stop for load balancers to deregister it, and there is none here.
     assert stop_s < 25, f"Ctrl-C took {stop_s:.0f} s to stop the service"
     assert f"URL:  {url}" in output and f"{url}/docs" in output and "curl" in output
+    # The banner comes once the service is ready, and no Ray log line follows it.
+    after = output[output.index("pdeserve is serving") :].split("Ctrl-C stops it")[1]
+    assert "pid=" not in after.split("\n", 1)[-1] and "INFO" not in after, after[:1000]
