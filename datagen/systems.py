@@ -270,6 +270,27 @@ def unified_coefficients(
     return np.stack(cols, axis=1)
 
 
+def unified_field(
+    k11: np.ndarray | float = 0.0,
+    k22: np.ndarray | float = 0.0,
+    k12: np.ndarray | float = 0.0,
+    v1: np.ndarray | float = 0.0,
+    v2: np.ndarray | float = 0.0,
+    w: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """One problem's named coefficients, each a number or an (n, n) field, as (6, n, n)
+    (numbers become constant fields); (6,) when all are numbers."""
+    values = [np.asarray(a, dtype=np.float64) for a in (k11, k22, k12, v1, v2, w)]
+    grids = {a.shape for a in values if a.ndim}
+    if not grids:
+        return np.array(values)
+    if len(grids) > 1 or len(next(iter(grids))) != 2:
+        raise CoefficientError(
+            f"coefficient fields must all be n x n on one grid, got shapes {sorted(grids)}"
+        )
+    return np.stack(np.broadcast_arrays(*values))
+
+
 def diffusion_tensor(eigenvalue: np.ndarray | float, angle: np.ndarray | float) -> np.ndarray:
     """Unscaled A = R(-t) diag(1, e) R(t) as rows [a11, a22, a12], (B, 3).
 

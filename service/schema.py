@@ -23,11 +23,12 @@ from pydantic import (
     model_validator,
 )
 
+from datagen.field_solver import divergence_free_velocity
 from datagen.systems import (
     DIFFUSION_SCALE,
     CoefficientError,
     get_system,
-    unified_coefficients,
+    unified_field,
 )
 from datagen.systems import diffusion_tensor as _diffusion_tensor
 from service.wire import decode_array, encode_array
@@ -72,6 +73,11 @@ class EncodedArray(BaseModel):
 FieldValue = EncodedArray | list[list[float]]
 
 
+def _where(index: int, n: int) -> str:
+    y, x = divmod(index, n)
+    return f"grid point [{y}, {x}] (x = {x / n:.4g}, y = {y / n:.4g})"
+
+
 def check_grid(a: np.ndarray, what: str = "source") -> np.ndarray:
     """Shape n x n with n even in [MIN_N, MAX_N], finite, within MAX_VALUE; float64."""
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
@@ -82,9 +88,13 @@ def check_grid(a: np.ndarray, what: str = "source") -> np.ndarray:
     # min and max are NaN when any value is (two passes, no temporaries)
     lo, hi = float(a.min()), float(a.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{what} contains NaN or Inf")
+        i = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise ValueError(f"{what} contains NaN or Inf ({a.flat[i]} at {_where(i, n)})")
     if max(-lo, hi) > MAX_VALUE:
-        raise ValueError(f"{what} has values beyond +-{MAX_VALUE:g}")
+        i = int(np.flatnonzero(np.abs(a) > MAX_VALUE)[0])
+        raise ValueError(
+            f"{what} has values beyond +-{MAX_VALUE:g} ({a.flat[i]:g} at {_where(i, n)})"
+        )
     return a
 
 
@@ -92,7 +102,11 @@ def decode_field(value: FieldValue, what: str = "source") -> np.ndarray:
     """The field as a checked float64 (n, n) array (an encoded one is checked once)."""
     if isinstance(value, EncodedArray):
         if not value._checked:
-            check_grid(value.decode(), what)
+            try:
+                array = value.decode()
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+            check_grid(array, what)
             value._checked = True
         return value.decode()
     if not value or any(len(row) != len(value[0]) for row in value):
@@ -107,80 +121,142 @@ def encode_like(array: np.ndarray, like: FieldValue) -> FieldValue:
     return np.asarray(array, dtype=np.float64).tolist()
 
 
-def _finite_bounded(value: float | None, name: str) -> None:
-    if value is not None and abs(value) > MAX_COEFFICIENT:
-        raise ValueError(f"{name} must be within +-{MAX_COEFFICIENT:g}, got {value:g}")
+#: A coefficient: one number, or an n x n field on the source's grid (the source's
+#: encodings: nested lists or base64).
+Coefficient = float | FieldValue
+
+#: Coefficients that must be > 0 (``positive``) or >= 0 everywhere.
+_POSITIVE = ("eigenvalue", "conductivity")
+_NON_NEGATIVE = ("omega",)
 
 
-class DiffusionCoefficients(BaseModel):
-    """K as ``k11, k22, k12`` (effective) or as the paper's ``eigenvalue, angle``.
+def _coefficient(value: Coefficient | None, name: str) -> float | np.ndarray | None:
+    """A coefficient as a float or a checked float64 (n, n) field; ValueError naming it and
+    the first offending grid point."""
+    if value is None:
+        return None
+    field = not isinstance(value, (int, float))
+    a = decode_field(value, name) if field else float(value)
+    values = np.asarray(a).ravel()
 
-    The second form is K = 0.01 R(-angle) diag(1, eigenvalue) R(angle).
-    """
+    def refuse(bad: np.ndarray, what: str) -> None:
+        i = int(np.flatnonzero(bad)[0])
+        at = f" at {_where(i, a.shape[-1])}" if field else ""
+        raise ValueError(f"{name} must be {what}, got {values[i]:g}{at}")
+
+    if (np.abs(values) > MAX_COEFFICIENT).any():
+        refuse(np.abs(values) > MAX_COEFFICIENT, f"within +-{MAX_COEFFICIENT:g}")
+    if name in _POSITIVE and (values <= 0).any():
+        refuse(values <= 0, "> 0")
+    if name in _NON_NEGATIVE and (values < 0).any():
+        refuse(values < 0, ">= 0")
+    return a
+
+
+class _Coefficients(BaseModel):
+    """Coefficients, each a number or an n x n field on the source's grid."""
 
     model_config = _STRICT
-    k11: float | None = None
-    k22: float | None = None
-    k12: float | None = None
-    eigenvalue: float | None = None
-    angle: float | None = None
+    _values: dict[str, float | np.ndarray] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _decode(self):
+        for name in type(self).model_fields:
+            value = _coefficient(getattr(self, name), name)
+            if value is not None:
+                self._values[name] = value
+        return self
+
+    def value(self, name: str) -> float | np.ndarray | None:
+        """A coefficient as given: a float, a float64 (n, n) field, or None."""
+        return self._values.get(name)
+
+    def grids(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every coefficient given as a field."""
+        return {k: v.shape for k, v in self._values.items() if isinstance(v, np.ndarray)}
+
+
+class DiffusionCoefficients(_Coefficients):
+    """K as ``k11, k22, k12`` (effective) or as the paper's ``eigenvalue, angle``, each a
+    number or a field; optionally times a ``conductivity``.
+
+    The second form is K = 0.01 R(-angle) diag(1, eigenvalue) R(angle). The Darcy form:
+    ``conductivity`` a(x) (> 0, usually a field) multiplies a constant tensor K0 given in
+    either form: K(x) = a(x) K0, the heterogeneous medium of Darcy flow.
+    """
+
+    k11: Coefficient | None = None
+    k22: Coefficient | None = None
+    k12: Coefficient | None = None
+    eigenvalue: Coefficient | None = None
+    angle: Coefficient | None = None
+    conductivity: Coefficient | None = Field(
+        default=None,
+        description="Darcy form: K(x) = conductivity(x) K0, K0 constant (k11, k22, k12 or "
+        "eigenvalue, angle as numbers)",
+    )
 
     @model_validator(mode="after")
     def _one_parameterisation(self):
         direct = [self.k11, self.k22, self.k12]
         paper = [self.eigenvalue, self.angle]
-        if all(v is not None for v in direct) and all(v is None for v in paper):
-            pass
-        elif all(v is not None for v in paper) and all(v is None for v in direct):
-            if self.eigenvalue <= 0:
-                raise ValueError(
-                    f"eigenvalue must be > 0 for K to be positive definite, got {self.eigenvalue:g}"
-                )
-        else:
+        if not (
+            (all(v is not None for v in direct) and all(v is None for v in paper))
+            or (all(v is not None for v in paper) and all(v is None for v in direct))
+        ):
             raise ValueError(
                 "give the diffusion tensor either as k11, k22, k12 or as eigenvalue, angle "
                 "(all of one form, none of the other)"
             )
-        for name in ("k11", "k22", "k12", "eigenvalue", "angle"):
-            _finite_bounded(getattr(self, name), name)
+        if self.conductivity is not None:
+            fields = sorted(set(self.grids()) - {"conductivity"} & set(_TENSOR_NAMES))
+            if fields:
+                raise ValueError(
+                    f"with a conductivity, the tensor K0 it multiplies is constant: give "
+                    f"{', '.join(fields)} as numbers"
+                )
         return self
 
-    def diffusion(self) -> tuple[float, float, float]:
+    def diffusion(self) -> tuple[float | np.ndarray, float | np.ndarray, float | np.ndarray]:
+        """(k11, k22, k12), each a float or an (n, n) field, the conductivity applied."""
         if self.eigenvalue is not None:
-            k = DIFFUSION_SCALE * _diffusion_tensor(self.eigenvalue, self.angle)[0]
-            return float(k[0]), float(k[1]), float(k[2])
-        return self.k11, self.k22, self.k12
+            e, t = np.broadcast_arrays(self.value("eigenvalue"), self.value("angle"))
+            k = DIFFUSION_SCALE * _diffusion_tensor(e.ravel(), t.ravel())
+            entries = [k[:, j].reshape(e.shape) if e.ndim else float(k[0, j]) for j in range(3)]
+        else:
+            entries = [self.value(name) for name in ("k11", "k22", "k12")]
+        a = self.value("conductivity")
+        if a is not None:
+            entries = [a * k for k in entries]
+        return tuple(entries)
 
     def unified(self) -> np.ndarray:
-        k11, k22, k12 = self.diffusion()
-        return unified_coefficients(k11, k22, k12)[0]
+        """(6,) for numbers, (6, n, n) where any coefficient is a field."""
+        return unified_field(*self.diffusion())
+
+
+_TENSOR_NAMES = ("k11", "k22", "k12", "eigenvalue", "angle")
 
 
 class AdvectionDiffusionCoefficients(DiffusionCoefficients):
-    """K as for Poisson, plus the velocity ``v1, v2``."""
+    """K as for Poisson, plus the velocity ``v1, v2`` (numbers or a divergence-free field:
+    one that is not, to 1%, is refused; the rest of its divergence is projected out)."""
 
-    v1: float
-    v2: float
-
-    @model_validator(mode="after")
-    def _bounded_velocity(self):
-        _finite_bounded(self.v1, "v1")
-        _finite_bounded(self.v2, "v2")
-        return self
+    v1: Coefficient
+    v2: Coefficient
 
     def unified(self) -> np.ndarray:
-        k11, k22, k12 = self.diffusion()
-        return unified_coefficients(k11, k22, k12, self.v1, self.v2)[0]
+        return unified_field(*self.diffusion(), self.value("v1"), self.value("v2"))
 
 
-class HelmholtzCoefficients(BaseModel):
-    """The wavenumber ``omega`` of -0.01 lap u - omega u = f (the paper trains on 1..10)."""
+class HelmholtzCoefficients(_Coefficients):
+    """The wavenumber ``omega`` of -0.01 lap u - omega u = f (the paper trains on 1..10): a
+    number, or a field omega(x) >= 0 (a varying medium)."""
 
-    model_config = _STRICT
-    omega: float = Field(ge=0, le=MAX_COEFFICIENT)
+    omega: Coefficient
 
     def unified(self) -> np.ndarray:
-        return unified_coefficients(DIFFUSION_SCALE, DIFFUSION_SCALE, w=self.omega)[0]
+        return unified_field(DIFFUSION_SCALE, DIFFUSION_SCALE, w=self.value("omega"))
 
 
 class _Solve(BaseModel):
@@ -208,10 +284,22 @@ class _Solve(BaseModel):
 
     @model_validator(mode="after")
     def _valid_coefficients(self):
+        n = self.source_array().shape
+        for name, grid in self.coefficients.grids().items():
+            if grid != n:
+                raise ValueError(
+                    f"coefficient {name} is a {grid[0]} x {grid[1]} field, but the source's "
+                    f"grid is {n[0]} x {n[1]}: fields lie on the source's grid"
+                )
+        system = get_system(self.pde)
         try:
-            get_system(self.pde).validate(self.unified())
+            c = system.validate(self.coefficients.unified())
+            if c.ndim == 4:
+                c = divergence_free_velocity(system, c)
         except CoefficientError as e:
-            raise ValueError(str(e)) from None
+            message = str(e).replace("example 0, ", "").replace(" of example 0", "")
+            raise ValueError(message) from None
+        self._unified = c[0]
         return self
 
     def source_array(self) -> np.ndarray:
@@ -221,10 +309,12 @@ class _Solve(BaseModel):
         return self._array
 
     def unified(self) -> np.ndarray:
-        """The coefficients in the unified layout, (6,) float64 (computed once)."""
-        if self._unified is None:
-            self._unified = self.coefficients.unified()
+        """The coefficients in the unified layout, float64: (6,) for numbers, (6, n, n)
+        where any is a field (validated once, velocity fields made divergence-free)."""
         return self._unified
+
+    def has_fields(self) -> bool:
+        return self._unified.ndim == 3
 
 
 class PoissonRequest(_Solve):

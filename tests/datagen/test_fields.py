@@ -323,3 +323,50 @@ def test_solves_in_threads_leave_the_blas_threads_as_they_were(rng):
         results = list(pool.map(lambda _: solve("poisson", f, fields), range(8)))
     assert all(np.array_equal(r, expected) for r in results)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("system,c", CASES)
+def test_the_error_estimate_of_constant_problems_is_the_true_error(system, c, rng):
+    from datagen.solver import error_estimate
+
+    n, b = 32, 3
+    f = zero_mean_noise(rng, b, n)
+    exact = solve(system, f, np.repeat(c, b, axis=0))
+    # an error of every kind: noise, a mean (the exact solution has none), a scale
+    wrong = exact + 0.03 * np.std(exact) * rng.standard_normal(exact.shape)
+    wrong[1] += 0.1 * np.abs(exact[1]).max()
+    wrong[2] *= 1.2
+    estimate = error_estimate(system, wrong, f, np.repeat(c, b, axis=0))
+    assert np.allclose(estimate, relative_l2(wrong, exact), rtol=1e-9)
+    assert error_estimate(system, exact[0], f[0], c[0]) < 1e-12  # one problem: a float
+
+
+@pytest.mark.parametrize("system,c", CASES)
+def test_the_error_estimate_of_field_problems_is_the_preconditioned_residual(system, c, rng):
+    from datagen.solver import error_estimate
+
+    n, b = 32, 2
+    fields = smooth_fields(rng, b, n, [3.0, 30.0], c)
+    if system == "helmholtz":
+        fields = broadcast_fields(np.repeat(c, b, axis=0), n)
+        fields[:, 5] *= 1 + 0.3 * np.cos(2 * np.pi * np.arange(n) / n)[None, :, None]
+    f = zero_mean_noise(rng, b, n)
+    exact = solve(system, f, fields, tolerance=1e-12)
+    wrong = exact * (1 + 0.05 * rng.standard_normal(exact.shape))
+    # a second path: the residual by apply(), L_ref^-1 by the constant solver on reference()
+    r = -residual(system, wrong, f, fields)
+    e = solve(system, r - r.mean(axis=(1, 2), keepdims=True), reference(fields), mean="project")
+    if system != "helmholtz":
+        e -= wrong.mean(axis=(1, 2), keepdims=True)
+    norm = lambda a: np.linalg.norm(a.reshape(b, -1), axis=1)  # noqa: E731
+    want = norm(e) / norm(wrong + e)
+    estimate = error_estimate(system, wrong, f, fields)
+    # (the estimate stays on the spectra: what the grid cannot hold of the residual's
+    # Nyquist modes, apply() drops, which moves the figure by 1e-4 of itself)
+    assert np.allclose(estimate, want, rtol=2e-3)
+    true = relative_l2(wrong, exact)
+    assert np.all((estimate > true / 3) & (estimate < 3 * true))  # and it tracks the error
+    mixed = np.concatenate([fields[:1], broadcast_fields(c, n)])  # constant rows go by FFT
+    constant = solve(system, f[0], c[0])
+    both = error_estimate(system, np.stack([wrong[0], constant]), np.stack([f[0], f[0]]), mixed)
+    assert np.isclose(both[0], estimate[0], rtol=1e-12) and both[1] < 1e-10

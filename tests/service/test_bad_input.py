@@ -28,8 +28,136 @@ NAN[3, 4] = np.nan
 INF = ZERO_MEAN.copy()
 INF[0, 0] = np.inf
 
+GRID = np.arange(32) / 32
+X, Y = np.meshgrid(GRID, GRID)  # [y, x]
+SMOOTH = 1 + 0.5 * np.sin(2 * np.pi * X) * np.cos(2 * np.pi * Y)  # in (0.5, 1.5)
+
+
+def spoiled(a: np.ndarray, value: float, y: int = 5, x: int = 7) -> np.ndarray:
+    a = a.copy()
+    a[y, x] = value
+    return a
+
+
+def poisson_fields(**coefficients) -> dict:
+    return with_coefficients("poisson", coefficients)
+
+
+K0 = {"eigenvalue": 2.0, "angle": 0.3}
+POINT = ["grid point [5, 7]"]  # where spoiled() puts the bad value
+
+# Bad coefficient fields: each names the coefficient and the first offending grid point.
+FIELD_CASES = [
+    (
+        "K not SPD at a point",
+        poisson_fields(k11=b64(0.01 * SMOOTH), k22=0.01, k12=b64(spoiled(0 * SMOOTH, 0.02))),
+        422,
+        ["positive definite", *POINT],
+    ),
+    (
+        "k11 <= 0 at a point",
+        poisson_fields(k11=b64(spoiled(0.01 * SMOOTH, -0.01)), k22=0.01, k12=0),
+        422,
+        ["positive definite", *POINT],
+    ),
+    (
+        "eigenvalue <= 0 at a point",
+        poisson_fields(eigenvalue=b64(spoiled(SMOOTH, 0.0)), angle=0.1),
+        422,
+        ["eigenvalue", "> 0", *POINT],
+    ),
+    (
+        "conductivity <= 0 at a point",
+        poisson_fields(**K0, conductivity=b64(spoiled(SMOOTH, -1.0))),
+        422,
+        ["conductivity", "> 0", *POINT],
+    ),
+    (
+        "NaN in a field",
+        poisson_fields(**K0, conductivity=b64(spoiled(SMOOTH, np.nan))),
+        422,
+        ["conductivity", "NaN", *POINT],
+    ),
+    (
+        "Inf in a field",
+        poisson_fields(**K0, conductivity=b64(spoiled(SMOOTH, np.inf), "float64")),
+        422,
+        ["conductivity", "Inf", *POINT],
+    ),
+    (
+        "NaN in a list field",
+        with_coefficients("helmholtz", {"omega": spoiled(4 * SMOOTH, np.nan).tolist()}),
+        422,
+        ["omega"],
+    ),
+    (
+        "field beyond the bounds",
+        poisson_fields(**K0, conductivity=b64(spoiled(SMOOTH, 1e8), "float64")),
+        422,
+        ["conductivity", "1e+06", *POINT],
+    ),
+    (
+        "omega < 0 at a point",
+        with_coefficients("helmholtz", {"omega": b64(spoiled(4 * SMOOTH, -1.0))}),
+        422,
+        ["omega", ">= 0", *POINT],
+    ),
+    (
+        "field on another grid",
+        poisson_fields(**K0, conductivity=b64(np.ones((64, 64)))),
+        422,
+        ["conductivity", "64 x 64", "32 x 32"],
+    ),
+    (
+        "field not square",
+        poisson_fields(**K0, conductivity=np.ones((32, 30)).tolist()),
+        422,
+        ["conductivity", "square"],
+    ),
+    (
+        "field rows ragged",
+        poisson_fields(**K0, conductivity=[[1.0] * 32] * 31 + [[1.0] * 30]),
+        422,
+        ["conductivity", "same length"],
+    ),
+    (
+        "field bad base64",
+        poisson_fields(**K0, conductivity=b64(SMOOTH) | {"data": "%%"}),
+        422,
+        ["conductivity", "base64"],
+    ),
+    (
+        "field bytes and shape disagree",
+        poisson_fields(**K0, conductivity=b64(SMOOTH) | {"shape": [16, 16]}),
+        422,
+        ["conductivity", "bytes"],
+    ),
+    (
+        "conductivity times a varying tensor",
+        poisson_fields(eigenvalue=b64(2 * SMOOTH), angle=0.1, conductivity=b64(SMOOTH)),
+        422,
+        ["conductivity", "eigenvalue", "numbers"],
+    ),
+    (
+        "velocity field not divergence-free",
+        with_coefficients(
+            "advection_diffusion",
+            {"k11": 0.01, "k22": 0.01, "k12": 0, "v1": b64(0.1 * np.sin(2 * np.pi * X)), "v2": 0},
+        ),
+        422,
+        ["velocity", "divergence-free"],
+    ),
+    (
+        "field of a string",
+        poisson_fields(**K0, conductivity="high"),
+        422,
+        ["conductivity"],
+    ),
+]
+
 # (id, payload or raw bytes, status, fragments the message must hold)
 CASES = [
+    *FIELD_CASES,
     ("unknown pde", body("helmholtz", n=32) | {"pde": "heat"}, 422, ["pde", "heat"]),
     ("no pde", {k: v for k, v in body("helmholtz", n=32).items() if k != "pde"}, 422, ["pde"]),
     (
@@ -183,7 +311,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(client, registry_root, payload, s
 
 
 def test_the_catalogue_is_large_and_the_service_survives_it(client, service):
-    assert len(CASES) >= 25
+    assert len(CASES) >= 40 and len(FIELD_CASES) >= 15
     for _, payload, _, _ in CASES:  # all of them again, back to back
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         path = "/solve/batch" if b'"items"' in content[:20] else "/solve"

@@ -151,3 +151,76 @@ def test_one_problem_of_scalars_stacks_as_arrays_do():
     arrays = unified_coefficients(np.array([0.02]), 0.01, 0.003, v1=0.1, v2=-0.2, w=3)
     assert scalars.shape == arrays.shape == (1, 6) and scalars.dtype == arrays.dtype
     assert np.array_equal(scalars, arrays)
+
+
+def _smooth(n=32, phase=0.0):
+    x = np.arange(n) / n
+    xx, yy = np.meshgrid(x, x)
+    return 1 + 0.5 * np.sin(2 * np.pi * (xx + phase)) * np.cos(2 * np.pi * yy)
+
+
+def _request(pde, **coefficients):
+    return ADAPTER.validate_python({"pde": pde, "source": _source(), "coefficients": coefficients})
+
+
+def test_field_coefficients_fill_the_unified_field_layout():
+    a = _smooth()
+    k = _request(
+        "poisson", k11=(0.01 * a).tolist(), k22=0.02, k12=EncodedArray.encode(0.001 * a, "float64")
+    )
+    assert k.has_fields() and k.unified().shape == (6, 32, 32)
+    assert np.array_equal(k.unified()[0], 0.01 * a) and np.all(k.unified()[1] == 0.02)
+    assert np.array_equal(k.unified()[2], 0.001 * a) and not k.unified()[3:].any()
+    # the paper's form, point by point
+    e = _request("poisson", eigenvalue=(2 * a).tolist(), angle=0.4).unified()
+    want = DIFFUSION_SCALE * diffusion_tensor((2 * a).ravel(), np.full(a.size, 0.4))
+    assert np.allclose(e[:3].reshape(3, -1), want.T, rtol=1e-14, atol=0)
+    h = _request("helmholtz", omega=(4 * a).tolist()).unified()
+    assert np.array_equal(h[5], 4 * a) and np.all(h[0] == h[1]) and np.all(h[0] == DIFFUSION_SCALE)
+    assert not _request("helmholtz", omega=4).has_fields()
+
+
+def test_the_darcy_form_multiplies_a_constant_tensor_by_the_conductivity():
+    a = _smooth()
+    darcy = _request("poisson", eigenvalue=3, angle=0.2, conductivity=a.tolist()).unified()
+    k0 = _request("poisson", eigenvalue=3, angle=0.2).unified()
+    assert np.allclose(darcy[:3], a[None] * k0[:3, None, None], rtol=1e-15, atol=0)
+    scalar = _request("poisson", k11=0.01, k22=0.02, k12=0.0, conductivity=2.0).unified()
+    assert scalar.shape == (6,) and np.allclose(scalar[:3], [0.02, 0.04, 0.0])
+
+
+def test_velocity_fields_are_made_exactly_divergence_free():
+    from datagen.field_operator import divergence_free
+
+    x = np.arange(32) / 32
+    xx, yy = np.meshgrid(x, x)
+    # the curl of sin(2 pi x) sin(2 pi y), and a gradient part of 1e-4 of it
+    v1 = 0.02 * np.sin(2 * np.pi * xx) * np.cos(2 * np.pi * yy)
+    v2 = -0.02 * np.cos(2 * np.pi * xx) * np.sin(2 * np.pi * yy)
+    wobble = 2e-6 * np.cos(2 * np.pi * xx)
+    req = _request(
+        "advection_diffusion", k11=0.01, k22=0.01, k12=0, v1=(v1 + wobble).tolist(), v2=v2.tolist()
+    )
+    v = req.unified()[3:5]
+    _, relative = divergence_free(v[None])
+    assert relative[0] < 1e-12 and np.allclose(v, [v1, v2], rtol=0, atol=1e-5)
+    assert not np.allclose(v[0], v1 + wobble, rtol=0, atol=1e-7)  # the wobble is gone
+
+
+def test_a_512_request_with_every_field_fits_the_body_cap():
+    import json
+
+    from service.settings import ServiceSettings
+
+    n = 512
+    a = _smooth(n)
+    f = EncodedArray.encode(_source(n), "float32").model_dump()
+    fields = {
+        k: EncodedArray.encode(c * a, "float32").model_dump()
+        for k, c in [("k11", 0.01), ("k22", 0.01), ("k12", 0.001)]
+    }
+    shear = np.outer(np.sin(2 * np.pi * np.arange(n) / n), np.ones(n))
+    fields |= {"v1": EncodedArray.encode(0.1 * shear).model_dump(), "v2": 0.0}
+    raw = json.dumps({"pde": "advection_diffusion", "source": f, "coefficients": fields})
+    assert len(raw) < ServiceSettings().max_body_bytes
+    assert ADAPTER.validate_json(raw).unified().shape == (6, n, n)
