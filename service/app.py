@@ -31,18 +31,21 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from datagen.solver import ConvergenceError, error_estimate, solve_detailed
 from datagen.solver import solve as exact_solve
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.errors import http_error
-from service.plan import Plan, plan_request
-from service.registry import ModelCard, Registry, RegistryError
+from service.plan import Plan, auto_choice, plan_request
+from service.registry import ONNX, ModelCard, Registry, RegistryError
 from service.runner import OnnxSurrogate
 from service.schema import (
+    DEFAULT_TOLERANCE,
     BatchRequest,
     BatchResponse,
     SolveRequest,
     SolveRequestTypes,
     SolveResponse,
+    SolverReport,
     Validation,
     encode_like,
     relative_l2,
@@ -59,10 +62,32 @@ _BATCH_REQUEST = TypeAdapter(BatchRequest)
 # Surrogate
 
 
+class LoadedModel:
+    """A published model in one replica: its constant graph, and its fields graph once a
+    field problem asks for it."""
+
+    def __init__(self, card: ModelCard, files: dict[str, bytes], threads: int | None):
+        self.card, self._files, self._threads = card, files, threads
+        self.constant = OnnxSurrogate(card, files[card.graphs.get("constant", ONNX)], threads)
+        self._fields: OnnxSurrogate | None = None
+
+    def runner(self, fields: bool) -> OnnxSurrogate:
+        if not fields:
+            return self.constant
+        if self._fields is None:
+            name = self.card.graphs.get("fields")
+            if name is None:  # the ingress checks the card first
+                raise ValueError(f"{self.card.ref} has no graph for coefficient fields")
+            self._fields = OnnxSurrogate(
+                self.card, self._files[name], threads=self._threads, fields=True
+            )
+        return self._fields
+
+
 @serve.deployment(name="Surrogate")
 class Surrogate:
     """ONNX Runtime for published models. The ingress sends problems in batches; the
-    samples of every call join one queue per model that the ORT streams work through
+    samples of every call join one queue per graph that the ORT streams work through
     (``OnnxSurrogate.submit``), so calls need no merging here and no stream waits for
     one to end."""
 
@@ -71,18 +96,20 @@ class Surrogate:
         self.registry = Registry(settings.registry)
 
     @serve.multiplexed(max_num_models_per_replica=4)
-    async def model(self, ref: str) -> OnnxSurrogate:
+    async def model(self, ref: str) -> LoadedModel:
         """A pinned ``name@version``: loaded once per replica, checksums verified."""
         card, files = await asyncio.to_thread(self.registry.read_files, ref)
-        return OnnxSurrogate(card, files["model.onnx"], threads=self.settings.ort_threads)
+        return LoadedModel(card, files, self.settings.ort_threads)
 
     async def ready(self, ref: str) -> str:
-        runner = await self.model(ref)
-        return ",".join(runner.providers)
+        loaded = await self.model(ref)
+        return ",".join(loaded.constant.providers)
 
     async def predict(self, ref: str, sources: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        """k problems at one grid: (k, n, n), unified (k, 6) -> (k, n, n) float32."""
-        runner = await self.model(ref)
+        """k problems at one grid: (k, n, n), unified (k, 6) or fields (k, 6, n, n) ->
+        (k, n, n) float32."""
+        loaded = await self.model(ref)
+        runner = loaded.runner(fields=coefficients.ndim == 4)
         return await asyncio.wrap_future(runner.submit(sources, coefficients))
 
 
@@ -90,10 +117,80 @@ class Surrogate:
 # Exact solver
 
 
+@dataclass
+class ExactAnswer:
+    """The exact solver's answer and how it got there (``message``: why it did not
+    converge, where it did not)."""
+
+    solution: np.ndarray
+    method: str
+    iterations: int
+    relative_residual: float | None  # None for the FFT solve: exact to rounding
+    converged: bool = True
+    message: str | None = None
+
+    def report(self, started_from_surrogate: bool) -> SolverReport:
+        return SolverReport(
+            method=self.method,
+            iterations=self.iterations,
+            relative_residual=self.relative_residual,
+            initial_guess="surrogate" if started_from_surrogate else "zero",
+        )
+
+
 @serve.deployment(name="ExactSolver")
 class ExactSolver:
-    async def solve(self, pde: str, source: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-        return await asyncio.to_thread(exact_solve, pde, source, coefficients, mean="project")
+    """datagen's solver: the FFT solve for constant coefficients, batched Krylov for
+    fields (in a thread: the replica's event loop stays free)."""
+
+    async def solve(
+        self,
+        pde: str,
+        source: np.ndarray,
+        coefficients: np.ndarray,
+        tolerance: float = DEFAULT_TOLERANCE,
+        max_iterations: int = 1000,
+        initial_guess: np.ndarray | None = None,
+    ) -> ExactAnswer:
+        return await asyncio.to_thread(
+            exact_answer, pde, source, coefficients, tolerance, max_iterations, initial_guess
+        )
+
+
+def exact_answer(
+    pde: str,
+    source: np.ndarray,
+    coefficients: np.ndarray,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_iterations: int = 1000,
+    initial_guess: np.ndarray | None = None,
+) -> ExactAnswer:
+    """One problem through the exact solver; a Krylov solve that misses ``tolerance``
+    comes back with ``converged`` False and the solver's message."""
+    if coefficients.ndim == 1:  # the FFT solve: no residual to compute, no iterations
+        solution = exact_solve(pde, source, coefficients, mean="project")
+        return ExactAnswer(solution, "fft", 0, None)
+    try:
+        out = solve_detailed(
+            pde,
+            source,
+            coefficients,
+            mean="project",
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            initial_guess=initial_guess,
+        )
+        converged, message = True, None
+    except ConvergenceError as e:
+        out, converged, message = e.solution, False, str(e).replace("for example 0", "")
+    return ExactAnswer(
+        out.solutions,
+        out.method[0],
+        int(out.iterations[0]),
+        float(out.relative_residual[0]),
+        converged,
+        message,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,7 +464,7 @@ class Ingress:
         card = plan.card
         timings: dict[str, float] = {}
 
-        async def timed(name: str, call: Awaitable[np.ndarray]) -> np.ndarray:
+        async def timed(name: str, call: Awaitable[Any]) -> Any:
             t0 = time.perf_counter()
             result = await call
             timings[name] = 1e3 * (time.perf_counter() - t0)
@@ -378,35 +475,59 @@ class Ingress:
             problem = (card.ref, source.astype(np.float32), coefficients.astype(np.float32))
             return timed("surrogate", self._to_surrogate(problem))
 
-        def exact():
-            return timed("exact", self.exact.solve.remote(pde, source, coefficients))
+        async def exact(initial_guess: np.ndarray | None = None) -> ExactAnswer:
+            call = self.exact.solve.remote(
+                pde, source, coefficients, plan.tolerance, plan.max_iterations, initial_guess
+            )
+            answer = await timed("refine" if initial_guess is not None else "exact", call)
+            if not answer.converged:
+                raise http_error(422, [*plan.loc, "tolerance"], answer.message)
+            return answer
 
-        mode, validation = plan.mode, None
+        def estimate(solution: np.ndarray) -> Awaitable[float]:
+            call = asyncio.to_thread(error_estimate, pde, solution, source, coefficients)
+            return timed("error_estimate", call)
+
+        mode, reason, validation, answer, estimated = plan.mode, plan.reason, None, None, None
         if mode == "exact":
-            solution = await exact()
-            if plan.reason:
+            answer = await exact()
+            solution = answer.solution
+            if plan.fallback:
                 self.metrics.fallbacks.inc(tags={"pde": pde})
         elif mode == "surrogate":
             solution = await surrogate()
-        else:
-            solution, reference = await asyncio.gather(surrogate(), exact())
-            error = relative_l2(solution, reference)
+            estimated = await estimate(solution)
+        elif mode == "validate":
+            solution, answer = await asyncio.gather(surrogate(), exact())
+            estimated = await estimate(solution)
+            error = relative_l2(solution, answer.solution)
             validation = Validation(
-                relative_l2=error, exact_solution=encode_like(reference, request.source)
+                relative_l2=error, exact_solution=encode_like(answer.solution, request.source)
             )
             if error is not None:
                 self.metrics.validation.observe(error, tags={"pde": pde})
             mode = "surrogate"
+        else:  # refine, or auto on fields: the surrogate first
+            guess = await surrogate()
+            if mode == "auto":
+                estimated = await estimate(guess)
+                mode, reason = auto_choice(estimated, plan.error_tolerance)
+            if mode == "refine":
+                answer = await exact(initial_guess=guess.astype(np.float64))
+                solution = answer.solution
+            else:
+                solution = guess
         self._check_output(solution, request, plan.loc)
-        used = "exact" if mode == "exact" else "surrogate"
-        self.metrics.solves.inc(tags={"pde": pde, "mode": used})
+        self.metrics.solves.inc(tags={"pde": pde, "mode": mode})
         return SolveResponse(
             pde=pde,
             n=source.shape[-1],
             solution=encode_like(solution, request.source),
-            mode=used,
-            reason=plan.reason,
-            model=card.ref if card is not None and used == "surrogate" else None,
+            mode=mode,
+            reason=reason,
+            model=card.ref if card is not None and mode != "exact" else None,
+            error_estimate=estimated if mode == "surrogate" else None,
+            solver=None if answer is None else answer.report(mode == "refine"),
             validation=validation,
             warnings=plan.warnings,
             timings_ms=timings,
@@ -421,7 +542,7 @@ class Ingress:
                 np.stack([problems[i][1] for i in index]),
                 np.stack([problems[i][2] for i in index]),
             )
-            for (ref, _grid), index in groups.items()
+            for (ref, _grid, _fields), index in groups.items()
         ]
         out: list[np.ndarray | None] = [None] * len(problems)
         for index, solutions in zip(groups.values(), await asyncio.gather(*calls), strict=True):

@@ -10,16 +10,19 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-#: A model ref, source(s) and unified coefficients: one problem, (n, n) and (6,), in the
-#: ingress; k problems at one grid, (k, n, n) and (k, 6) float32, sent to the Surrogate.
+#: A model ref, source(s) and unified coefficients: one problem, (n, n) and (6,) or
+#: (6, n, n) fields, in the ingress; k problems at one grid, (k, n, n) and (k, 6) or
+#: (k, 6, n, n) float32, sent to the Surrogate.
 Problems = tuple[str, np.ndarray, np.ndarray]
 
 
-def by_model_and_grid(items: list[Problems]) -> dict[tuple[str, int], list[int]]:
-    """The indices of ``items`` per (model ref, grid n), in order."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for i, (ref, source, _) in enumerate(items):
-        groups.setdefault((ref, source.shape[-1]), []).append(i)
+def by_model_and_grid(items: list[Problems]) -> dict[tuple[str, int, bool], list[int]]:
+    """The indices of ``items`` per (model ref, grid n, fields or not), in order: each
+    group is one call of one of the model's two graphs."""
+    groups: dict[tuple[str, int, bool], list[int]] = {}
+    for i, (ref, source, coefficients) in enumerate(items):
+        key = (ref, source.shape[-1], coefficients.ndim == 3)
+        groups.setdefault(key, []).append(i)
     return groups
 
 

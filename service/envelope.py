@@ -2,31 +2,90 @@
 
 The envelope holds, per system, the ranges of the diffusion anisotropy (the
 paper's eigenvalue ratio e), of Psi (advection over diffusion) and of the
-Helmholtz w seen in training. A request outside any of them, or of a system
-the model never saw, gets the reasons back, one sentence each.
+Helmholtz w seen in training, and, for models trained on coefficient fields,
+the field statistics (:class:`~service.registry.FieldEnvelope`): the laws, the
+contrast of K, the relative variation of w and the correlation length. A
+field request is checked on its reference coefficients (the log-Euclidean mean
+of K, the mean of v and w: how the card records field examples) and on its
+field statistics. A request outside any of them, of a system the model never
+saw, or with fields where the model has no fields graph, gets the reasons back,
+one sentence each.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from datagen.coefficients import K11, K12, K22, W, contrast, reference, variation, varying
 from datagen.sampling import advection_psi
 from datagen.systems import anisotropy
 from service.registry import ModelCard
 
 #: Relative slack on the trained ranges: the training data sample the open interval.
 SLACK = 0.01
+#: The correlation-length estimate's slack: it reads 0.7 l at l = 0.3 and l +- 8% at 0.05
+#: (periodic fields of lengths near the domain's lose their longest waves).
+LENGTH_SLACK = 0.3
+#: Values within this relative distance count as one phase (two-phase laws).
+PHASE_RTOL = 1e-6
 
 
-def _outside(value: float, bounds: tuple[float, float]) -> bool:
+def _outside(value: float, bounds: tuple[float, float], slack: float = SLACK) -> bool:
     lo, hi = bounds
-    return not lo - SLACK * abs(lo) <= value <= hi + SLACK * abs(hi)
+    return not lo - slack * abs(lo) <= value <= hi + slack * abs(hi)
+
+
+def _phases(a: np.ndarray) -> int:
+    """How many distinct values (to PHASE_RTOL) the field a takes: 1, 2, or 3 for more."""
+    lo, hi = float(a.min()), float(a.max())
+    scale = max(abs(lo), abs(hi), 1e-300)
+    if hi - lo <= PHASE_RTOL * scale:
+        return 1
+    near = (np.abs(a - lo) <= PHASE_RTOL * scale) | (np.abs(a - hi) <= PHASE_RTOL * scale)
+    return 2 if near.all() else 3
+
+
+def correlation_length(g: np.ndarray) -> float:
+    """The correlation length of a field whose covariance is squared-exponential,
+    exp(-r^2 / (2 l^2)), from its spectrum: its density ~ exp(-2 pi^2 l^2 |k|^2) has mean
+    |k|^2 = 1 / (2 pi^2 l^2)."""
+    g = g - g.mean()
+    n = g.shape[-1]
+    power = np.abs(np.fft.fft2(g)) ** 2
+    k = np.fft.fftfreq(n, 1.0 / n)
+    mean_k2 = float((power * (k[:, None] ** 2 + k[None, :] ** 2)).sum() / power.sum())
+    return 1.0 / (np.pi * np.sqrt(2.0 * mean_k2))
+
+
+def field_statistics(coefficients: np.ndarray) -> dict[str, float | str | None]:
+    """What the envelope checks of one problem's fields (6, n, n): its law, contrast of K,
+    variation of w and correlation length (None where it has no meaning)."""
+    c = coefficients[None]
+    var = varying(c)[0]
+    k_varies = bool(var[[K11, K22, K12]].any())
+    kappa = np.sqrt(c[0, K11] * c[0, K22] - c[0, K12] ** 2)
+    medium = np.log(kappa) if k_varies else c[0, W] if var[W] else None
+    law = length = None
+    if medium is not None:
+        law = "two-phase" if _phases(medium) == 2 else "smooth"
+        if law == "smooth":
+            length = correlation_length(medium)
+    return {
+        "law": law,
+        "contrast": float(contrast(c)[0]) if k_varies else None,
+        "variation": float(variation(c)[0]) if var[W] else None,
+        "length": length,
+    }
 
 
 def envelope_reasons(
     card: ModelCard, pde: str, source: np.ndarray, coefficients: np.ndarray
 ) -> list[str]:
-    """Why ``coefficients`` (unified, (6,)) lie outside ``card``'s envelope; [] if inside."""
+    """Why ``coefficients`` (unified: (6,), or (6, n, n) fields) lie outside ``card``'s
+    envelope; [] if inside."""
+    fields = np.ndim(coefficients) == 3
+    if fields and "fields" not in card.graphs:
+        return [f"{card.ref} has no graph for coefficient fields (it takes constants only)"]
     if not card.envelope:
         return []
     env = card.envelope.get(pde)
@@ -34,16 +93,46 @@ def envelope_reasons(
         trained = ", ".join(sorted(card.envelope))
         return [f"{card.ref} was not trained on {pde} (it was trained on {trained})"]
     c = np.asarray(coefficients, dtype=np.float64)[None]
+    reasons = []
+    if fields:
+        c_ref = reference(c)
+        if env.field is None:
+            return [f"{card.ref} was trained on constant {pde} coefficients only, not on fields"]
+        stats = field_statistics(c[0])
+        laws = env.field.laws
+        if stats["law"] is not None and "unrecorded" not in laws and stats["law"] not in laws:
+            reasons.append(
+                f"the field looks like a {stats['law']} medium; the model was trained on "
+                f"{', '.join(laws)} media"
+            )
+        trained = {
+            "contrast": env.field.contrast,
+            "variation": env.field.variation,
+            "correlation length": env.field.length,
+        }
+        for name, key in (("contrast", "contrast"), ("variation", "variation")):
+            value, bounds = stats[key], trained[name]
+            if value is not None and bounds is not None and _outside(value, bounds):
+                reasons.append(_sentence(f"the field's {name}", value, bounds))
+        value, bounds = stats["length"], trained["correlation length"]
+        if value is not None and bounds is not None and _outside(value, bounds, LENGTH_SLACK):
+            reasons.append(_sentence("the field's correlation length (estimated)", value, bounds))
+        c = c_ref
     checks = []
     if env.eig is not None and pde != "helmholtz":
         checks.append(("eigenvalue ratio", float(anisotropy(c)[0]), env.eig))
     if env.psi is not None:
         checks.append(("Psi", float(advection_psi(source[None], c)[0]), env.psi))
     if env.omega is not None:
-        checks.append(("omega", float(c[0, 5]), env.omega))
-    return [
+        checks.append(("omega" if not fields else "mean omega", float(c[0, W]), env.omega))
+    reasons += [
+        _sentence(name, value, bounds) for name, value, bounds in checks if _outside(value, bounds)
+    ]
+    return reasons
+
+
+def _sentence(name: str, value: float, bounds: tuple[float, float]) -> str:
+    return (
         f"{name} = {value:.4g} is outside the model's training range "
         f"{bounds[0]:.4g}..{bounds[1]:.4g}"
-        for name, value, bounds in checks
-        if _outside(value, bounds)
-    ]
+    )

@@ -39,7 +39,16 @@ MIN_N, MAX_N = 32, 512
 MAX_VALUE = 1e12
 MAX_COEFFICIENT = 1e6
 
-Mode = Literal["surrogate", "exact", "validate"]
+Mode = Literal["surrogate", "exact", "validate", "refine", "auto"]
+#: What answered: the surrogate alone, the exact solver, or the exact solver started
+#: from the surrogate's answer.
+Answered = Literal["surrogate", "exact", "refine"]
+#: The exact solver's relative-residual tolerance for coefficient fields (exact, validate
+#: and refine), and auto's tolerance on the relative L2 error, where the request names none.
+DEFAULT_TOLERANCE = 1e-8
+DEFAULT_AUTO_TOLERANCE = 1e-2
+MIN_TOLERANCE, MAX_TOLERANCE = 1e-12, 1e-2
+MAX_ITERATIONS = 10_000
 EnvelopePolicy = Literal["fallback", "surrogate", "reject"]
 MeanPolicy = Literal["project", "reject"]
 
@@ -262,7 +271,24 @@ class HelmholtzCoefficients(_Coefficients):
 class _Solve(BaseModel):
     model_config = _STRICT
     source: FieldValue = Field(description="n x n, n even in [32, 512]; base64 form preferred")
-    mode: Mode = "surrogate"
+    mode: Mode = Field(
+        default="surrogate",
+        description="surrogate: the model, with an error estimate; exact: the exact solver "
+        "(FFT for constant coefficients, Krylov to `tolerance` for fields); validate: both; "
+        "refine: the exact solver started from the model's answer; auto: the cheapest answer "
+        "whose error is within `tolerance`",
+    )
+    tolerance: float | None = Field(
+        default=None,
+        ge=MIN_TOLERANCE,
+        le=MAX_TOLERANCE,
+        description=f"exact, validate, refine: the relative residual a field solve must reach "
+        f"(default {DEFAULT_TOLERANCE:g}); auto: the relative L2 error allowed (default "
+        f"{DEFAULT_AUTO_TOLERANCE:g})",
+    )
+    max_iterations: int = Field(
+        default=1000, ge=1, le=MAX_ITERATIONS, description="Krylov iterations at most (fields)"
+    )
     model: str | None = Field(
         default=None, description="name or name@version; default: the configured default"
     )
@@ -349,13 +375,31 @@ class Validation(BaseModel):
     exact_solution: FieldValue
 
 
+class SolverReport(BaseModel):
+    """How the exact solver reached its answer."""
+
+    method: Literal["fft", "cg", "gmres"]
+    iterations: int = Field(description="Krylov iterations (0 for the FFT solve)")
+    relative_residual: float | None = Field(
+        description="||f - L u|| / ||f|| of the answer; null for the FFT solve (exact to "
+        "rounding, not computed)"
+    )
+    initial_guess: Literal["zero", "surrogate"] = "zero"
+
+
 class SolveResponse(BaseModel):
     pde: str
     n: int
     solution: FieldValue
-    mode: Literal["surrogate", "exact"]
+    mode: Answered
     reason: str | None = None
     model: str | None = None
+    error_estimate: float | None = Field(
+        default=None,
+        description="surrogate answers: an a-posteriori estimate of the relative L2 error, "
+        "from the preconditioned residual (exact for constant coefficients)",
+    )
+    solver: SolverReport | None = None
     validation: Validation | None = None
     warnings: list[str] = []
     timings_ms: dict[str, float] = {}

@@ -12,10 +12,15 @@ from training.models import PDESurrogate
 
 API_KEY = "test-key-0123"
 RESOLUTION = 64
+MEDIA = {"n_examples": 50, "laws": ["smooth", "two-phase"], "contrast": [1.0, 100.0]}
 ENVELOPE = {
-    "poisson": {"n_examples": 100, "eig": [1.0, 5.0]},
+    "poisson": {"n_examples": 100, "eig": [1.0, 5.0], "field": MEDIA | {"length": [0.05, 0.3]}},
     "advection_diffusion": {"n_examples": 100, "eig": [1.0, 5.0], "psi": [0.2, 1.0]},
-    "helmholtz": {"n_examples": 100, "omega": [1.0, 10.0]},
+    "helmholtz": {
+        "n_examples": 100,
+        "omega": [1.0, 10.0],
+        "field": {"n_examples": 50, "laws": ["smooth"], "variation": [0.0, 0.3]},
+    },
 }
 
 
