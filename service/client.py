@@ -4,6 +4,8 @@
     with Client("http://127.0.0.1:8000") as client:
         result = client.solve("helmholtz", source, omega=4)          # result.solution (n, n)
         batch = client.solve_batch("poisson", sources, coefficients)  # (N, n, n), in order
+        darcy = client.solve("poisson", source, eigenvalue=2, angle=0, conductivity=a,
+                             mode="auto")                             # a: (n, n) field
 
 Needs numpy, httpx and pybase64 only (tqdm for progress bars, if installed): no Ray, torch or
 pydantic. Arrays travel as base64 float32 by default. Connection errors and 429, 502,
@@ -73,6 +75,8 @@ class SolveResult:
     reason: str | None = None
     relative_l2: float | None = None
     exact_solution: np.ndarray | None = None
+    error_estimate: float | None = None  # surrogate answers: the estimated relative L2 error
+    solver: dict[str, Any] | None = None  # exact and refine: method, iterations, residual
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -87,6 +91,8 @@ class SolveResult:
             reason=data.get("reason"),
             relative_l2=validation.get("relative_l2"),
             exact_solution=None if exact is None else _field(exact),
+            error_estimate=data.get("error_estimate"),
+            solver=data.get("solver"),
             warnings=list(data.get("warnings", [])),
             timings_ms=dict(data.get("timings_ms", {})),
         )
@@ -102,6 +108,13 @@ class BatchResult:
     exact_solutions: np.ndarray | None = None  # (N, n, n) in validate mode
     results: list[SolveResult] = field(default_factory=list)
 
+    @property
+    def error_estimates(self) -> np.ndarray:
+        """(N,): each surrogate answer's estimated relative L2 error (NaN for exact ones)."""
+        return np.array(
+            [np.nan if r.error_estimate is None else r.error_estimate for r in self.results]
+        )
+
 
 def _field(value: Any) -> np.ndarray:
     if isinstance(value, dict):
@@ -110,10 +123,39 @@ def _field(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+#: One example's coefficients by public name: numbers, or (n, n) fields.
+CoefficientRow = dict[str, "float | np.ndarray"]
+
+
+def _column(value: Any, count: int, name: str) -> list[float | np.ndarray]:
+    """One named coefficient for ``count`` examples: a number or (count,) numbers, an (n, n)
+    field for all of them, or (count, n, n) fields."""
+    a = np.asarray(value, dtype=np.float64)
+    if a.ndim == 0:
+        return [float(a)] * count
+    if a.ndim == 1 and a.shape[0] == count:
+        return [float(v) for v in a]
+    if a.ndim == 2 and a.shape[0] == a.shape[1]:
+        return [a] * count
+    if a.ndim == 3 and a.shape[0] == count and a.shape[1] == a.shape[2]:
+        return list(a)
+    raise ValueError(
+        f"coefficient {name}: give a number, {count} numbers, an (n, n) field or {count} "
+        f"(n, n) fields, got shape {a.shape}"
+    )
+
+
+def _compact(value: np.ndarray) -> float | np.ndarray:
+    """A field that does not vary travels as its number."""
+    return float(value.flat[0]) if value.min() == value.max() else value
+
+
 def coefficient_rows(
-    pde: str, n: int, coefficients: np.ndarray | Mapping[str, Any] | None, named: Mapping
-) -> list[dict[str, float]]:
-    """Per-example public coefficient dicts from a unified (N, 6) array or named arrays."""
+    pde: str, count: int, coefficients: np.ndarray | Mapping[str, Any] | None, named: Mapping
+) -> list[CoefficientRow]:
+    """Per-example public coefficients from named values or a unified array: (6,) or (N, 6)
+    numbers, (6, n, n) or (N, 6, n, n) fields. Names take numbers or fields
+    (:func:`_column`); a unified field that does not vary is sent as its number."""
     if pde not in PUBLIC_COEFFICIENTS:
         raise ValueError(f"unknown pde {pde!r}; choose one of {', '.join(PUBLIC_COEFFICIENTS)}")
     if coefficients is not None and named:
@@ -121,22 +163,21 @@ def coefficient_rows(
     if coefficients is None:
         coefficients = dict(named)
     if isinstance(coefficients, Mapping):
-        columns = {
-            k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
-            for k, v in coefficients.items()
-        }
-        return [{k: float(v[i]) for k, v in columns.items()} for i in range(n)]
+        columns = {k: _column(v, count, k) for k, v in coefficients.items()}
+        return [{k: v[i] for k, v in columns.items()} for i in range(count)]
     c = np.asarray(coefficients, dtype=np.float64)
-    if c.ndim == 1:
-        c = np.broadcast_to(c, (n, c.shape[0]))
-    if c.shape != (n, len(UNIFIED)):
+    if c.ndim in (1, 3):
+        c = np.broadcast_to(c, (count, *c.shape))
+    if c.ndim not in (2, 4) or c.shape[:2] != (count, len(UNIFIED)):
         raise ValueError(
-            f"coefficients must be (N, 6) in the unified order {list(UNIFIED)} with N = {n}, "
-            f"got {c.shape}"
+            f"coefficients must be (N, 6) numbers or (N, 6, n, n) fields in the unified order "
+            f"{list(UNIFIED)} with N = {count}, got {c.shape}"
         )
     fields = PUBLIC_COEFFICIENTS[pde]
     index = [UNIFIED.index(unified) for unified in fields.values()]
-    return [dict(zip(fields, map(float, row[index]), strict=True)) for row in c]
+    if c.ndim == 2:
+        return [dict(zip(fields, map(float, row[index]), strict=True)) for row in c]
+    return [dict(zip(fields, (_compact(row[j]) for j in index), strict=True)) for row in c]
 
 
 class _Base:
@@ -176,7 +217,7 @@ class _Base:
         self,
         pde: str,
         source: np.ndarray,
-        coefficients: Mapping[str, float],
+        coefficients: CoefficientRow,
         mode: str,
         model: str | None,
         options: Mapping[str, Any],
@@ -184,19 +225,19 @@ class _Base:
         body = {
             "pde": pde,
             "source": encode_array(np.asarray(source), self.dtype),
-            "coefficients": dict(coefficients),
+            "coefficients": {
+                k: encode_array(v, self.dtype) if isinstance(v, np.ndarray) else v
+                for k, v in coefficients.items()
+            },
             "mode": mode,
-            **options,
+            **{k: v for k, v in options.items() if v is not None},
         }
         if model is not None:
             body["model"] = model
         return body
 
-    def _solve_body(
-        self, pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
-    ) -> dict:
+    def _solve_body(self, pde, source, mode, model, coefficients, options, named) -> dict:
         (row,) = coefficient_rows(pde, 1, coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
         return self._item(pde, source, row, mode, model, options)
 
     def _batch_bodies(
@@ -207,8 +248,7 @@ class _Base:
         named,
         mode,
         model,
-        out_of_envelope,
-        nonzero_mean,
+        options,
         batch_size,
     ) -> tuple[np.ndarray, Callable[[slice], dict]]:
         """Checked sources and a function: slice -> the /solve/batch body of those items."""
@@ -220,7 +260,6 @@ class _Base:
         if sources.ndim != 3:
             raise ValueError(f"sources must be (N, n, n), got {sources.shape}")
         rows = coefficient_rows(pde, len(sources), coefficients, named)
-        options = {"out_of_envelope": out_of_envelope, "nonzero_mean": nonzero_mean}
 
         def body(part: slice) -> dict:
             items = [
@@ -257,6 +296,18 @@ class _Base:
             exact_solutions=(np.stack([r.exact_solution for r in results]) if validate else None),
             results=results,
         )
+
+
+def _options(
+    out_of_envelope: str, nonzero_mean: str, tolerance: float | None, max_iterations: int | None
+) -> dict[str, Any]:
+    """The request fields beside pde, source, coefficients, mode and model."""
+    return {
+        "out_of_envelope": out_of_envelope,
+        "nonzero_mean": nonzero_mean,
+        "tolerance": tolerance,
+        "max_iterations": max_iterations,
+    }
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -326,15 +377,19 @@ class Client(_Base):
         *,
         mode: str = "surrogate",
         model: str | None = None,
-        coefficients: Mapping[str, float] | None = None,
+        coefficients: Mapping[str, Any] | None = None,
         out_of_envelope: str = "fallback",
         nonzero_mean: str = "project",
-        **named: float,
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
+        **named: Any,
     ) -> SolveResult:
-        """One problem: ``source`` (n, n); coefficients by their public names."""
-        body = self._solve_body(
-            pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
-        )
+        """One problem: ``source`` (n, n); coefficients by their public names, each a
+        number or an (n, n) field (``conductivity=a`` with K0 for Darcy). ``mode``:
+        surrogate, exact, validate, refine or auto; ``tolerance``: the field solver's
+        relative residual (auto: the error allowed)."""
+        options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        body = self._solve_body(pde, source, mode, model, coefficients, options, named)
         return SolveResult.from_json(self._request("POST", "/solve", body))
 
     def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
@@ -354,10 +409,13 @@ class Client(_Base):
         progress: bool = True,
         out_of_envelope: str = "fallback",
         nonzero_mean: str = "project",
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
         on_chunk: Callable[[slice, BatchResult], None] | None = None,
         **named: Any,
     ) -> BatchResult:
-        """``sources`` (N, n, n); coefficients (N, 6) unified, or named arrays per pde.
+        """``sources`` (N, n, n); coefficients (N, 6) or (N, 6, n, n) unified, or by name
+        per pde: numbers, (N,) numbers, one (n, n) field or (N, n, n) fields each.
 
         Sent as server batches of ``batch_size`` with ``concurrency`` in flight; the
         answer keeps the input order. ``on_chunk(slice, result)`` sees each server batch
@@ -370,8 +428,7 @@ class Client(_Base):
             named,
             mode,
             model,
-            out_of_envelope,
-            nonzero_mean,
+            _options(out_of_envelope, nonzero_mean, tolerance, max_iterations),
             batch_size,
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")
@@ -441,14 +498,15 @@ class AsyncClient(_Base):
         *,
         mode: str = "surrogate",
         model: str | None = None,
-        coefficients: Mapping[str, float] | None = None,
+        coefficients: Mapping[str, Any] | None = None,
         out_of_envelope: str = "fallback",
         nonzero_mean: str = "project",
-        **named: float,
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
+        **named: Any,
     ) -> SolveResult:
-        body = self._solve_body(
-            pde, source, mode, model, coefficients, out_of_envelope, nonzero_mean, named
-        )
+        options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        body = self._solve_body(pde, source, mode, model, coefficients, options, named)
         return SolveResult.from_json(await self._request("POST", "/solve", body))
 
     async def validate(self, pde: str, source: np.ndarray, **kwargs: Any) -> SolveResult:
@@ -467,6 +525,8 @@ class AsyncClient(_Base):
         progress: bool = True,
         out_of_envelope: str = "fallback",
         nonzero_mean: str = "project",
+        tolerance: float | None = None,
+        max_iterations: int | None = None,
         **named: Any,
     ) -> BatchResult:
         sources, body = self._batch_bodies(
@@ -476,8 +536,7 @@ class AsyncClient(_Base):
             named,
             mode,
             model,
-            out_of_envelope,
-            nonzero_mean,
+            _options(out_of_envelope, nonzero_mean, tolerance, max_iterations),
             batch_size,
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")

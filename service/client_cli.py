@@ -11,7 +11,42 @@ import numpy as np
 
 from service.client import DEFAULT_URL, Client, PdeserveError
 
-COEFFICIENT_FLAGS = ("k11", "k22", "k12", "eigenvalue", "angle", "v1", "v2", "omega")
+COEFFICIENT_FLAGS = (
+    "k11",
+    "k22",
+    "k12",
+    "eigenvalue",
+    "angle",
+    "conductivity",
+    "v1",
+    "v2",
+    "omega",
+)
+MODES = ["surrogate", "exact", "validate", "refine", "auto"]
+
+
+def number_or_field(value: str) -> float | np.ndarray:
+    """A coefficient flag: a number, or an (n, n) field in a .npy file."""
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return np.load(value, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a number nor a .npy file ({e})"
+        ) from None
+
+
+def _solver_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        help="field solves: the relative residual (default 1e-8); auto: the error allowed "
+        "(default 1e-2)",
+    )
+    p.add_argument("--max-iterations", type=int, help="Krylov iterations at most (fields)")
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
@@ -26,8 +61,9 @@ def solve_main(argv: Sequence[str]) -> int:
     p.add_argument("--pde", required=True, choices=["poisson", "advection_diffusion", "helmholtz"])
     p.add_argument("--source", required=True, help="n x n array (.npy)")
     for name in COEFFICIENT_FLAGS:
-        p.add_argument(f"--{name}", type=float)
-    p.add_argument("--mode", default="surrogate", choices=["surrogate", "exact", "validate"])
+        p.add_argument(f"--{name}", type=number_or_field, help="a number or an n x n .npy")
+    p.add_argument("--mode", default="surrogate", choices=MODES)
+    _solver_options(p)
     p.add_argument("--out", required=True, help="solution (.npy)")
     p.add_argument("--plot", help="PNG of source, solution (and exact and error in validate)")
     args = p.parse_args(argv)
@@ -36,7 +72,13 @@ def solve_main(argv: Sequence[str]) -> int:
     try:
         with Client(args.url, api_key=args.api_key) as client:
             result = client.solve(
-                args.pde, source, mode=args.mode, model=args.model, coefficients=coefficients
+                args.pde,
+                source,
+                mode=args.mode,
+                model=args.model,
+                coefficients=coefficients,
+                tolerance=args.tolerance,
+                max_iterations=args.max_iterations,
             )
     except (PdeserveError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -47,8 +89,15 @@ def solve_main(argv: Sequence[str]) -> int:
         line += f" ({result.model})"
     if result.reason:
         line += f"; {result.reason}"
+    if result.error_estimate is not None:
+        line += f"; estimated error {result.error_estimate:.3e}"
     if result.relative_l2 is not None:
         line += f"; relative L2 vs exact {result.relative_l2:.3e}"
+    if result.solver is not None:
+        report = result.solver
+        line += f"; {report['method']} solve, {report['iterations']} iterations"
+        if report.get("relative_residual") is not None:
+            line += f", relative residual {report['relative_residual']:.2e}"
     timings = ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items())
     print(f"{line}; {timings}; wrote {args.out}")
     for warning in result.warnings:
@@ -101,7 +150,8 @@ def emulate_main(argv: Sequence[str]) -> int:
         choices=["poisson", "advection_diffusion", "helmholtz"],
         help="the input's system when the file does not say",
     )
-    p.add_argument("--mode", default="surrogate", choices=["surrogate", "validate", "exact"])
+    p.add_argument("--mode", default="surrogate", choices=MODES)
+    _solver_options(p)
     p.add_argument("--batch-size", type=int, default=32, help="examples per request")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,6 +164,8 @@ def emulate_main(argv: Sequence[str]) -> int:
                 args.output,
                 pde=args.pde,
                 mode=args.mode,
+                tolerance=args.tolerance,
+                max_iterations=args.max_iterations,
                 batch_size=args.batch_size,
                 concurrency=args.concurrency,
                 progress=not args.quiet,

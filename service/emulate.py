@@ -1,8 +1,10 @@
 """Batch emulation: a dataset's sources through the service, predictions to HDF5, resumable.
 
 The output is pdeserve's dataset layout: ``fields`` (N, 2, n, n) = [source, predicted
-solution], the input's coefficients (``coefficients`` unified, ``tensor`` and, for
-advection-diffusion, ``other``), and with ``validate`` a ``relative_l2`` (N,) dataset.
+solution], the input's coefficients (``coefficients`` unified, ``tensor``, for
+advection-diffusion ``other``, and for field datasets ``coefficient_fields``), every
+surrogate answer's ``error_estimate`` (N,) (NaN for exact ones), and with ``validate`` a
+``relative_l2`` (N,) dataset.
 While it runs the file is ``OUTPUT.partial`` with a ``done`` flag per chunk, flushed
 after the chunk's data; a restart continues with the chunks not yet done and the file
 is renamed to OUTPUT when the last one lands. Client-side only: numpy, h5py, httpx.
@@ -18,6 +20,8 @@ import numpy as np
 
 from datagen.dataset import FORMAT, FORMAT_VERSION, open_dataset
 from service.client import Client, progress_bar
+
+MODES = ("surrogate", "validate", "exact", "refine", "auto")
 
 
 class EmulationError(ValueError):
@@ -52,6 +56,12 @@ def _create(path: Path, reader, mode: str, chunk: int, url: str) -> None:
         psi = reader.psi()
         if psi is not None:
             f.create_dataset("other", data=psi[:, None].astype("f4"))
+        if reader.has_fields:
+            fields = f.create_dataset(
+                "coefficient_fields", reader.coefficient_fields.shape, dtype="f4"
+            )
+            fields.attrs["columns"] = list(reader.field_columns)
+        f.create_dataset("error_estimate", (n,), dtype="f8", fillvalue=np.nan)
         if mode == "validate":
             f.create_dataset("relative_l2", (n,), dtype="f8", fillvalue=np.nan)
         f.create_dataset("done", (-(-n // chunk),), dtype="u1")
@@ -65,21 +75,23 @@ def emulate(
     *,
     pde: str | None = None,
     mode: str = "surrogate",
+    tolerance: float | None = None,
+    max_iterations: int | None = None,
     batch_size: int = 32,
     concurrency: int = 4,
     chunk: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run every example of ``input_path`` through the service into ``output_path``."""
-    if mode not in ("surrogate", "validate", "exact"):
-        raise EmulationError(f"mode must be surrogate, validate or exact, got {mode!r}")
+    """Run every example of ``input_path`` through the service into ``output_path``
+    (constant or field datasets; ``tolerance`` and ``max_iterations`` as in ``solve``)."""
+    if mode not in MODES:
+        raise EmulationError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     output = Path(output_path)
     if output.exists():
         raise EmulationError(f"{output} exists and is complete; choose another output path")
     chunk = chunk or batch_size * concurrency
     partial = partial_path(output)
     with open_dataset(input_path, pde) as reader:
-        reader.require_constant("emulation through the service")
         if partial.exists():
             with h5py.File(partial, "r") as f:
                 have = {k: f.attrs.get(k) for k in _describe(reader, mode, chunk)}
@@ -102,14 +114,19 @@ def emulate(
                 result = client.solve_batch(
                     reader.system.name,
                     part.sources,
-                    part.coefficients,
+                    part.unified(),
                     mode=mode,
+                    tolerance=tolerance,
+                    max_iterations=max_iterations,
                     batch_size=batch_size,
                     concurrency=concurrency,
                     progress=False,
                 )
                 f["fields"][start:stop, 0] = part.sources
                 f["fields"][start:stop, 1] = result.solutions
+                f["error_estimate"][start:stop] = result.error_estimates
+                if part.coefficient_fields is not None:
+                    f["coefficient_fields"][start:stop] = part.coefficient_fields
                 if mode == "validate":
                     f["relative_l2"][start:stop] = result.relative_l2
                 models = {r.model for r in result.results if r.model}

@@ -292,3 +292,87 @@ def test_pdeserve_solve_from_the_shell(service, tmp_path):
     assert "relative L2 vs exact" in run.stdout
     assert np.load(tmp_path / "u.npy").shape == (32, 32)
     assert (tmp_path / "u.png").stat().st_size > 10_000
+
+
+def _conductivity(n=32, seed=0, contrast=10.0):
+    from datagen.media import conductivity, gaussian_random_fields
+
+    g = gaussian_random_fields(np.random.default_rng(seed), np.array([0.15]), n)
+    return conductivity(g, np.array([contrast]), "smooth")[0]
+
+
+def test_field_coefficients_by_name_and_as_unified_arrays(sdk):
+    from datagen.systems import diffusion_tensor, unified_field
+
+    f, a = smooth(), _conductivity()
+    exact = sdk.solve(
+        "poisson", f, eigenvalue=2.0, angle=0.3, conductivity=a, mode="exact", tolerance=1e-10
+    )
+    k0 = 0.01 * diffusion_tensor(2.0, 0.3)[0]
+    c = unified_field(a * k0[0], a * k0[1], a * k0[2])
+    want = solve("poisson", f, c, tolerance=1e-12)
+    assert np.linalg.norm(exact.solution - want) < 1e-8 * np.linalg.norm(want)
+    assert exact.solver["method"] == "cg" and exact.error_estimate is None
+    surrogate = sdk.solve("poisson", f, eigenvalue=2.0, angle=0.3, conductivity=a)
+    assert surrogate.mode == "surrogate" and surrogate.error_estimate > 0
+    sources = np.stack([smooth(seed=i) for i in range(3)])
+    fields = np.stack([unified_field(_conductivity(seed=i) * 0.01, 0.01, 0.0) for i in range(3)])
+    got = sdk.solve_batch(
+        "poisson", sources, fields, mode="exact", tolerance=1e-10, batch_size=2, progress=False
+    )
+    want = solve("poisson", sources, fields, tolerance=1e-12)
+    assert np.allclose(got.solutions, want, rtol=0, atol=1e-8 * np.abs(want).max())
+    assert np.isnan(got.error_estimates).all()
+    # by name: (N, n, n) fields and numbers
+    named = sdk.solve_batch(
+        "poisson", sources, k11=fields[:, 0], k22=0.01, k12=0.0, mode="surrogate", progress=False
+    )
+    assert named.modes == ["surrogate"] * 3 and np.isfinite(named.error_estimates).all()
+    with pytest.raises(ValueError, match="k11"):
+        sdk.solve_batch("poisson", sources, k11=fields[:2, 0], k22=0.01, k12=0.0, progress=False)
+
+
+def test_emulate_carries_coefficient_fields_through(service, tmp_path):
+    from datagen.dataset import open_dataset
+    from datagen.spec import FieldLaw
+
+    spec = SplitSpec(
+        system="poisson", n_examples=6, resolution=32, seed=3, field_law=FieldLaw(kind="two-phase")
+    )
+    data = write_split(spec, tmp_path / "darcy.h5", progress=False)
+    with Client(service, api_key=API_KEY) as client:
+        out = emulate(client, data, tmp_path / "out.h5", mode="validate", batch_size=2)
+    with open_dataset(data) as inp, open_dataset(out) as got:
+        assert got.has_fields and got.field_columns == inp.field_columns
+        assert np.array_equal(got.read().coefficient_fields, inp.read().coefficient_fields)
+    with h5py.File(out, "r") as f:
+        assert (
+            np.isfinite(f["error_estimate"][()]).all() and np.isfinite(f["relative_l2"][()]).all()
+        )
+
+
+def test_pdeserve_solve_takes_fields_from_npy_files(service, tmp_path):
+    np.save(tmp_path / "f.npy", smooth())
+    np.save(tmp_path / "a.npy", _conductivity())
+    env = os.environ | {"PDESERVE_API_KEY": API_KEY}
+    command = [sys.executable, "-m", "pdeserve.cli", "solve", "--url", service]
+    command += ["--pde", "poisson", "--source", str(tmp_path / "f.npy")]
+    flags = ["--eigenvalue", "2", "--angle", "0.3", "--conductivity", str(tmp_path / "a.npy")]
+    run = subprocess.run(
+        [*command, *flags, "--mode", "auto", "--out", str(tmp_path / "u.npy")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "answered by refine" in run.stdout and "cg solve" in run.stdout
+    assert "auto: the surrogate's estimated error" in run.stdout
+    bad = subprocess.run(
+        [*command, "--conductivity", "nofile.npy", "--out", "x"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert bad.returncode == 2 and "neither a number nor a .npy file" in bad.stderr
