@@ -45,6 +45,7 @@ def krylov_solve(
     tolerance: float,
     max_iterations: int,
     restart: int | None,
+    deadline: float | None = None,
 ):
     """One batch of field problems: (solutions, iterations, residuals, converged)."""
     op = FieldOperator(c, system.zero_mean)
@@ -54,7 +55,7 @@ def krylov_solve(
         rhs[:, 0, 0] = 0.0
         if start is not None:
             start[:, 0, 0] = 0.0
-    options = {"tolerance": tolerance, "max_iterations": max_iterations}
+    options = {"tolerance": tolerance, "max_iterations": max_iterations, "deadline": deadline}
     if use_cg:
         result = krylov.cg(op, rhs, start, **options)
     else:

@@ -13,14 +13,17 @@ leave the batch (the arrays are compacted), so the others do not pay for
 them. Convergence is always judged on the true relative residual
 ||f - L u|| / ||f||, recomputed from u before an example is let go; an example
 that misses the tolerance within ``max_iterations`` (or whose GMRES stagnates)
-comes back with ``converged`` False and the residual it reached. Deciding
-what that means is the caller's job (:func:`datagen.solver.solve` raises).
+comes back with ``converged`` False and the residual it reached, as does every
+example still running when the wall-clock ``deadline`` (``time.time()``) passes,
+checked every CG iteration and every GMRES cycle. Deciding what that means is the
+caller's job (:func:`datagen.solver.solve` raises).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +114,10 @@ def norm(a: np.ndarray) -> np.ndarray:
     return np.sqrt(dot(a, a))
 
 
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() > deadline
+
+
 def _start(op: FieldOperator, f: np.ndarray, x0: np.ndarray | None):
     """Initial iterate, residual and ||f||."""
     x = np.zeros_like(f) if x0 is None else x0.copy()
@@ -132,6 +139,7 @@ def cg(
     *,
     tolerance: float,
     max_iterations: int,
+    deadline: float | None = None,
 ) -> KrylovResult:
     """Preconditioned CG on ``L x = f`` for every example of the batch."""
     out = KrylovResult.empty(f.shape)
@@ -144,14 +152,15 @@ def cg(
     its = np.zeros(len(rows), dtype=np.int64)
     res = norm(r) / safe_norm
     while rows.size:
-        done = (res <= tolerance) | (its >= max_iterations)
+        late = _past(deadline)
+        done = (res <= tolerance) | (its >= max_iterations) | late
         if done.any():
             # Judge on the true residual (the recurrence drifts from it near 1e-12).
             idx = np.flatnonzero(done)
             sub = op.take(idx)
             true_r, true_res = _true_residual(sub, f[idx], x[idx], f_norm[idx])
             ok = true_res <= tolerance
-            final = ok | (its[idx] >= max_iterations)
+            final = ok | (its[idx] >= max_iterations) | late
             leave = idx[final]
             out.x[rows[leave]] = x[leave]
             out.iterations[rows[leave]] = its[leave]
@@ -196,6 +205,7 @@ def gmres(
     tolerance: float,
     max_iterations: int,
     restart: int = RESTART,
+    deadline: float | None = None,
 ) -> KrylovResult:
     """Restarted, right-preconditioned GMRES(m) on ``L x = f`` for every example."""
     out = KrylovResult.empty(f.shape)
@@ -206,7 +216,7 @@ def gmres(
     active = np.ones(len(op), dtype=bool)
     while active.any():
         # Examples that are done before a cycle starts: converged, out of iterations.
-        done = active & ((res <= tolerance) | (its >= max_iterations))
+        done = active & ((res <= tolerance) | (its >= max_iterations) | _past(deadline))
         for i in np.flatnonzero(done):
             out.x[i], out.iterations[i] = x[i], its[i]
             out.relative_residual[i], out.converged[i] = res[i], res[i] <= tolerance

@@ -27,6 +27,7 @@ Everything runs in float64 on rfft2 half-spectra, vectorised over the batch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +43,7 @@ __all__ = [
     "ConvergenceError",
     "FieldError",
     "Solution",
+    "SolveTimeout",
     "apply",
     "check_fields",
     "divide_by_symbol",
@@ -110,6 +112,10 @@ class ConvergenceError(RuntimeError):
         super().__init__(message)
         self.solution = solution
         self.examples = [int(i) for i in np.flatnonzero(~solution.converged)]
+
+
+class SolveTimeout(ConvergenceError):
+    """The ``deadline`` passed before every field problem was solved."""
 
 
 def check_fields(fields: np.ndarray, name: str = "sources") -> tuple[np.ndarray, bool]:
@@ -222,6 +228,7 @@ def solve_detailed(
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     initial_guess: np.ndarray | None = None,
     restart: int | None = None,
+    deadline: float | None = None,
 ) -> Solution:
     """:func:`solve`, returning a :class:`Solution` with the method, iterations and
     relative residual of every example. ``restart``: GMRES(m)'s m (default
@@ -230,7 +237,9 @@ def solve_detailed(
     Examples whose coefficients are constant (scalars, or fields that do not
     vary) take the FFT path; the others are split into a CG group (diffusion
     alone) and a GMRES group, each solved batched. Raises ConvergenceError
-    when any example misses ``tolerance`` within ``max_iterations``.
+    when any example misses ``tolerance`` within ``max_iterations``, and
+    SolveTimeout where the wall-clock ``deadline`` (``time.time()``) passed first
+    (the solvers stop at it).
     """
     system = get_system(system)
     if not 0 < tolerance < 1:
@@ -278,11 +287,19 @@ def solve_detailed(
                     tolerance,
                     max_iterations,
                     restart,
+                    deadline,
                 )
                 u[at], iterations[at], rel[at], converged[at] = result
                 method[at] = "cg" if use_cg else "gmres"
     out = Solution(u[0] if single else u, tuple(method), iterations, rel, converged)
     if not converged.all():
+        if deadline is not None and time.time() > deadline:
+            late = int(np.flatnonzero(~converged)[0])
+            raise SolveTimeout(
+                f"{system.name}: the time allowed ran out before example {late} was solved "
+                f"(relative residual {rel[late]:.3g} after {iterations[late]} iterations)",
+                out,
+            )
         raise ConvergenceError(_not_converged(system, out, tolerance), out)
     return out
 

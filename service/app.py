@@ -16,9 +16,13 @@ same for ``serve run`` / ``serve deploy`` config files.
 """
 
 import asyncio
+import contextlib
 import hmac
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -31,7 +35,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from datagen.solver import ConvergenceError, error_estimate, solve_detailed
+from datagen.solver import ConvergenceError, SolveTimeout, error_estimate, solve_detailed
 from datagen.solver import solve as exact_solve
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.errors import http_error
@@ -138,10 +142,49 @@ class ExactAnswer:
         )
 
 
+@dataclass
+class FieldProblem:
+    """One field problem for the exact replica's window."""
+
+    pde: str
+    source: np.ndarray
+    coefficients: np.ndarray  # (6, n, n)
+    tolerance: float
+    max_iterations: int
+    initial_guess: np.ndarray | None
+    deadline: float | None  # time.time() at which the request's budget ends
+
+    def group(self) -> tuple:
+        """Problems solved together share these."""
+        n = self.source.shape[-1]
+        return (self.pde, n, self.tolerance, self.max_iterations, self.initial_guess is None)
+
+
+#: The nice value of Krylov threads (Linux sets it per thread).
+KRYLOV_NICE = 10
+
+
+def _below_the_surrogate() -> None:
+    """A Krylov thread runs at a lower CPU priority, so that field solves saturating their
+    cores leave the surrogate's streams the CPU when those need it."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: the default priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), KRYLOV_NICE)
+
+
 @serve.deployment(name="ExactSolver")
 class ExactSolver:
-    """datagen's solver: the FFT solve for constant coefficients, batched Krylov for
-    fields (in a thread: the replica's event loop stays free)."""
+    """datagen's solver. Constant coefficients: the FFT solve, at once. Fields: batched
+    Krylov in at most ``exact_concurrency`` threads below the surrogate's CPU priority;
+    problems that arrive while those are busy are solved together (up to ``exact_batch``
+    per solve), and each solve stops at its requests' deadline."""
+
+    def __init__(self, settings: ServiceSettings):
+        self._threads = ThreadPoolExecutor(
+            settings.exact_concurrency, "krylov", initializer=_below_the_surrogate
+        )
+        self._window = CallWindow(
+            self._solve_together, settings.exact_concurrency, settings.exact_batch
+        )
 
     async def solve(
         self,
@@ -151,46 +194,75 @@ class ExactSolver:
         tolerance: float = DEFAULT_TOLERANCE,
         max_iterations: int = 1000,
         initial_guess: np.ndarray | None = None,
+        deadline: float | None = None,
     ) -> ExactAnswer:
-        return await asyncio.to_thread(
-            exact_answer, pde, source, coefficients, tolerance, max_iterations, initial_guess
+        if coefficients.ndim == 1:  # the FFT solve: no queue, no iterations
+            return await asyncio.to_thread(exact_answer, pde, source, coefficients)
+        problem = FieldProblem(
+            pde, source, coefficients, tolerance, max_iterations, initial_guess, deadline
         )
+        return await self._window(problem)
+
+    async def _solve_together(self, problems: list[FieldProblem]) -> list[ExactAnswer]:
+        groups: dict[tuple, list[int]] = {}
+        for i, problem in enumerate(problems):
+            groups.setdefault(problem.group(), []).append(i)
+        loop = asyncio.get_running_loop()
+        solved = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._threads, solve_fields, [problems[i] for i in index])
+                for index in groups.values()
+            )
+        )
+        out: list[ExactAnswer | None] = [None] * len(problems)
+        for index, answers in zip(groups.values(), solved, strict=True):
+            for i, answer in zip(index, answers, strict=True):
+                out[i] = answer
+        return out
 
 
-def exact_answer(
-    pde: str,
-    source: np.ndarray,
-    coefficients: np.ndarray,
-    tolerance: float = DEFAULT_TOLERANCE,
-    max_iterations: int = 1000,
-    initial_guess: np.ndarray | None = None,
-) -> ExactAnswer:
-    """One problem through the exact solver; a Krylov solve that misses ``tolerance``
-    comes back with ``converged`` False and the solver's message."""
-    if coefficients.ndim == 1:  # the FFT solve: no residual to compute, no iterations
-        solution = exact_solve(pde, source, coefficients, mean="project")
-        return ExactAnswer(solution, "fft", 0, None)
+def exact_answer(pde: str, source: np.ndarray, coefficients: np.ndarray) -> ExactAnswer:
+    """A constant-coefficient problem through the FFT solve."""
+    solution = exact_solve(pde, source, coefficients, mean="project")
+    return ExactAnswer(solution, "fft", 0, None)
+
+
+def solve_fields(problems: list[FieldProblem]) -> list[ExactAnswer]:
+    """Field problems of one group in one batched solve; each answer says whether its
+    problem converged, and if not why (iterations and residual, or the deadline)."""
+    first = problems[0]
+    guesses = [p.initial_guess for p in problems]
+    deadlines = [p.deadline for p in problems if p.deadline is not None]
     try:
         out = solve_detailed(
-            pde,
-            source,
-            coefficients,
+            first.pde,
+            np.stack([p.source for p in problems]),
+            np.stack([p.coefficients for p in problems]),
             mean="project",
-            tolerance=tolerance,
-            max_iterations=max_iterations,
-            initial_guess=initial_guess,
+            tolerance=first.tolerance,
+            max_iterations=first.max_iterations,
+            initial_guess=None if guesses[0] is None else np.stack(guesses),
+            deadline=max(deadlines) if len(deadlines) == len(problems) else None,
         )
-        converged, message = True, None
+        late = False
     except ConvergenceError as e:
-        out, converged, message = e.solution, False, str(e).replace("for example 0", "")
-    return ExactAnswer(
-        out.solutions,
-        out.method[0],
-        int(out.iterations[0]),
-        float(out.relative_residual[0]),
-        converged,
-        message,
-    )
+        out, late = e.solution, isinstance(e, SolveTimeout)
+    answers = []
+    for i in range(len(problems)):
+        method, its, res = out.method[i], int(out.iterations[i]), float(out.relative_residual[i])
+        message = None
+        if not out.converged[i]:
+            reached = f"relative residual {res:.3g} after {its} iterations"
+            message = (
+                f"the time allowed ran out before the {method} solve converged ({reached})"
+                if late
+                else f"the {method} solver did not converge: {reached} (tolerance "
+                f"{first.tolerance:g}); raise max_iterations or loosen the tolerance"
+            )
+        answers.append(
+            ExactAnswer(out.solutions[i], method, its, res, bool(out.converged[i]), message)
+        )
+    return answers
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,7 +514,9 @@ class Ingress:
         return await self._solve_batch(batch)
 
     async def _solve(self, request: SolveRequest) -> SolveResponse:
+        deadline = time.time() + self.settings.request_timeout_s
         plan = plan_request(request, ["body"], self.card)
+        plan.deadline = deadline
         return await self._call(self._run(request, plan))
 
     async def _solve_batch(self, batch: BatchRequest) -> BatchResponse:
@@ -452,10 +526,13 @@ class Ingress:
                 ["body", "items"],
                 f"{len(batch.items)} items; at most {self.settings.max_batch_items} per batch",
             )
+        deadline = time.time() + self.settings.request_timeout_s
         plans = [
             plan_request(item, ["body", "items", i], self.card)
             for i, item in enumerate(batch.items)
         ]
+        for plan in plans:
+            plan.deadline = deadline
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
@@ -477,7 +554,13 @@ class Ingress:
 
         async def exact(initial_guess: np.ndarray | None = None) -> ExactAnswer:
             call = self.exact.solve.remote(
-                pde, source, coefficients, plan.tolerance, plan.max_iterations, initial_guess
+                pde,
+                source,
+                coefficients,
+                plan.tolerance,
+                plan.max_iterations,
+                initial_guess,
+                plan.deadline,
             )
             answer = await timed("refine" if initial_guess is not None else "exact", call)
             if not answer.converged:
@@ -589,9 +672,14 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
         ray_actor_options={"num_cpus": s.surrogate_cpus},
         **common,
     ).bind(s)
+    scaling = (
+        {"num_replicas": s.exact_replicas}
+        if s.exact_autoscaling is None
+        else {"autoscaling_config": s.exact_autoscaling.model_dump()}
+    )
     exact = ExactSolver.options(
-        num_replicas=s.exact_replicas, ray_actor_options={"num_cpus": s.exact_cpus}, **common
-    ).bind()
+        ray_actor_options={"num_cpus": s.exact_cpus}, **scaling, **common
+    ).bind(s)
     return Ingress.options(ray_actor_options={"num_cpus": s.ingress_cpus}, **common).bind(
         surrogate, exact, s
     )

@@ -57,6 +57,7 @@ class Plan:
     reason: str | None = None  # why the mode differs from the request's
     error_tolerance: float | None = None  # auto: the relative L2 error allowed
     fallback: bool = False  # outside the envelope: the exact solver instead of the model
+    deadline: float | None = None  # time.time() at which the request's budget ends
 
     @property
     def fields(self) -> bool:

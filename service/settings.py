@@ -15,6 +15,18 @@ def keys_from_env() -> list[str]:
     return [k.strip() for k in os.environ.get("PDESERVE_API_KEYS", "").split(",") if k.strip()]
 
 
+class ExactAutoscaling(BaseModel):
+    """Serve's autoscaling_config for the exact deployment: replicas follow the requests
+    queued per replica (field solves take milliseconds to seconds each)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    upscale_delay_s: float = Field(default=5.0, ge=0)
+    downscale_delay_s: float = Field(default=60.0, ge=0)
+
+
 class ServiceSettings(BaseModel):
     """What the application needs; every field has a default that runs on a laptop."""
 
@@ -39,6 +51,14 @@ class ServiceSettings(BaseModel):
     exact_cpus: float = Field(default=0.5, gt=0)
     surrogate_replicas: int = Field(default=1, ge=1)
     exact_replicas: int = Field(default=1, ge=1)
+    exact_autoscaling: ExactAutoscaling | None = Field(
+        default=None,
+        description="Serve autoscaling of the exact deployment (then exact_replicas is ignored)",
+    )
+    # Per exact replica: Krylov solves at once (threads, each one core and below the
+    # surrogate in CPU priority), and field problems batched into one solve.
+    exact_concurrency: int = Field(default=1, ge=1)
+    exact_batch: int = Field(default=8, ge=1)
     max_ongoing_requests: int = Field(default=128, ge=1)
     # Serve finds a dead replica at its next health check (default every 10 s): two
     # fault runs that killed the Surrogate waited 0.3 and 10.2 s before a restart began.

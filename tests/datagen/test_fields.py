@@ -370,3 +370,22 @@ def test_the_error_estimate_of_field_problems_is_the_preconditioned_residual(sys
     constant = solve(system, f[0], c[0])
     both = error_estimate(system, np.stack([wrong[0], constant]), np.stack([f[0], f[0]]), mixed)
     assert np.isclose(both[0], estimate[0], rtol=1e-12) and both[1] < 1e-10
+
+
+@pytest.mark.parametrize("system,c", [("poisson", POISSON_C), ("advection_diffusion", ADV_C)])
+def test_a_deadline_stops_the_krylov_solvers(system, c, rng):
+    import time
+
+    from datagen.solver import SolveTimeout
+
+    n = 64
+    fields = smooth_fields(rng, 2, n, [1000.0, 1000.0], c)
+    f = zero_mean_noise(rng, 2, n)
+    t0 = time.perf_counter()
+    with pytest.raises(SolveTimeout, match="time allowed ran out") as info:
+        solve_detailed(
+            system, f, fields, tolerance=1e-14, max_iterations=100_000, deadline=time.time() + 0.05
+        )
+    assert time.perf_counter() - t0 < 1.0  # stopped at the deadline, not at 100,000 iterations
+    assert isinstance(info.value, ConvergenceError) and not info.value.solution.converged.any()
+    assert solve_detailed(system, f, fields, deadline=time.time() + 60).converged.all()
