@@ -1,0 +1,270 @@
+"""When does the surrogate pay? Darcy media per contrast: the surrogate's error and cost
+against the exact solvers' cost at that same error, and refine against a cold start.
+
+    .venv/bin/python bench/crossover.py --model NAME[@VERSION] [--registry DIR] [--quick]
+
+For each law (smooth, two-phase) and contrast (4, 10, 100, 1000), on B problems at 128^2
+(K = a(x) 0.01 I, the paper's Gaussian sources; the reference solved to 1e-11):
+
+- the surrogate (the model's fields graph in ONNX Runtime, all threads): its mean relative
+  L2 error, and ms/sample at batch 1 and at batch B;
+- pdeserve's batched Krylov solver from a cold start, with the largest tolerance
+  (10^-0.5, 10^-1, 10^-1.5, ...) whose answer is as accurate as the surrogate's: ms/sample;
+- pyamg (smoothed aggregation + CG on the 5-point discretisation, setup included, one
+  sample at a time): ms/sample until its answer is as accurate as the surrogate's;
+- refine: the Krylov solver to 1e-6 started from the surrogate's answer, against the same
+  from a cold start (ms/sample, and the ratio).
+
+Writes bench/results/crossover.json and crossover.png. Goals, at the largest contrast
+the model's envelope holds: the surrogate (batch B) >= 5x faster than the fastest exact
+method at the surrogate's own error; refine reaches 1e-6 >= 1.5x faster than a cold start.
+Served throughput (the service at concurrency 32 against raw ONNX Runtime) is not
+measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+# bench/datagen.py is named like the package: take this folder off the path first.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+
+from datagen.coefficients import contrast as contrast_of  # noqa: E402
+from datagen.media import FIELD_KINDS  # noqa: E402
+from datagen.solver import ConvergenceError, relative_l2, solve_detailed  # noqa: E402
+from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
+
+sys.path.append(str(_BENCH))
+from common import RESULTS, finish, goal  # noqa: E402
+from fields import diffusion_problems, fd_matrix  # noqa: E402
+
+CONTRASTS = (4, 10, 100, 1000)
+#: Krylov tolerances tried, loosest first (half-decades: the exact cost at the surrogate's
+#: error is not overstated by more than a half-decade of tolerance).
+TOLERANCES = tuple(10.0 ** (-k / 2) for k in range(1, 21))
+REFINE_TO = 1e-6
+
+
+def _timed(fn, repeat: int = 1) -> tuple[object, float]:
+    fn()  # warm: sessions, FFT plans, caches
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        out = fn()
+    return out, (time.perf_counter() - t0) / repeat
+
+
+def _krylov(f, fields, tolerance, guess=None):
+    try:
+        return solve_detailed(
+            "poisson",
+            f,
+            fields,
+            mean="project",
+            tolerance=tolerance,
+            max_iterations=20_000,
+            initial_guess=guess,
+        )
+    except ConvergenceError as e:
+        return e.solution
+
+
+def surrogate_row(runner: OnnxSurrogate, f, fields, reference) -> dict:
+    b = len(f)
+    whole, t_batch = _timed(lambda: runner.predict(f, fields, batch=b))
+    _, t_one = _timed(lambda: [runner.predict(f[i : i + 1], fields[i : i + 1]) for i in range(b)])
+    return {
+        "error": float(relative_l2(whole, reference).mean()),
+        "ms_per_sample_batch_1": 1e3 * t_one / b,
+        f"ms_per_sample_batch_{b}": 1e3 * t_batch / b,
+        "_solutions": whole,
+    }
+
+
+def krylov_at(f, fields, reference, error: float) -> dict:
+    """The largest tolerance whose mean error is within ``error``, and its cost."""
+    for tolerance in TOLERANCES:
+        out, seconds = _timed(lambda tolerance=tolerance: _krylov(f, fields, tolerance))
+        reached = float(relative_l2(out.solutions, reference).mean())
+        if reached <= error:
+            return {
+                "tolerance": tolerance,
+                "error": reached,
+                "iterations_median": float(np.median(out.iterations)),
+                "ms_per_sample": 1e3 * seconds / len(f),
+            }
+    return {"tolerance": None, "error": None, "ms_per_sample": None}
+
+
+def pyamg_at(f, fields, reference, error: float, samples: int) -> dict:
+    """pyamg's time (setup included) until its answer is within ``error``, per sample."""
+    import pyamg
+
+    times = []
+    for i in range(min(samples, len(f))):
+        n = f.shape[-1]
+        t0 = time.perf_counter()
+        ml = pyamg.smoothed_aggregation_solver(fd_matrix(fields[i, 0] / 0.01))
+        setup = time.perf_counter() - t0
+        stamps = []
+        t0 = time.perf_counter()
+
+        def record(x, stamps=stamps, t0=t0):
+            stamps.append((time.perf_counter() - t0, x.copy()))
+
+        rhs = f[i].ravel().copy()
+        rhs[0] = 0.0  # the grounded node
+        ml.solve(rhs, tol=1e-12, accel="cg", maxiter=300, callback=record)
+        hit = None
+        for t, x in stamps:
+            x = x.reshape(n, n)
+            if relative_l2(x - x.mean(), reference[i]) <= error:
+                hit = setup + t
+                break
+        times.append(hit)
+    reached = [t for t in times if t is not None]
+    return {
+        "ms_per_sample": 1e3 * float(np.mean(reached)) if len(reached) == len(times) else None,
+        "reached": f"{len(reached)}/{len(times)}",
+    }
+
+
+def refine_row(f, fields, guess) -> dict:
+    cold, t_cold = _timed(lambda: _krylov(f, fields, REFINE_TO))
+    warm, t_warm = _timed(lambda: _krylov(f, fields, REFINE_TO, guess.astype(np.float64)))
+    return {
+        "cold_ms_per_sample": 1e3 * t_cold / len(f),
+        "refine_ms_per_sample": 1e3 * t_warm / len(f),
+        "cold_iterations_median": float(np.median(cold.iterations)),
+        "refine_iterations_median": float(np.median(warm.iterations)),
+        "speedup": t_cold / t_warm,
+    }
+
+
+def plot(results: dict, batch: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FIELD_KINDS), figsize=(6 * len(FIELD_KINDS), 4.2))
+    for ax, kind in zip(np.atleast_1d(axes), FIELD_KINDS, strict=True):
+        rows = [
+            results[f"{kind}_contrast_{c}"] for c in CONTRASTS if f"{kind}_contrast_{c}" in results
+        ]
+        cs = [r["contrast"] for r in rows]
+        curves = [
+            ("surrogate, batch 1", [r["surrogate"]["ms_per_sample_batch_1"] for r in rows], "o-"),
+            (
+                f"surrogate, batch {batch}",
+                [r["surrogate"][f"ms_per_sample_batch_{batch}"] for r in rows],
+                "o-",
+            ),
+            (
+                "Krylov (cold) at the surrogate's error",
+                [r["krylov"]["ms_per_sample"] for r in rows],
+                "s--",
+            ),
+            (
+                "pyamg SA+CG at the surrogate's error",
+                [r["pyamg"]["ms_per_sample"] for r in rows],
+                "^--",
+            ),
+        ]
+        for label, ys, style in curves:
+            ax.plot(cs, [np.nan if y is None else y for y in ys], style, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("contrast")
+        ax.set_ylabel("ms per sample")
+        twin = ax.twinx()
+        twin.plot(cs, [r["surrogate"]["error"] for r in rows], "k:", label="surrogate error")
+        twin.set_yscale("log")
+        twin.set_ylabel("surrogate mean relative L2 (dotted)")
+        ax.set_title(f"{kind} media")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="NAME[@VERSION] or a model folder")
+    p.add_argument("--registry", default=DEFAULT_REGISTRY)
+    p.add_argument("--quick", action="store_true", help="64^2, 8 problems, two contrasts")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--pyamg-samples", type=int, default=4)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore", module="pyamg")
+    n, b = (64, 8) if args.quick else (128, 32)
+    contrasts = (10, 100) if args.quick else CONTRASTS
+    runner = OnnxSurrogate.load(args.model, args.registry, args.threads, fields=True)
+    env = runner.card.envelope.get("poisson")
+    trained = env.field.contrast if env is not None and env.field is not None else None
+    served = [c for c in contrasts if trained is not None and c <= trained[1] * 1.01]
+    top = max(served) if served else None  # the goals' contrast
+    rng = np.random.default_rng(2026)
+    results: dict = {}
+    goals: dict = {}
+    for kind in FIELD_KINDS:
+        for contrast in contrasts:
+            f, fields = diffusion_problems(rng, b, kind, contrast, n=n)
+            reference = _krylov(f, fields, 1e-11).solutions
+            s = surrogate_row(runner, f, fields, reference)
+            guess = s.pop("_solutions")
+            row = {
+                "contrast": float(contrast_of(fields).mean()),
+                "surrogate": s,
+                "krylov": krylov_at(f, fields, reference, s["error"]),
+                "pyamg": pyamg_at(f, fields, reference, s["error"], args.pyamg_samples),
+                "refine": refine_row(f, fields, guess),
+            }
+            exact = [
+                v for v in (row["krylov"]["ms_per_sample"], row["pyamg"]["ms_per_sample"]) if v
+            ]
+            row["surrogate_speedup_vs_fastest_exact"] = (
+                min(exact) / s[f"ms_per_sample_batch_{b}"] if exact else None
+            )
+            key = f"{kind}_contrast_{contrast}"
+            results[key] = row
+            print(
+                f"{key:24s} surrogate error {s['error']:.3g}, {s[f'ms_per_sample_batch_{b}']:.2f} "
+                f"ms/sample (batch {b}), {s['ms_per_sample_batch_1']:.2f} (batch 1); Krylov at "
+                f"that error {row['krylov']['ms_per_sample']} ms "
+                f"(tol {row['krylov']['tolerance']}); "
+                f"pyamg {row['pyamg']['ms_per_sample']} ms; refine to {REFINE_TO:g} "
+                f"x{row['refine']['speedup']:.2f} over cold",
+                flush=True,
+            )
+            if contrast == top:
+                speedup = row["surrogate_speedup_vs_fastest_exact"]
+                goals[f"surrogate >= 5x the fastest exact method, {kind}, contrast {contrast}"] = (
+                    goal(5.0, speedup if speedup is not None else float("nan"))
+                )
+                goals[f"refine to 1e-6 >= 1.5x a cold start, {kind}, contrast {contrast}"] = goal(
+                    1.5, row["refine"]["speedup"]
+                )
+    results.update(
+        model=runner.card.ref if runner.card.name else str(args.model),
+        model_resolution=runner.card.resolution,
+        resolution=n,
+        problems=b,
+        top_served_contrast=top,
+        timing="surrogate and Krylov: one warm-up, then one timed run of the batch; pyamg: "
+        "per sample, setup included",
+    )
+    png = RESULTS / "crossover.png"
+    plot(results, b, png)
+    return finish("crossover", results, goals, png)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
