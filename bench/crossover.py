@@ -43,7 +43,7 @@ from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
 
 sys.path.append(str(_BENCH))
 from common import RESULTS, finish, goal  # noqa: E402
-from fields import diffusion_problems, fd_matrix  # noqa: E402
+from fields import diffusion_problems, pyamg_curve  # noqa: E402
 
 CONTRASTS = (4, 10, 100, 1000)
 #: Krylov tolerances tried, loosest first (half-decades: the exact cost at the surrogate's
@@ -104,33 +104,13 @@ def krylov_at(f, fields, reference, error: float) -> dict:
 
 def pyamg_at(f, fields, reference, error: float, samples: int) -> dict:
     """pyamg's time (setup included) until its answer is within ``error``, per sample."""
-    import pyamg
-
     times = []
     for i in range(min(samples, len(f))):
-        n = f.shape[-1]
-        t0 = time.perf_counter()
-        ml = pyamg.smoothed_aggregation_solver(fd_matrix(fields[i, 0] / 0.01))
-        setup = time.perf_counter() - t0
-        stamps = []
-        t0 = time.perf_counter()
-
-        def record(x, stamps=stamps, t0=t0):
-            stamps.append((time.perf_counter() - t0, x.copy()))
-
-        rhs = f[i].ravel().copy()
-        rhs[0] = 0.0  # the grounded node
-        ml.solve(rhs, tol=1e-12, accel="cg", maxiter=300, callback=record)
-        hit = None
-        for t, x in stamps:
-            x = x.reshape(n, n)
-            if relative_l2(x - x.mean(), reference[i]) <= error:
-                hit = setup + t
-                break
-        times.append(hit)
+        curve = pyamg_curve(f[i], fields[i, 0], reference[i], maxiter=300)
+        times.append(next((ms for ms, e in curve if e <= error), None))
     reached = [t for t in times if t is not None]
     return {
-        "ms_per_sample": 1e3 * float(np.mean(reached)) if len(reached) == len(times) else None,
+        "ms_per_sample": float(np.mean(reached)) if len(reached) == len(times) else None,
         "reached": f"{len(reached)}/{len(times)}",
     }
 

@@ -276,9 +276,34 @@ def fd_matrix(a: np.ndarray, k: float = 0.01):
     return (keep @ m @ keep + ground - keep).tocsr()
 
 
-def against_pyamg(rng, b: int) -> dict:
+def pyamg_curve(
+    f: np.ndarray, k11: np.ndarray, reference: np.ndarray, maxiter: int = 200
+) -> list[tuple[float, float]]:
+    """pyamg (smoothed aggregation + CG) on one problem with K = k11 I: (ms since the
+    setup began, relative L2 error against ``reference``) after each iteration."""
     import pyamg
 
+    n = f.shape[-1]
+    t0 = time.perf_counter()
+    ml = pyamg.smoothed_aggregation_solver(fd_matrix(k11 / 0.01))
+    setup = time.perf_counter() - t0
+    stamps = []
+    t0 = time.perf_counter()
+
+    def record(x):
+        stamps.append((time.perf_counter() - t0, x.copy()))
+
+    rhs = f.ravel().copy()
+    rhs[0] = 0.0  # the grounded node
+    ml.solve(rhs, tol=1e-12, accel="cg", maxiter=maxiter, callback=record)
+    curve = []
+    for t, x in stamps:
+        x = x.reshape(n, n)
+        curve.append(((setup + t) * 1e3, float(relative_l2(x - x.mean(), reference))))
+    return curve
+
+
+def against_pyamg(rng, b: int) -> dict:
     out = {}
     tolerances = [10.0**-k for k in range(1, 11)]
     for kind in media.FIELD_KINDS:
@@ -291,27 +316,8 @@ def against_pyamg(rng, b: int) -> dict:
             for tol in tolerances:
                 sol, ms = _solve("poisson", f, fields, tol)
                 ours.append((ms, float(relative_l2(sol.solutions, reference).mean())))
-            curves = []
-            for i in range(b):  # each sample: its own matrix, its own hierarchy
-                t0 = time.perf_counter()
-                ml = pyamg.smoothed_aggregation_solver(fd_matrix(fields[i, 0] / 0.01))
-                setup = time.perf_counter() - t0
-                stamps = []
-                t0 = time.perf_counter()
-
-                def record(x, stamps=stamps, t0=t0):
-                    stamps.append((time.perf_counter() - t0, x.copy()))
-
-                rhs = f[i].ravel().copy()
-                rhs[0] = 0.0  # the grounded node
-                ml.solve(rhs, tol=1e-12, accel="cg", maxiter=200, callback=record)
-                curve = []
-                for t, x in stamps:
-                    x = x.reshape(N, N)
-                    curve.append(
-                        ((setup + t) * 1e3, float(relative_l2(x - x.mean(), reference[i])))
-                    )
-                curves.append(curve)
+            # each sample: its own matrix, its own hierarchy
+            curves = [pyamg_curve(f[i], fields[i, 0], reference[i]) for i in range(b)]
             steps = min(len(c) for c in curves)
             amg = [
                 (
