@@ -4,6 +4,7 @@
         [--call-hold-s 0.004] [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25]
         [--max-ongoing-requests 128]
     .venv/bin/python bench/serve.py --fault [--quick]
+    .venv/bin/python bench/serve.py --fields [--quick]
 
 Normal mode writes bench/results/serve.json: requests/s, p50/p99 latency and errors of single
 base64 Helmholtz solves (omega = 4, inside the envelope, so the surrogate answers) on a 128^2
@@ -15,6 +16,10 @@ replica answers HTTP itself); each level is also measured through Serve's proxy,
 default path of Ray Serve, for comparison.
 Goals (2 cores): served req/s at concurrency 32 >= 0.7 x raw throughput; p50 at
 concurrency 1 <= raw batch-1 p50 + 15 ms.
+
+``--fields`` does the same for Darcy requests (poisson, K = a(x) K0 with a smooth
+conductivity field of contrast 10 sent as base64 float32 beside the source) through the
+model's fields graph, raw and served: bench/results/serve-fields.json.
 
 ``--fault`` writes bench/results/serve-fault.json: a load at concurrency 8 whose clients
 retry connection errors and 5xx with exponential backoff (up to 8 tries), while the
@@ -46,11 +51,12 @@ import torch
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
+from datagen.media import conductivity, gaussian_random_fields  # noqa: E402
 from service import embedded  # noqa: E402
 from service.embedded import Embedded, free_port, replica_pids  # noqa: E402
 from service.registry import Registry  # noqa: E402
 from service.runner import OnnxSurrogate  # noqa: E402
-from service.schema import EncodedArray, HelmholtzRequest  # noqa: E402
+from service.schema import EncodedArray, HelmholtzRequest, PoissonRequest  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 from training.checkpoint import save_model  # noqa: E402
 from training.export import export  # noqa: E402
@@ -132,32 +138,47 @@ def wait_quiet(limit: float = 0.15, patience: float = 30.0) -> float:
 # Model, request and raw ONNX Runtime
 
 
+#: The envelope of the benchmark's model: the requests below are inside it.
+ENVELOPE = {
+    "helmholtz": {"n_examples": 1, "omega": [1, 10]},
+    "poisson": {
+        "n_examples": 1,
+        "eig": [1, 5],
+        "field": {"n_examples": 1, "laws": ["smooth"], "contrast": [1, 100], "length": [0.05, 0.3]},
+    },
+}
+
+
 def publish(root: Path) -> str:
     """fno-1m (untrained weights: throughput does not care) at 128^2; returns its ref."""
     torch.manual_seed(0)
     model = PDESurrogate(**preset(MODEL), source_ref=1.0, solution_ref=0.05)
-    meta = {
-        "data": {
-            "resolution": RESOLUTION,
-            "envelope": {"helmholtz": {"n_examples": 1, "omega": [1, 10]}},
-        }
-    }
+    meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}}
     ckpt = save_model(model, root / ".ckpt", meta)
     return export(ckpt, "bench", str(root / "registry")).ref
 
 
-def request_body(ref: str) -> tuple[bytes, np.ndarray, np.ndarray]:
+def request_body(ref: str, fields: bool = False) -> tuple[bytes, np.ndarray, np.ndarray]:
     """The JSON body of one solve, and its source and unified coefficients."""
     rng = np.random.default_rng(0)
     source = rng.standard_normal((RESOLUTION, RESOLUTION)).astype(np.float32)
-    request = HelmholtzRequest(
-        pde="helmholtz",
-        coefficients={"omega": OMEGA},
-        mode="surrogate",
-        model=ref,
-        out_of_envelope="reject",
-        source=EncodedArray.encode(source),
-    )
+    common = {"mode": "surrogate", "model": ref, "out_of_envelope": "reject"}
+    if fields:
+        g = gaussian_random_fields(rng, np.array([0.15]), RESOLUTION)
+        a = conductivity(g, np.array([10.0]), "smooth")[0]
+        request = PoissonRequest(
+            pde="poisson",
+            coefficients={"eigenvalue": 2.0, "angle": 0.0, "conductivity": EncodedArray.encode(a)},
+            source=EncodedArray.encode(source - source.mean()),
+            **common,
+        )
+    else:
+        request = HelmholtzRequest(
+            pde="helmholtz",
+            coefficients={"omega": OMEGA},
+            source=EncodedArray.encode(source),
+            **common,
+        )
     body = request.model_dump_json(exclude_none=True).encode()
     return body, source, request.unified()
 
@@ -171,7 +192,9 @@ def raw_onnxruntime(
 ) -> dict:
     """Batch-1 latency and samples/s at batches 1, 8, 32 of the registry's model.onnx."""
     card, files = Registry(registry).read_files(ref)
-    runner = OnnxSurrogate(card, files["model.onnx"], threads=threads)
+    fields = coefficients.ndim == 3
+    graph = files[card.graphs["fields" if fields else "constant"]]
+    runner = OnnxSurrogate(card, graph, threads=threads, fields=fields)
     out: dict = {
         "threads": threads if threads else "ORT default (intra-op = physical cores)",
         "providers": runner.providers,
@@ -358,7 +381,12 @@ def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) 
     results = {
         "model": MODEL,
         "resolution": RESOLUTION,
-        "request": f"POST /solve, helmholtz omega={OMEGA:g}, float32 base64 source, surrogate",
+        "request": (
+            "POST /solve, poisson K = a(x) K0 (a smooth, contrast 10, float32 base64 beside "
+            "the source), surrogate, fields graph"
+            if args.fields
+            else f"POST /solve, helmholtz omega={OMEGA:g}, float32 base64 source, surrogate"
+        ),
         "body_bytes": body_file.stat().st_size,
         "seconds_per_level": seconds,
         "loadavg_at_start": LOADAVG,
@@ -380,7 +408,8 @@ def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) 
     }
     for name, g in goals.items():
         print(f"goal {name}: target {g['target']:.3g}, measured {g['measured']:.3g}, {g['met']=}")
-    print(f"wrote {write_results(args.name or 'serve', results, goals)}")
+    default = "serve-fields" if args.fields else "serve"
+    print(f"wrote {write_results(args.name or default, results, goals)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -543,6 +572,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--fault", action="store_true", help="kill the Surrogate replica under load")
+    p.add_argument("--fields", action="store_true", help="Darcy requests through the fields graph")
     p.add_argument("--seconds", type=float, default=12.0, help="measured seconds per level")
     p.add_argument("--name", help="results file name (default serve / serve-fault)")
     d = ServiceSettings.model_fields
@@ -560,7 +590,7 @@ def main() -> None:
         work = Path(tmp)
         ref = publish(work)
         registry = str(work / "registry")
-        body, source, coefficients = request_body(ref)
+        body, source, coefficients = request_body(ref, fields=args.fields)
         body_file = work / "request.json"
         body_file.write_bytes(body)
         if args.fault:
