@@ -567,9 +567,14 @@ class Ingress:
                 raise http_error(422, [*plan.loc, "tolerance"], answer.message)
             return answer
 
-        def estimate(solution: np.ndarray) -> Awaitable[float]:
+        async def estimate(solution: np.ndarray) -> float:
+            if not plan.fields:  # two rfft2 and a division (~0.3 ms at 128^2): inline, as a
+                t0 = time.perf_counter()  # thread hop would cost more than it spares
+                value = error_estimate(pde, solution, source, coefficients)
+                timings["error_estimate"] = 1e3 * (time.perf_counter() - t0)
+                return value
             call = asyncio.to_thread(error_estimate, pde, solution, source, coefficients)
-            return timed("error_estimate", call)
+            return await timed("error_estimate", call)
 
         mode, reason, validation, answer, estimated = plan.mode, plan.reason, None, None, None
         if mode == "exact":
