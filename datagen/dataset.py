@@ -412,17 +412,6 @@ class DatasetReader:
         """Whether some coefficients vary over the grid (stored in ``coefficient_fields``)."""
         return bool(self.field_columns)
 
-    def require_constant(self, purpose: str) -> DatasetReader:
-        """Self, or (the file closed) ValueError where the file has coefficient fields that
-        ``purpose`` (a consumer that reads ``coefficients`` alone) would silently drop."""
-        if self.has_fields:
-            self.close()
-            raise ValueError(
-                f"{self.path.name} has coefficient fields ({', '.join(self.field_columns)}); "
-                f"{purpose} takes constant-coefficient datasets only"
-            )
-        return self
-
     def coefficients(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         f = self._file
         if "coefficients" in f:

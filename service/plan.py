@@ -83,8 +83,11 @@ def projected_source(request: SolveRequest, loc: list[Any], warnings: list[str])
     return source - mean
 
 
-def plan_request(request: SolveRequest, loc: list[Any], card: CardLookup) -> Plan:
-    """Everything decided before computing: source, mode, model, reasons, warnings."""
+def plan_request(
+    request: SolveRequest, loc: list[Any], card: CardLookup, deadline: float | None = None
+) -> Plan:
+    """Everything decided before computing: source, mode, model, reasons, warnings;
+    ``deadline`` (``time.time()``) is when the request's budget ends."""
     warnings: list[str] = []
     source = projected_source(request, loc, warnings)
     plan = Plan(
@@ -95,6 +98,7 @@ def plan_request(request: SolveRequest, loc: list[Any], card: CardLookup) -> Pla
         tolerance=request.tolerance or DEFAULT_TOLERANCE,
         max_iterations=request.max_iterations,
         warnings=warnings,
+        deadline=deadline,
     )
     if plan.mode == "auto":
         plan.error_tolerance = request.tolerance or DEFAULT_AUTO_TOLERANCE

@@ -218,7 +218,7 @@ class DiffusionCoefficients(_Coefficients):
                 "(all of one form, none of the other)"
             )
         if self.conductivity is not None:
-            fields = sorted(set(self.grids()) - {"conductivity"} & set(_TENSOR_NAMES))
+            fields = sorted(set(self.grids()) & set(_TENSOR_NAMES))
             if fields:
                 raise ValueError(
                     f"with a conductivity, the tensor K0 it multiplies is constant: give "
@@ -338,9 +338,6 @@ class _Solve(BaseModel):
         """The coefficients in the unified layout, float64: (6,) for numbers, (6, n, n)
         where any is a field (validated once, velocity fields made divergence-free)."""
         return self._unified
-
-    def has_fields(self) -> bool:
-        return self._unified.ndim == 3
 
 
 class PoissonRequest(_Solve):
