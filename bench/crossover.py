@@ -15,6 +15,11 @@ For each law (smooth, two-phase) and contrast (4, 10, 100, 1000), on B problems 
 - refine: the Krylov solver to 1e-6 started from the surrogate's answer, against the same
   from a cold start (ms/sample, and the ratio).
 
+And the rest of what the service accepts, for the README's front table: the three
+constant-coefficient systems (the model's constant graph against the FFT solve, exact at
+any error) and Helmholtz with w varying by 30% (the fields graph against GMRES at the
+surrogate's error), on B problems each.
+
 Writes bench/results/crossover.json and crossover.png. Goals, at the largest contrast
 the model's envelope holds: the surrogate (batch B) >= 5x faster than the fastest exact
 method at the surrogate's own error; refine reaches 1e-6 >= 1.5x faster than a cold start.
@@ -38,15 +43,19 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from datagen.coefficients import contrast as contrast_of  # noqa: E402
+from datagen.generate import generate_block  # noqa: E402
 from datagen.media import FIELD_KINDS  # noqa: E402
-from datagen.solver import ConvergenceError, relative_l2, solve_detailed  # noqa: E402
+from datagen.solver import ConvergenceError, relative_l2, solve, solve_detailed  # noqa: E402
+from datagen.spec import SplitSpec  # noqa: E402
 from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
 
 sys.path.append(str(_BENCH))
 from common import RESULTS, finish, goal  # noqa: E402
-from fields import diffusion_problems, pyamg_curve  # noqa: E402
+from fields import diffusion_problems, helmholtz_problems, pyamg_curve  # noqa: E402
 
 CONTRASTS = (4, 10, 100, 1000)
+CONSTANT_SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
+HELMHOLTZ_VARIATION = 0.3
 #: Krylov tolerances tried, loosest first (half-decades: the exact cost at the surrogate's
 #: error is not overstated by more than a half-decade of tolerance).
 TOLERANCES = tuple(10.0 ** (-k / 2) for k in range(1, 21))
@@ -68,10 +77,10 @@ def _timed(fn, repeat: int = REPEAT) -> tuple[object, float]:
     return out, statistics.median(times)
 
 
-def _krylov(f, fields, tolerance, guess=None):
+def _krylov(f, fields, tolerance, guess=None, system="poisson"):
     try:
         return solve_detailed(
-            "poisson",
+            system,
             f,
             fields,
             mean="project",
@@ -95,10 +104,12 @@ def surrogate_row(runner: OnnxSurrogate, f, fields, reference) -> dict:
     }
 
 
-def krylov_at(f, fields, reference, error: float) -> dict:
+def krylov_at(f, fields, reference, error: float, system: str = "poisson") -> dict:
     """The largest tolerance whose mean error is within ``error``, and its cost."""
     for tolerance in TOLERANCES:
-        out, seconds = _timed(lambda tolerance=tolerance: _krylov(f, fields, tolerance))
+        out, seconds = _timed(
+            lambda tolerance=tolerance: _krylov(f, fields, tolerance, system=system)
+        )
         reached = float(relative_l2(out.solutions, reference).mean())
         if reached <= error:
             return {
@@ -133,6 +144,33 @@ def refine_row(f, fields, guess) -> dict:
         "refine_iterations_median": float(np.median(warm.iterations)),
         "speedup": t_cold / t_warm,
     }
+
+
+def constant_row(runner: OnnxSurrogate, system: str, b: int, n: int) -> dict:
+    """A constant-coefficient system: the surrogate's error and cost against the FFT solve's
+    (exact to rounding, so at any error)."""
+    spec = SplitSpec(system=system, n_examples=b, split="test", resolution=n, seed=2026)
+    block = generate_block(spec, 0)
+    f, c = block.sources.astype(np.float64), block.coefficients
+    s = surrogate_row(runner, f, c, block.solutions)
+    s.pop("_solutions")
+    _, seconds = _timed(lambda: solve(system, f, c, mean="project"))
+    fft = 1e3 * seconds / b
+    return {"surrogate": s, "fft_ms_per_sample": fft,
+            "exact_over_surrogate": fft / s[f"ms_per_sample_batch_{b}"]}  # fmt: skip
+
+
+def helmholtz_field_row(runner: OnnxSurrogate, rng, b: int, n: int) -> dict:
+    """Helmholtz with w = w0 (1 + 0.3 s(x)): the surrogate against GMRES at its error."""
+    f, fields = helmholtz_problems(rng, b, HELMHOLTZ_VARIATION, n=n)
+    reference = _krylov(f, fields, 1e-11, system="helmholtz").solutions
+    s = surrogate_row(runner, f, fields, reference)
+    s.pop("_solutions")
+    krylov = krylov_at(f, fields, reference, s["error"], system="helmholtz")
+    exact = krylov["ms_per_sample"]
+    ratio = exact / s[f"ms_per_sample_batch_{b}"] if exact else None
+    return {"variation": HELMHOLTZ_VARIATION, "surrogate": s, "krylov": krylov,
+            "exact_over_surrogate": ratio}  # fmt: skip
 
 
 def plot(results: dict, batch: int, path: Path) -> None:
@@ -240,6 +278,23 @@ def main() -> int:
                 goals[f"refine to 1e-6 >= 1.5x a cold start, {kind}, contrast {contrast}"] = goal(
                     1.5, row["refine"]["speedup"]
                 )
+    constant = OnnxSurrogate.load(args.model, args.registry, args.threads)
+    for system in CONSTANT_SYSTEMS:
+        results[system] = row = constant_row(constant, system, b, n)
+        print(
+            f"{system:24s} surrogate error {row['surrogate']['error']:.3g}, "
+            f"{row['surrogate'][f'ms_per_sample_batch_{b}']:.2f} ms/sample; FFT solve "
+            f"{row['fft_ms_per_sample']:.2f} ms/sample",
+            flush=True,
+        )
+    key = f"helmholtz_variation_{HELMHOLTZ_VARIATION:g}"
+    results[key] = row = helmholtz_field_row(runner, rng, b, n)
+    print(
+        f"{key:24s} surrogate error {row['surrogate']['error']:.3g}, "
+        f"{row['surrogate'][f'ms_per_sample_batch_{b}']:.2f} ms/sample; GMRES at that error "
+        f"{row['krylov']['ms_per_sample']} ms (tol {row['krylov']['tolerance']})",
+        flush=True,
+    )
     results.update(
         model=runner.card.ref if runner.card.name else str(args.model),
         model_resolution=runner.card.resolution,

@@ -113,6 +113,9 @@ class ModelCard(BaseModel):
     envelope: dict[str, Envelope] = {}
     lineage: dict[str, Any] = {}
     metrics: dict[str, float] = {}
+    # The error each metric is meant to reach (same keys as ``metrics``): met where
+    # metrics[key] <= targets[key]; the card says what was aimed at beside what was measured.
+    targets: dict[str, float] = {}
     parent: str | None = None  # "name@version" of the model this one was fine-tuned from
     notes: str | None = None  # what a reader should know: the scale training reached, ...
     created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))

@@ -190,6 +190,32 @@ def test_metrics(
     return {**per_system, "test_rel_l2/all": total / count}
 
 
+def parse_targets(pairs: list[str]) -> dict[str, float]:
+    """``KEY=ERROR`` pairs (KEY as in the test metrics: ``poisson``,
+    ``poisson-smooth(1,10)``) -> the card's targets, keyed like its metrics."""
+    targets = {}
+    for pair in pairs:
+        key, sep, value = pair.rpartition("=")
+        try:
+            error = float(value)
+        except ValueError:
+            error = -1.0
+        if not sep or not key or not error > 0:
+            raise ValueError(f"a target is KEY=ERROR with ERROR > 0, got {pair!r}")
+        targets[f"test_rel_l2/{key}"] = error
+    return targets
+
+
+def target_report(card: ModelCard) -> str:
+    """One line per target: the error measured, the target, met or missed."""
+    lines = []
+    for key, target in card.targets.items():
+        error = card.metrics[key]
+        verdict = "met" if error <= target else f"missed ({error / target:.1f}x)"
+        lines.append(f"  {key.split('/', 1)[1]:<26} {error:.2e}  target {target:.1e}  {verdict}")
+    return "\n".join(lines)
+
+
 def export(
     checkpoint: Path,
     name: str,
@@ -197,6 +223,7 @@ def export(
     parent: str | None = None,
     test: list[Path] | None = None,
     notes: str | None = None,
+    targets: dict[str, float] | None = None,
 ) -> ModelCard:
     model = load_model(checkpoint)
     if not isinstance(model, PDESurrogate):
@@ -210,6 +237,11 @@ def export(
 
     if test:
         card.metrics.update(test_metrics(model, card, test))
+    if targets:
+        unmeasured = sorted(set(targets) - set(card.metrics))
+        if unmeasured:
+            raise ValueError(f"targets without a test set to measure them: {unmeasured}")
+        card.targets = dict(targets)
 
     card.graphs = {"constant": ONNX, "fields": ONNX_FIELDS}
 
@@ -230,6 +262,8 @@ def export(
         f"published {published.ref} to {registry}; parity (relative L2): "
         + ", ".join(f"{what}: {e:.1e}" for what, e in checked.items())
     )
+    if published.targets:
+        print("targets (mean relative L2 on the test sets):\n" + target_report(published))
     return published
 
 
@@ -243,9 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", help="NAME@VERSION this model was fine-tuned from")
     p.add_argument("--test", type=Path, nargs="+", help="test datasets: metrics go in the card")
     p.add_argument("--notes", help="what a reader of the card should know (the scale reached)")
+    p.add_argument(
+        "--targets", nargs="+", default=[], metavar="KEY=ERROR",
+        help="error targets for the card, keyed like the test metrics: poisson=1.5e-2",
+    )  # fmt: skip
     args = p.parse_args(argv)
     try:
-        card = export(args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes)
+        targets = parse_targets(args.targets)
+        card = export(
+            args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes, targets
+        )
     except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

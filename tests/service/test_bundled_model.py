@@ -1,40 +1,66 @@
 """The model that ships in models/: it loads, its card tells the truth, it fits the budget."""
 
+import re
+
 import numpy as np
 import pytest
 
 from datagen.generate import generate_block
 from datagen.solver import relative_l2
-from datagen.spec import SplitSpec
+from datagen.spec import FieldLaw, SplitSpec
 from service.registry import BUNDLED_REGISTRY, Registry
 from service.runner import DEFAULT_MODEL, OnnxSurrogate
 
 SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
 BUDGET_BYTES = 15 * 2**20
+CARD = Registry(BUNDLED_REGISTRY).card(DEFAULT_MODEL)
+#: Every test set the card reports on: a system, or a system with a field law and range.
+TESTED = sorted(key.split("/", 1)[1] for key in CARD.metrics if key != "test_rel_l2/all")
+FIELD_NAME = re.compile(r"^(?P<system>\w+)-(?P<kind>[a-z-]+)\((?P<lo>[\d.]+),(?P<hi>[\d.]+)\)$")
 
 
 def test_the_bundled_registry_holds_the_default_model_within_budget():
-    registry = Registry(BUNDLED_REGISTRY)
-    card = registry.card(DEFAULT_MODEL)
-    assert card.ref == "default@1"
+    assert CARD.ref == "default@2"
     size = sum(f.stat().st_size for f in BUNDLED_REGISTRY.rglob("*") if f.is_file())
     assert size <= BUDGET_BYTES
-    assert set(card.envelope) == set(SYSTEMS)
+    assert set(CARD.envelope) == set(SYSTEMS)
+    assert set(CARD.graphs) == {"constant", "fields"}
+    assert {"poisson-smooth", "poisson-two-phase", "helmholtz-smooth"} <= {
+        FIELD_NAME.match(name)["system"] + "-" + FIELD_NAME.match(name)["kind"]
+        for name in TESTED
+        if "(" in name
+    }
     for system in SYSTEMS:
-        assert 0 < card.metrics[f"test_rel_l2/{system}"] < 1
-    assert card.notes and "CPU scale" in card.notes and "seed 1234" in card.notes
+        assert 0 < CARD.metrics[f"test_rel_l2/{system}"] < 1
+    # Every target has its measurement beside it; the notes say the scale and the test seed.
+    assert len(CARD.targets) == 7 and set(CARD.targets) <= set(CARD.metrics)
+    assert CARD.notes and "CPU scale" in CARD.notes and "seed 1234" in CARD.notes
 
 
-@pytest.mark.parametrize("system", SYSTEMS)
-def test_the_bundled_model_errors_match_its_card_at_128(system):
-    """Fresh held-out examples at 128^2 against the exact solver: the card's error holds."""
-    model = OnnxSurrogate.load(None, str(BUNDLED_REGISTRY))
-    block = generate_block(
-        SplitSpec(system=system, n_examples=64, split="test", resolution=128, seed=4321), 0
-    )
+def fresh_examples(name: str, n: int) -> SplitSpec:
+    """A test set like the card's ``name`` from a seed neither training nor the card used."""
+    match = FIELD_NAME.match(name)
+    if match is None:
+        return SplitSpec(system=name, n_examples=n, split="test", resolution=128, seed=4321)
+    span = (float(match["lo"]), float(match["hi"]))
+    law = {"variation": span} if match["system"] == "helmholtz" else {"contrast": span}
+    return SplitSpec(
+        system=match["system"], n_examples=n, split="test", resolution=128, seed=4321,
+        field_law=FieldLaw(kind=match["kind"], **law),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", TESTED)
+def test_the_bundled_model_errors_match_its_card_at_128(name):
+    """Fresh held-out examples at 128^2 against the exact solver (spectral for constant
+    coefficients, Krylov for fields): the card's error holds, through the graph that
+    serves that kind of coefficients."""
+    spec = fresh_examples(name, 64)
+    model = OnnxSurrogate.load(None, str(BUNDLED_REGISTRY), fields=spec.field_law is not None)
+    block = generate_block(spec, 0)
     prediction = model.predict(block.sources, block.coefficients)
     assert prediction.shape == block.solutions.shape == (64, 128, 128)
     error = float(np.mean(relative_l2(prediction, block.solutions)))
-    card_error = model.card.metrics[f"test_rel_l2/{system}"]
-    # 64 examples scatter around the mean of 4,096: within a factor of 1.5 either way.
+    card_error = CARD.metrics[f"test_rel_l2/{name}"]
+    # 64 examples scatter around the mean of the card's test set: within 1.5x either way.
     assert card_error / 1.5 < error < card_error * 1.5

@@ -8,17 +8,22 @@ from service_helpers import API_KEY, RESOLUTION
 
 from datagen.solver import relative_l2
 from service.client import Client, PdeserveError
-from service.demo import SYSTEMS, answers, demo_main, examples, service_at
+from service.demo import DARCY_LABEL, SYSTEMS, answers, demo_main, examples, service_at
 from service.embedded import free_port
 
 
-def test_demo_examples_are_exact_solutions_of_each_system():
+def test_demo_examples_are_exact_solutions_of_each_system_and_of_darcy():
     items = examples(32)
-    assert [e.system for e in items] == list(SYSTEMS)
+    assert [e.system for e in items] == [*SYSTEMS, "poisson"]
     for e in items:
         assert e.source.shape == e.exact.shape == (32, 32)
         assert np.isfinite(e.exact).all() and np.abs(e.exact).max() > 0
     assert set(items[2].coefficients) == {"omega"} and 1 <= items[2].coefficients["omega"] <= 10
+    darcy = items[3]
+    assert darcy.darcy and not any(e.darcy for e in items[:3])
+    a = darcy.coefficients["conductivity"]
+    assert a.shape == (32, 32) and set(np.unique(a.round(9))).__len__() == 2  # two phases
+    assert 5 <= a.max() / a.min() <= 10
 
 
 def test_demo_against_a_running_service(service, tmp_path, capsys):
@@ -28,7 +33,8 @@ def test_demo_against_a_running_service(service, tmp_path, capsys):
     )
     text = capsys.readouterr().out
     assert code == 0, text
-    for label in ("SYS-1 Poisson", "SYS-2 advection-diffusion", "SYS-3 Helmholtz", "validate"):
+    for label in ("SYS-1 Poisson", "SYS-2 advection-diffusion", "SYS-3 Helmholtz", DARCY_LABEL,
+                  "validate", "(auto: "):  # fmt: skip
         assert label in text
     assert "default@1" in text and f"wrote {out}" in text
     assert out.read_bytes()[:4] == b"\x89PNG"
@@ -37,13 +43,22 @@ def test_demo_against_a_running_service(service, tmp_path, capsys):
 def test_the_services_validation_agrees_with_the_local_exact_solution(service):
     with Client(service, api_key=API_KEY) as client:
         outcomes = answers(client, examples(RESOLUTION))
-    for o in outcomes:
+    for o in outcomes[:3]:
         assert o.surrogate.mode == "surrogate" and o.validate.mode == "surrogate"
         # The service's exact solver and datagen's are one solver: the same reference.
         exact = o.validate.exact_solution
         assert relative_l2(exact[None], o.example.exact[None])[0] < 1e-5
         assert o.validate.relative_l2 == pytest.approx(o.surrogate_error, rel=1e-4)
         assert o.surrogate_ms > 0 and o.validate.timings_ms
+        assert o.surrogate.error_estimate > 0 and o.auto is None
+    darcy = outcomes[3]
+    # The test registry's tiny model knows no media: answered exactly (Krylov to 1e-8), and
+    # auto says why; the answers match datagen's Krylov solution.
+    assert darcy.example.darcy and darcy.auto is not None and darcy.auto.reason
+    for answer in (darcy.surrogate, darcy.auto):
+        assert answer.solver["method"] in ("cg", "gmres") if answer.mode == "exact" else True
+        assert relative_l2(answer.solution[None], darcy.example.exact[None])[0] < 0.5
+    assert relative_l2(darcy.auto.solution[None], darcy.example.exact[None])[0] < 1e-2
 
 
 def test_the_demo_starts_nothing_remote():

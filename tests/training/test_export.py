@@ -6,7 +6,15 @@ import torch
 
 from service.registry import Registry
 from training.checkpoint import save_model
-from training.export import ParityError, check_parity, export, export_onnx
+from training.export import (
+    ParityError,
+    check_parity,
+    export,
+    export_onnx,
+    main,
+    parse_targets,
+    target_report,
+)
 from training.models import PDESurrogate
 
 
@@ -153,10 +161,13 @@ def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     assert result["n"] == 20 and set(result["per_system"]) == {"helmholtz"}
     assert result["mean_relative_l2"] == pytest.approx(expected, rel=1e-4)
     assert cli(["eval", "--model", "nothere", "--data", str(data), "--registry", root]) == 2
-    # a model folder works as --model; test files put test metrics in the card
-    card = export(checkpoint, "tiny", root, test=[data])
+    # a model folder works as --model; test files put test metrics in the card, and the
+    # targets beside them
+    card = export(checkpoint, "tiny", root, test=[data], targets={"test_rel_l2/helmholtz": 1e-9})
     assert card.metrics["test_rel_l2/helmholtz"] == pytest.approx(expected, rel=1e-4)
     assert card.metrics["test_rel_l2/all"] == card.metrics["test_rel_l2/helmholtz"]
+    assert card.targets == {"test_rel_l2/helmholtz": 1e-9}
+    assert "helmholtz" in target_report(card) and "missed (" in target_report(card)
     folder = tmp_path / "registry" / "tiny" / "2"
     capsys.readouterr()
     assert cli(["eval", "--model", str(folder), "--data", str(data), "--json"]) == 0
@@ -182,3 +193,18 @@ def test_the_parity_reference_runs_the_model_in_float64(checkpoint):
         double = copy.deepcopy(model).double()(source.double(), coefficients.double())
     assert single.dtype == torch.float32 and double.dtype == torch.float64
     assert torch.linalg.norm(double - single.double()) <= 1e-5 * torch.linalg.norm(double)
+
+
+def test_targets_are_key_error_pairs_and_each_needs_its_test_set(checkpoint, tmp_path, capsys):
+    assert parse_targets(["poisson=1.5e-2", "poisson-smooth(1,10)=2e-2"]) == {
+        "test_rel_l2/poisson": 1.5e-2,
+        "test_rel_l2/poisson-smooth(1,10)": 2e-2,
+    }
+    for bad in ("poisson", "poisson=", "=0.1", "poisson=-1", "poisson=abc"):
+        with pytest.raises(ValueError, match="KEY=ERROR"):
+            parse_targets([bad])
+    root = str(tmp_path / "registry")
+    code = main(["--checkpoint", str(checkpoint), "--name", "tiny", "--registry", root,
+                 "--targets", "poisson=0.1"])  # fmt: skip
+    assert code == 2 and "targets without a test set" in capsys.readouterr().err
+    assert Registry(root).names() == []  # nothing published

@@ -123,11 +123,31 @@ def test_data_source_needs_files_or_a_spec(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["smoke", "mixed-small", "paper-sys1", "paper-sys2", "paper-mixed"]
-)
+    "name",
+    ["smoke", "mixed-small", "paper-sys1", "paper-sys2", "paper-mixed", "mixed-fields-small",
+     "pretrained", "darcy-small", "smoke-darcy", "paper-darcy"],
+)  # fmt: skip
 def test_presets_validate(name):
     config = load_config(name)
     assert config.name == name
+
+
+def test_the_bundled_models_cpu_and_gpu_variants_train_the_same_mix():
+    """pretrained.sh's two variants differ in scale only: the same systems, laws and ranges,
+    constant and field coefficients alike, and the relative-L2 loss."""
+
+    def mix(config, split):
+        return sorted(
+            (s.group or s.generate.system, s.generate.model_dump_json(
+                exclude={"n_examples", "split", "seed"})) for s in getattr(config.data, split)
+        )  # fmt: skip
+
+    cpu, gpu = load_config("mixed-fields-small"), load_config("pretrained")
+    for split in ("train", "val"):
+        assert mix(cpu, split) == mix(gpu, split)
+    laws = {s.generate.field.kind for s in cpu.data.train if s.generate.field is not None}
+    assert laws == {"smooth", "two-phase"} and len(cpu.data.train) == 6
+    assert cpu.optim.loss == gpu.optim.loss == "relative_l2"
 
 
 # ---- Ray Train -----------------------------------------------------------------------------
