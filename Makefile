@@ -33,13 +33,15 @@ test: lint
 serve: $(STAMP)
 	$(VENV)/bin/pdeserve serve
 
-# One solve per system in surrogate and validate modes, errors, timings and demo.png;
-# starts the service when none answers at $$PDESERVE_URL (default 127.0.0.1:8000).
+# One solve per system in surrogate and validate modes, a Darcy problem (a two-phase
+# medium) in surrogate, validate and auto modes: errors, error estimates, timings and
+# demo.png; starts the service when none answers at $$PDESERVE_URL (default 127.0.0.1:8000).
 demo: $(STAMP)
 	$(VENV)/bin/pdeserve demo --out demo.png
 
-# The bundled model's recipe, data generation to publish (GPU: the paper's scale;
-# CPU: CONFIG=mixed-small make pretrained, about an hour on 2 cores).
+# The bundled model's recipe, data generation to publish: the GPU variant where torch sees
+# a GPU (training/configs/pretrained.yaml), else the CPU one (mixed-fields-small, about two
+# hours on 2 cores). Resumable: RUN=NAME make pretrained again after a kill.
 pretrained: $(STAMP)
 	PY=$(PY) bash training/pretrained.sh
 

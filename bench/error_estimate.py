@@ -4,8 +4,9 @@
         [--field-model NAME[@VERSION] --registry DIR] [--n 128] [--examples 256]
 
 Held-out problems (a seed no training run uses, 2027) at ``--n``: the constant-coefficient
-systems through ``--constant-model``'s graph, Darcy media (smooth and two-phase, contrast
-1..100) through ``--field-model``'s fields graph. For each answer the estimate (what
+systems through ``--constant-model``'s graph; Darcy media (smooth and two-phase, contrast
+1..100) and Helmholtz with w varying by up to 30% through ``--field-model``'s fields graph
+(the bundled model has both graphs: ``--field-model default``). For each answer the estimate (what
 ``POST /solve`` returns as ``error_estimate``: ``datagen.solver.error_estimate``) is set
 against the true relative L2 error from the exact solution. Writes
 bench/results/error_estimate.json and error_estimate.png (estimate against truth).
@@ -103,7 +104,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--constant-model", default="default")
-    p.add_argument("--field-model", help="a model with a fields graph trained on Darcy media")
+    p.add_argument("--field-model", help="a model with a fields graph trained on field media")
     p.add_argument("--registry", default=DEFAULT_REGISTRY)
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--examples", type=int, default=256)
@@ -117,16 +118,15 @@ def main() -> int:
             results[pde] = row(constant, pde, problems(spec, folder), fields=False)
         if args.field_model:
             runner = OnnxSurrogate.load(args.field_model, args.registry, fields=True)
-            for kind in ("smooth", "two-phase"):
-                law = FieldLaw(kind=kind, contrast=(1.0, 100.0))
+            laws = [("poisson", FieldLaw(kind=kind, contrast=(1.0, 100.0)))
+                    for kind in ("smooth", "two-phase")]  # fmt: skip
+            laws.append(("helmholtz", FieldLaw(kind="smooth", variation=(0.0, 0.3))))
+            for pde, law in laws:
                 spec = SplitSpec(
-                    system="poisson",
-                    n_examples=args.examples,
-                    resolution=args.n,
-                    seed=SEED,
+                    system=pde, n_examples=args.examples, resolution=args.n, seed=SEED,
                     field_law=law,
-                )
-                results[f"poisson {kind}"] = row(runner, "poisson", problems(spec, folder), True)
+                )  # fmt: skip
+                results[f"{pde} {law.kind}"] = row(runner, pde, problems(spec, folder), True)
     for key, r in results.items():
         goals[f"estimate within 3x for >= 90%, {key}"] = goal(TARGET, r["within_3x"])
         print(

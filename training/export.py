@@ -216,6 +216,19 @@ def target_report(card: ModelCard) -> str:
     return "\n".join(lines)
 
 
+def target_summary(card: ModelCard) -> str:
+    """A sentence for the card's notes: how many targets were met, and the misses with their
+    numbers."""
+    missed = [
+        f"{key.split('/', 1)[1]} {card.metrics[key]:.2e} (target {target:.1e})"
+        for key, target in card.targets.items()
+        if card.metrics[key] > target
+    ]
+    met = len(card.targets) - len(missed)
+    tail = f"; missed: {', '.join(missed)}" if missed else ""
+    return f"Error targets met: {met} of {len(card.targets)}{tail}."
+
+
 def export(
     checkpoint: Path,
     name: str,
@@ -242,6 +255,7 @@ def export(
         if unmeasured:
             raise ValueError(f"targets without a test set to measure them: {unmeasured}")
         card.targets = dict(targets)
+        card.notes = " ".join(filter(None, [card.notes, target_summary(card)]))
 
     card.graphs = {"constant": ONNX, "fields": ONNX_FIELDS}
 

@@ -168,6 +168,7 @@ def test_models_and_eval_commands(checkpoint, tmp_path, capsys):
     assert card.metrics["test_rel_l2/all"] == card.metrics["test_rel_l2/helmholtz"]
     assert card.targets == {"test_rel_l2/helmholtz": 1e-9}
     assert "helmholtz" in target_report(card) and "missed (" in target_report(card)
+    assert card.notes.startswith("Error targets met: 0 of 1; missed: helmholtz ")
     folder = tmp_path / "registry" / "tiny" / "2"
     capsys.readouterr()
     assert cli(["eval", "--model", str(folder), "--data", str(data), "--json"]) == 0
