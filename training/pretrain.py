@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=get_args(Loss), help="override optim.loss")
     p.add_argument("--model", help="override the model preset (fno-64k, fno-1m, fno-16m, fno-256m)")
     p.add_argument("--spectral", choices=("auto", "dft", "fft"), help="override model.spectral")
+    p.add_argument(
+        "--init", help="start from this model directory (RUN/model): its architecture, weights "
+        "and normalisation (model.init)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -63,6 +67,11 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
         model["preset"] = args.model
     if args.spectral is not None:
         model["spectral"] = args.spectral
+    if getattr(args, "init", None) is not None:  # absolute: Ray workers run elsewhere
+        init = Path(args.init).expanduser().resolve()
+        if not (init / "card.json").is_file():
+            raise ValueError(f"--init {args.init}: no model directory (card.json) there")
+        model["init"] = str(init)
     if model:
         update["model"] = config.model.model_copy(update=model)
     if args.num_workers is not None:

@@ -4,17 +4,21 @@
 #      constant-coefficient systems (N_TEST each) and the field laws (N_TEST_FIELDS each:
 #      Poisson smooth and two-phase media of contrast 1..10 and 10..100, Helmholtz with
 #      w varying by up to 30%),
-#   2. pre-training (it generates its own data): the GPU variant, training/configs/
-#      pretrained.yaml, where torch sees a GPU; else the CPU variant, mixed-fields-small,
+#   2. pre-training in two stages (each generates its own data):
+#      a. the constant-coefficient mix, training/configs/mixed-small.yaml (CONFIG_CONSTANT),
+#      b. from that model (--init), the mix with the field variants: the GPU variant,
+#         training/configs/pretrained.yaml, where torch sees a GPU; else the CPU variant,
+#         mixed-fields-small (CONFIG),
 #   3. export to ONNX (constant and fields graphs) with the test errors and the error
 #      targets in the card, published as `default`.
 #
 #   bash training/pretrained.sh            # GPU if there is one, else CPU
 #
-# Resumable: RUN names the run; run the same command with the same RUN again after a kill
-# and pre-training goes on from its last checkpoint (test sets already made are kept).
-# Knobs (environment): CONFIG, EPOCHS, TRAIN_SECONDS (stop pre-training after, keeping
-# the best epoch), N_TEST, N_TEST_FIELDS, TEST_DIR, REGISTRY (default models), NAME
+# Resumable: RUN names the run (RUN_CONSTANT the first stage's, default RUN-constant); run
+# the same command with the same RUN again after a kill and pre-training goes on from its
+# last checkpoint (test sets and a finished first stage are kept).
+# Knobs (environment): CONFIG, CONFIG_CONSTANT, EPOCHS (stage b), TRAIN_SECONDS (stop
+# stage b after, keeping the best epoch), N_TEST, N_TEST_FIELDS, TEST_DIR, REGISTRY (default models), NAME
 # (default), RUNS, RUN, PY, NO_RAY (1: one process; default 1 on a GPU, 0 on CPU: two Ray
 # Train workers share the 2 cores better), NOTES (text for the card; default: the scale
 # reached), MODEL_DIR (publish this trained model directory instead of training: steps 1
@@ -38,6 +42,8 @@ else
   CONFIG=${CONFIG:-mixed-fields-small}; NO_RAY=${NO_RAY:-0}; scale="CPU scale"
 fi
 RUN=${RUN:-$CONFIG-$(date +%Y%m%d-%H%M%S)}
+CONFIG_CONSTANT=${CONFIG_CONSTANT:-mixed-small}
+RUN_CONSTANT=${RUN_CONSTANT:-$RUN-constant}
 extra=()
 [ -n "${EPOCHS:-}" ] && extra+=(--epochs "$EPOCHS")
 [ "$NO_RAY" = 1 ] && extra+=(--no-ray)
@@ -74,6 +80,14 @@ if [ -n "${MODEL_DIR:-}" ]; then
 fi
 
 SECONDS=0
+base="$RUNS/$RUN_CONSTANT/model"
+if [ ! -f "$base/card.json" ]; then
+  noray=(); [ "$NO_RAY" = 1 ] && noray=(--no-ray)
+  $PY -m training.pretrain --config "$CONFIG_CONSTANT" $gpu --storage "$RUNS" \
+    --run-name "$RUN_CONSTANT" --quiet "${noray[@]}"
+fi
+echo "stage a ($CONFIG_CONSTANT, $base) done after ${SECONDS}s"
+extra+=(--init "$base")
 status=0
 if [ "$TRAIN_SECONDS" -gt 0 ]; then
   timeout --signal=INT "$TRAIN_SECONDS" $PY -m training.pretrain --config "$CONFIG" $gpu \
@@ -91,4 +105,4 @@ if [ ! -f "$model/card.json" ]; then  # stopped early: the best epoch of the las
   history="$model/../metrics.jsonl"
 fi
 epochs=$(wc -l < "$history" 2>/dev/null || echo "?")
-publish "$model" "${NOTES:-$scale: config $CONFIG, $epochs epochs (run $RUN); test sets at 128x128, seed 1234, never used in training}"
+publish "$model" "${NOTES:-$scale: $CONFIG_CONSTANT (run $RUN_CONSTANT), then $CONFIG from it, $epochs epochs (run $RUN); test sets at 128x128, seed 1234, never used in training.}"

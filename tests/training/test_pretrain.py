@@ -249,3 +249,18 @@ def test_smoke_darcy_pretraining_learns_coefficient_fields(tmp_path, cache):
     field = read_card(tmp_path / "d" / "model").envelope["poisson"].field
     assert field.laws == ["smooth"] and field.n_examples == 512
     assert 1 <= field.contrast[0] < field.contrast[1] <= 10 * (1 + 1e-5)
+
+
+def test_init_starts_a_config_from_a_model_directory(tmp_path):
+    """The recipe's second stage: --init puts the first stage's model (an absolute path, for
+    Ray workers elsewhere) in model.init; a folder without a model is refused."""
+    from training.checkpoint import save_model
+    from training.models import PDESurrogate
+
+    model = PDESurrogate(8, 4, n_layers=2, fc_dim=16)
+    base = save_model(model, tmp_path / "base", {"data": {"resolution": 32}})
+    config = load_config("mixed-fields-small")
+    args = parse_args(["--config", "mixed-fields-small", "--init", str(base)])
+    assert _with_overrides(config, args).model.init == str(base.resolve())
+    with pytest.raises(ValueError, match="no model directory"):
+        _with_overrides(config, parse_args(["--config", "smoke", "--init", str(tmp_path)]))
