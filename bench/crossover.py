@@ -173,6 +173,15 @@ def helmholtz_field_row(runner: OnnxSurrogate, rng, b: int, n: int) -> dict:
             "exact_over_surrogate": ratio}  # fmt: skip
 
 
+def _print_row(key: str, row: dict, b: int, exact: str) -> None:
+    s = row["surrogate"]
+    print(
+        f"{key:24s} surrogate error {s['error']:.3g}, {s[f'ms_per_sample_batch_{b}']:.2f} "
+        f"ms/sample; {exact}",
+        flush=True,
+    )
+
+
 def plot(results: dict, batch: int, path: Path) -> None:
     import matplotlib
 
@@ -281,20 +290,12 @@ def main() -> int:
     constant = OnnxSurrogate.load(args.model, args.registry, args.threads)
     for system in CONSTANT_SYSTEMS:
         results[system] = row = constant_row(constant, system, b, n)
-        print(
-            f"{system:24s} surrogate error {row['surrogate']['error']:.3g}, "
-            f"{row['surrogate'][f'ms_per_sample_batch_{b}']:.2f} ms/sample; FFT solve "
-            f"{row['fft_ms_per_sample']:.2f} ms/sample",
-            flush=True,
-        )
+        _print_row(system, row, b, f"FFT solve {row['fft_ms_per_sample']:.2f} ms/sample")
     key = f"helmholtz_variation_{HELMHOLTZ_VARIATION:g}"
     results[key] = row = helmholtz_field_row(runner, rng, b, n)
-    print(
-        f"{key:24s} surrogate error {row['surrogate']['error']:.3g}, "
-        f"{row['surrogate'][f'ms_per_sample_batch_{b}']:.2f} ms/sample; GMRES at that error "
-        f"{row['krylov']['ms_per_sample']} ms (tol {row['krylov']['tolerance']})",
-        flush=True,
-    )
+    krylov = row["krylov"]
+    _print_row(key, row, b, f"GMRES at that error {krylov['ms_per_sample']} ms "
+               f"(tol {krylov['tolerance']})")  # fmt: skip
     results.update(
         model=runner.card.ref if runner.card.name else str(args.model),
         model_resolution=runner.card.resolution,
