@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.resample import resample
+from datagen.resample import resample, sample_coefficients
 from service.registry import (
     CARD,
     DEFAULT_REGISTRY,
@@ -121,7 +121,8 @@ class OnnxSurrogate:
     def predict(self, source: np.ndarray, coefficients: np.ndarray, batch: int = 32) -> np.ndarray:
         """Solutions on the sources' grid; another grid than the model's is resampled
         spectrally to it and back (exact for fields band-limited below both Nyquists;
-        coefficient fields are resampled with the sources). ``batch``: samples per call
+        coefficient fields go with the sources, see :meth:`_on_model_grid`). ``batch``:
+        samples per call
         where a batch runs whole (one thread, or a GPU)."""
         source, coefficients, back = self._on_model_grid(source, coefficients)
         return back(np.concatenate(list(self._batches(source, coefficients, batch))))
@@ -160,7 +161,8 @@ class OnnxSurrogate:
     ) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """``source`` and ``coefficients`` as float32 on the model's grid, and what brings
         solutions back to the source's grid (spectral resampling, exact for fields
-        band-limited below both Nyquists)."""
+        band-limited below both Nyquists; coefficient fields by their point values where
+        the grids divide, :func:`datagen.resample.sample_coefficients`)."""
         coefficients = np.asarray(coefficients, dtype=np.float32)
         if (coefficients.ndim == 4) != self.fields:
             want = "(B, 6, n, n) fields" if self.fields else "(B, 6) scalars"
@@ -170,7 +172,7 @@ class OnnxSurrogate:
             return np.asarray(source, dtype=np.float32), coefficients, lambda solution: solution
         on_grid = np.asarray(resample(source, grid), dtype=np.float32)
         if self.fields:
-            coefficients = np.asarray(resample(coefficients, grid), dtype=np.float32)
+            coefficients = np.asarray(sample_coefficients(coefficients, grid), dtype=np.float32)
         return on_grid, coefficients, lambda solution: resample(solution, n).astype(np.float32)
 
     def _answered(self, count: int) -> None:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from datagen.resample import resample
+from datagen.media import conductivity, gaussian_random_fields
+from datagen.resample import resample, sample_coefficients
 from datagen.sampling import advection_psi
 from datagen.solver import solve
 from datagen.systems import DIFFUSION_SCALE, anisotropy, diffusion_tensor, unified_coefficients
@@ -67,3 +68,21 @@ def test_advection_psi_matches_the_solved_fields(rng):
     diff = f - adv.real  # -div(K grad u) = f - v . grad u
     want = np.linalg.norm(adv.real, axis=(1, 2)) / np.linalg.norm(diff, axis=(1, 2))
     assert np.allclose(advection_psi(f, c), want, rtol=1e-6)
+
+
+def test_coefficient_fields_keep_their_values_on_a_grid_that_divides_theirs():
+    """A two-phase conductivity of contrast 100 at 128^2 on the 64^2 grid: point values,
+    two phases and positive; spectral resampling rings below zero there. Grids that do not
+    divide take the spectral path."""
+    rng = np.random.default_rng(0)
+    a = conductivity(gaussian_random_fields(rng, np.full(2, 0.1), 128), np.full(2, 100.0),
+                     "two-phase")  # fmt: skip
+    coarse = sample_coefficients(a, 64)
+    np.testing.assert_array_equal(coarse, a[:, ::2, ::2])
+    assert set(np.unique(coarse)) == set(np.unique(a)) and coarse.min() > 0
+    assert resample(a, 64).min() < 0  # what the point values avoid
+    np.testing.assert_array_equal(sample_coefficients(a, 96), resample(a, 96))
+    np.testing.assert_array_equal(
+        sample_coefficients(a[:, ::2, ::2], 128), resample(a[:, ::2, ::2], 128)
+    )
+    assert sample_coefficients(a, 128) is a  # its own grid: the field itself, as resample
