@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from safetensors.torch import save as save_safetensors
 
 from service.registry import (
     DEFAULT_REGISTRY,
@@ -47,11 +48,49 @@ class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree beyond the tolerance."""
 
 
+FLOAT16_NOTE = "Spectral weights rounded to float16 (stored so in the graphs)."
+#: Parameters at least this large are rounded by :func:`round_to_float16`.
+HALF_MIN_ELEMENTS = 4096
+
+
+def round_to_float16(model: torch.nn.Module) -> None:
+    """Round the model's large parameters (the spectral weights) to float16 values, kept in
+    float32: the graphs can then hold them as float16 exactly, half the bytes, and the
+    model that is tested and published is the one the graphs compute."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() >= HALF_MIN_ELEMENTS:
+                p.copy_(p.half().float())
+
+
+def halve_initializers(graph: onnx.ModelProto) -> None:
+    """Store large float32 initializers whose values are all float16 values as float16,
+    each followed by a Cast back to float32 (folded when ONNX Runtime loads the graph)."""
+    casts = []
+    for init in graph.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = onnx.numpy_helper.to_array(init)
+        if array.size < HALF_MIN_ELEMENTS:
+            continue
+        half = array.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), array):
+            continue
+        name = init.name
+        init.CopyFrom(onnx.numpy_helper.from_array(half, f"{name}.f16"))
+        casts.append(
+            onnx.helper.make_node("Cast", [f"{name}.f16"], [name], to=onnx.TensorProto.FLOAT)
+        )
+    for node in reversed(casts):
+        graph.graph.node.insert(0, node)
+
+
 def export_onnx(
     model: PDESurrogate, resolution: int, metadata: dict[str, str], *, fields: bool = False
 ) -> bytes:
     """The model as ONNX bytes (dynamic batch), with ``metadata`` in its properties; the
-    graph for (B, 6) coefficients, or with ``fields`` for (B, 6, n, n)."""
+    graph for (B, 6) coefficients, or with ``fields`` for (B, 6, n, n). Large weights that
+    are float16 values (:func:`round_to_float16`) are stored as float16."""
     model = model.eval().cpu()
     model.set_spectral_path("dft")  # a model trained on the fft path: same weights, MatMuls
     source, coefficients = example_inputs(2, resolution, fields=fields)
@@ -70,6 +109,7 @@ def export_onnx(
             dynamo=False,
         )
         graph = onnx.load(str(path))
+    halve_initializers(graph)
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     if any(node.op_type == "DFT" for node in graph.graph.node):
@@ -237,6 +277,7 @@ def export(
     test: list[Path] | None = None,
     notes: str | None = None,
     targets: dict[str, float] | None = None,
+    float16: bool = False,
 ) -> ModelCard:
     model = load_model(checkpoint)
     if not isinstance(model, PDESurrogate):
@@ -246,6 +287,11 @@ def export(
     if notes:
         card.notes = notes
     weights = (checkpoint / WEIGHTS).read_bytes()
+    if float16:  # what is tested, checked and published: the rounded model
+        round_to_float16(model)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = save_safetensors(state)
+        card.notes = " ".join(filter(None, [card.notes, FLOAT16_NOTE]))
     checked: dict[str, float] = {}
 
     if test:
@@ -292,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test", type=Path, nargs="+", help="test datasets: metrics go in the card")
     p.add_argument("--notes", help="what a reader of the card should know (the scale reached)")
     p.add_argument(
+        "--float16", action="store_true",
+        help="round the spectral weights to float16 (the graphs store them so: half the size)",
+    )  # fmt: skip
+    p.add_argument(
         "--targets", nargs="+", default=[], metavar="KEY=ERROR",
         help="error targets for the card, keyed like the test metrics: poisson=1.5e-2",
     )  # fmt: skip
@@ -299,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         targets = parse_targets(args.targets)
         card = export(
-            args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes, targets
-        )
+            args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes,
+            targets, args.float16,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,8 @@
 #      b. from that model (--init), the mix with the field variants: the GPU variant,
 #         training/configs/pretrained.yaml, where torch sees a GPU; else the CPU variant,
 #         mixed-fields-small (CONFIG),
-#   3. export to ONNX (constant and fields graphs) with the test errors and the error
+#   3. export to ONNX (constant and fields graphs, spectral weights in float16: the 15 MB
+#      budget) with the test errors and the error
 #      targets in the card, published as `default`.
 #
 #   bash training/pretrained.sh            # GPU if there is one, else CPU
@@ -72,7 +73,7 @@ testset helmholtz-smooth-0-0.3 "$N_TEST_FIELDS" helmholtz --field smooth --varia
 
 publish() {  # MODEL_DIR NOTES
   $PY -m training.export --checkpoint "$1" --name "$NAME" --registry "$REGISTRY" \
-    --test "${tests[@]}" --targets "${targets[@]}" --notes "$2"
+    --test "${tests[@]}" --targets "${targets[@]}" --float16 --notes "$2"
 }
 if [ -n "${MODEL_DIR:-}" ]; then
   publish "$MODEL_DIR" "${NOTES:-$scale: $MODEL_DIR; test sets at 128x128, seed 1234}"

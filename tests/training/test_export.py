@@ -209,3 +209,23 @@ def test_targets_are_key_error_pairs_and_each_needs_its_test_set(checkpoint, tmp
                  "--targets", "poisson=0.1"])  # fmt: skip
     assert code == 2 and "targets without a test set" in capsys.readouterr().err
     assert Registry(root).names() == []  # nothing published
+
+
+def test_float16_export_halves_the_graphs_and_keeps_parity(tmp_path):
+    """--float16: the spectral weights rounded to float16 values, stored as float16 in both
+    graphs (half the bytes), parity with the rounded torch model checked as ever."""
+    torch.manual_seed(0)
+    model = PDESurrogate(8, 8, n_layers=2, fc_dim=16, source_ref=0.3, solution_ref=2.0)
+    meta = {"data": {"resolution": 32, "envelope": {}}}
+    checkpoint = save_model(model, tmp_path / "ckpt", meta)
+    full = export(checkpoint, "tiny", str(tmp_path / "a"))
+    half = export(checkpoint, "tiny", str(tmp_path / "b"), float16=True)
+    _, files_full = Registry(str(tmp_path / "a")).read_files("tiny")
+    _, files_half = Registry(str(tmp_path / "b")).read_files("tiny")
+    for name in ("model.onnx", "model-fields.onnx"):
+        graph = onnx.load_from_string(files_half[name])
+        halves = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert halves and all(i.name.endswith(".f16") for i in halves)
+        assert {n.op_type for n in graph.graph.node[: len(halves)]} == {"Cast"}
+        assert len(files_half[name]) < 0.7 * len(files_full[name])
+    assert "float16" in half.notes and not full.notes
