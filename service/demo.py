@@ -150,7 +150,7 @@ def report(outcomes: list[Outcome]) -> str:
         if o.auto is not None:
             error = float(relative_l2(o.auto.solution[None], o.example.exact[None])[0])
             lines.append(_row("", "auto", o.auto, error, o.auto_ms))
-            lines.append(f"{'':<26} (auto: {o.auto.reason})")
+            lines.append(f"{'':<26} ({o.auto.reason})")
     return "\n".join(lines)
 
 
