@@ -72,6 +72,19 @@ def broadcast_fields(scalars: np.ndarray, n: int) -> np.ndarray:
     return np.broadcast_to(s[:, :, None, None], (*s.shape, n, n)).copy()
 
 
+def with_fields(
+    scalars: np.ndarray, fields: np.ndarray | None, columns: tuple[str, ...]
+) -> np.ndarray:
+    """A dataset's coefficients in the solver's layout: (B, 6) scalars where nothing varies,
+    else (B, 6, n, n) float64 with the (B, F, n, n) ``fields`` in their named ``columns``
+    and the other coefficients as constant fields."""
+    if fields is None:
+        return scalars
+    out = broadcast_fields(scalars, fields.shape[-1])
+    out[:, [COEFFICIENT_NAMES.index(c) for c in columns]] = fields
+    return out
+
+
 def _sym_log_exp(k11, k22, k12, fn, derivative):
     """fn applied to the symmetric 2 x 2 matrices [[k11, k12], [k12, k22]] through their
     eigenvalues, in closed form: (m, h) = mean and half-spread of the eigenvalues, and

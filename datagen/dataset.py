@@ -35,7 +35,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields
+from datagen.coefficients import COEFFICIENT_NAMES, with_fields
 from datagen.systems import System, get_system, system_for_tensor_width
 
 FORMAT = "pdeserve-dataset"
@@ -332,11 +332,7 @@ class Chunk:
     def unified(self) -> np.ndarray:
         """The coefficients in the solver's layout: (B, 6) for constant-coefficient files,
         (B, 6, n, n) float64 where fields vary (the others as constant fields)."""
-        if self.coefficient_fields is None:
-            return self.coefficients
-        out = broadcast_fields(self.coefficients, self.sources.shape[-1])
-        out[:, [COEFFICIENT_NAMES.index(c) for c in self.field_columns]] = self.coefficient_fields
-        return out
+        return with_fields(self.coefficients, self.coefficient_fields, self.field_columns)
 
 
 class DatasetReader:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from datagen import media, sampling, sources
-from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields, reference
+from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields, reference, with_fields
 from datagen.dataset import PER_EXAMPLE
 from datagen.solver import ConvergenceError, Solution, solve_detailed
 from datagen.spec import SPLITS, SplitSpec
@@ -60,9 +60,14 @@ class Block:
     psi: np.ndarray | None  # (B,) float64, advection-diffusion only
     coefficient_fields: np.ndarray | None = None  # (B, F, n, n) float32: the varying columns
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # see extra_columns
+    field_columns: tuple[str, ...] = ()  # the names of coefficient_fields' columns
 
     def __len__(self) -> int:
         return self.coefficients.shape[0]
+
+    def unified(self) -> np.ndarray:
+        """The coefficients as a request or the solver takes them: (B, 6) or (B, 6, n, n)."""
+        return with_fields(self.coefficients, self.coefficient_fields, self.field_columns)
 
     def without_fields(self) -> Block:
         """The block's small per-example arrays only (what travels back from a worker)."""
@@ -232,6 +237,7 @@ def generate_block(spec: SplitSpec, block: int, *, dtype: np.dtype = np.float32)
         if law is None
         else np.empty((b, len(law.columns(spec.pde)), n, n), dtype=np.float32),
         extras={name: np.empty(b, dtype=PER_EXAMPLE[name]) for name in extra_columns(spec)},
+        field_columns=() if law is None else law.columns(spec.pde),
     )
     rows = np.arange(b)
     for _ in range(_MAX_REDRAW_ROUNDS):

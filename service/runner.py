@@ -122,8 +122,7 @@ class OnnxSurrogate:
         """Solutions on the sources' grid; another grid than the model's is resampled
         spectrally to it and back (exact for fields band-limited below both Nyquists;
         coefficient fields go with the sources, see :meth:`_on_model_grid`). ``batch``:
-        samples per call
-        where a batch runs whole (one thread, or a GPU)."""
+        samples per call where a batch runs whole (one thread, or a GPU)."""
         source, coefficients, back = self._on_model_grid(source, coefficients)
         return back(np.concatenate(list(self._batches(source, coefficients, batch))))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load, save
 
 from service.registry import (
     CARD,
@@ -71,10 +71,14 @@ def model_card(model: ModelBase, metadata: dict | None = None) -> ModelCard:
     )
 
 
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    """The model's state as safetensors bytes (what ``weights.safetensors`` holds)."""
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
 def write_model_files(model: ModelBase, directory: Path, metadata: dict | None = None) -> None:
     """Write weights and card into an existing directory (no atomicity of its own)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(directory / WEIGHTS))
+    (directory / WEIGHTS).write_bytes(weights_bytes(model))
     digest = sha256_bytes((directory / WEIGHTS).read_bytes())
     card = model_card(model, metadata).model_copy(update={"files": {WEIGHTS: digest}})
     tmp = directory / f".{CARD}.tmp"

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from safetensors.torch import save as save_safetensors
 
 from service.registry import (
     DEFAULT_REGISTRY,
@@ -36,7 +35,7 @@ from service.registry import (
     Registry,
     RegistryError,
 )
-from training.checkpoint import load_model, read_card
+from training.checkpoint import load_model, read_card, weights_bytes
 from training.models.surrogate import PDESurrogate
 
 PARITY_BATCHES = (1, 7, 64)
@@ -289,8 +288,7 @@ def export(
     weights = (checkpoint / WEIGHTS).read_bytes()
     if float16:  # what is tested, checked and published: the rounded model
         round_to_float16(model)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        weights = save_safetensors(state)
+        weights = weights_bytes(model)
         card.notes = " ".join(filter(None, [card.notes, FLOAT16_NOTE]))
     checked: dict[str, float] = {}
 

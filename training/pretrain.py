@@ -67,7 +67,7 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
         model["preset"] = args.model
     if args.spectral is not None:
         model["spectral"] = args.spectral
-    if getattr(args, "init", None) is not None:  # absolute: Ray workers run elsewhere
+    if args.init is not None:  # absolute: Ray workers run elsewhere
         init = Path(args.init).expanduser().resolve()
         if not (init / "card.json").is_file():
             raise ValueError(f"--init {args.init}: no model directory (card.json) there")

@@ -105,5 +105,5 @@ if [ ! -f "$model/card.json" ]; then  # stopped early: the best epoch of the las
   [ -n "$model" ] && [ -f "$model/card.json" ] || { echo "no model was saved" >&2; exit 1; }
   history="$model/../metrics.jsonl"
 fi
-epochs=$(wc -l < "$history" 2>/dev/null || echo "?")
+epochs=$(grep -c '"epoch"' "$history" 2>/dev/null || echo "?")  # not the resume events
 publish "$model" "${NOTES:-$scale: $CONFIG_CONSTANT (run $RUN_CONSTANT), then $CONFIG from it, $epochs epochs (run $RUN); test sets at 128x128, seed 1234, never used in training.}"

@@ -5,7 +5,6 @@ import re
 import numpy as np
 import pytest
 
-from datagen.coefficients import COEFFICIENT_NAMES, broadcast_fields
 from datagen.generate import generate_block
 from datagen.solver import relative_l2
 from datagen.spec import FieldLaw, SplitSpec
@@ -63,12 +62,7 @@ def test_the_bundled_model_errors_match_its_card_at_128(name):
     spec = fresh_examples(name, 64)
     model = OnnxSurrogate.load(None, str(BUNDLED_REGISTRY), fields=spec.field_law is not None)
     block = generate_block(spec, 0)
-    coefficients = block.coefficients
-    if spec.field_law is not None:  # the unified (B, 6, n, n) fields, as a request gives them
-        coefficients = broadcast_fields(coefficients, 128)
-        columns = [COEFFICIENT_NAMES.index(c) for c in spec.field_law.columns(spec.pde)]
-        coefficients[:, columns] = block.coefficient_fields
-    prediction = model.predict(block.sources, coefficients)
+    prediction = model.predict(block.sources, block.unified())
     assert prediction.shape == block.solutions.shape == (64, 128, 128)
     error = float(np.mean(relative_l2(prediction, block.solutions)))
     card_error = CARD.metrics[f"test_rel_l2/{name}"]
