@@ -112,8 +112,9 @@ def datagen_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ray-address",
         default=None,
-        help="fan shards out as Ray tasks on this cluster ('auto', 'ray://host:10001', "
-        "or 'local' for a new local instance); --out must be on storage the nodes share",
+        help="fan shards out as Ray tasks: 'local' on a private instance started for the run "
+        "(loopback only), 'auto' on the running cluster, or HOST:PORT / ray://HOST:10001; "
+        "--out must be on storage the nodes share",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p

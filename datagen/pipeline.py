@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from datagen.dataset import BlockTargets, DatasetWriter, open_dataset
 from datagen.generate import Block, extra_columns, generate_block
+from datagen.ray_instance import ray_instance
 from datagen.spec import FieldLaw, SamplingRanges, SplitSpec
 from datagen.workers import GenerationWorkers
 
@@ -129,24 +129,8 @@ def write_shard(spec: SplitSpec, first_block: int, last_block: int, path: str) -
     return path
 
 
-@contextlib.contextmanager
-def ray_session(address: str) -> Iterator:
-    """Ray, connected to ``address`` ('local' starts a private instance) unless this process
-    is connected already; a connection made here is closed on the way out."""
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address=None if address == "local" else address, include_dashboard=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def _write_split_ray(spec: SplitSpec, path: Path, address: str, progress: bool) -> Path:
-    with ray_session(address) as ray:
+    with ray_instance(address) as ray:
         return _write_split_on_ray(ray, spec, path, progress)
 
 
@@ -234,7 +218,7 @@ def write_splits(
     pool = GenerationWorkers(min(workers, n_blocks)) if shared else None
     out = Path(out_dir)
     failed = False
-    session = ray_session(ray_address) if ray_address is not None else contextlib.nullcontext()
+    session = ray_instance(ray_address) if ray_address is not None else contextlib.nullcontext()
     try:
         with session:
             return {

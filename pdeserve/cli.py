@@ -10,6 +10,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from datagen.ray_instance import report_stop
+
 #: name -> (module, function, one-line help). The function takes argv and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "datagen": ("datagen.cli", "datagen_main", "generate train/val/test HDF5 datasets"),
@@ -48,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pdeserve: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, function, _ = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    try:
+        return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM while Ray ran: Ray is down by now
+        return report_stop(f"pdeserve {name}", e)
 
 
 if __name__ == "__main__":

@@ -593,7 +593,10 @@ class Ingress:
             )
             if error is not None:
                 self.metrics.validation.observe(error, tags={"pde": pde})
-            mode = "surrogate"
+            reason = (
+                f"validate: solution is the surrogate's ({card.ref}), "
+                "validation.exact_solution the exact solver's"
+            )
         else:  # refine, or auto on fields: the surrogate first
             guess = await surrogate()
             if mode == "auto":
@@ -613,7 +616,7 @@ class Ingress:
             mode=mode,
             reason=reason,
             model=card.ref if card is not None and mode != "exact" else None,
-            error_estimate=estimated if mode == "surrogate" else None,
+            error_estimate=estimated if mode in ("surrogate", "validate") else None,
             solver=None if answer is None else answer.report(mode == "refine"),
             validation=validation,
             warnings=plan.warnings,
@@ -670,6 +673,8 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
         "logging_config": {"enable_access_log": s.access_log},
         "health_check_period_s": s.health_check_period_s,
         "max_ongoing_requests": s.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": s.drain_timeout_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
     }
     surrogate = Surrogate.options(
         num_replicas=s.surrogate_replicas,

@@ -115,11 +115,13 @@ def eval_main(argv: Sequence[str]) -> int:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    """``pdeserve serve``: run the application on an embedded Ray instance or a cluster."""
+    """``pdeserve serve``: run the application on a private Ray instance or a cluster, until
+    SIGINT or SIGTERM; then stop everything it started within about 10 s."""
     import os
     import signal
     import time
 
+    from datagen.ray_instance import stop_signal
     from service.runner import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(prog="pdeserve serve", description="start the solver service")
@@ -127,18 +129,18 @@ def serve_main(argv: Sequence[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry root (folder or URL)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="default model, name[@version]")
-    p.add_argument("--address", help="Ray cluster address; default: start Ray here")
-    p.add_argument("--num-cpus", type=int, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument(
+        "--address",
+        help="a Ray cluster to deploy on ('auto': the running one, or HOST:PORT); default: a "
+        "private Ray instance here, listening on 127.0.0.1 only",
+    )
+    p.add_argument("--num-cpus", type=int, help="CPUs of the private Ray (default: all)")
     p.add_argument(
         "--verbose", action="store_true", help="print the Ray processes' log lines here too"
     )
     args = p.parse_args(argv)
 
-    import ray
-    from ray import serve
-
     from service import embedded
-    from service.app import build_app
     from service.settings import ServiceSettings
 
     registry = args.registry
@@ -151,25 +153,17 @@ def serve_main(argv: Sequence[str]) -> int:
     except RegistryError as e:
         published = False
         print(f"warning: {e}; surrogate requests fail until it is published", file=sys.stderr)
-    if args.address:
-        ray.init(address=args.address, log_to_driver=args.verbose)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        if args.address:
-            serve.start(http_options={"host": args.host, "port": args.port})
-            serve.run(build_app(settings), name=embedded.APP_NAME, route_prefix="/")
-            url = f"http://{args.host}:{args.port}"
-        else:
-            url = embedded.start(
-                settings,
-                args.host,
-                args.port,
-                num_cpus=args.num_cpus,
-                include_dashboard=False,
-                configure_logging=False,
-                log_to_driver=args.verbose,
-            ).url
+        url = embedded.start(
+            settings,
+            args.host,
+            args.port,
+            address=args.address,
+            verbose=args.verbose,
+            num_cpus=args.num_cpus,
+            configure_logging=args.verbose,
+            log_to_driver=args.verbose,
+        ).url
         # The banner last, once the default model answers: nothing of the start-up
         # pushes it off the screen.
         not_ready = embedded.wait_ready(url) if published else None
@@ -184,13 +178,12 @@ def serve_main(argv: Sequence[str]) -> int:
             "Ctrl-C stops it." + ("" if args.verbose else " (--verbose shows Ray's log lines)"),
             flush=True,
         )
-        while not stop:
-            time.sleep(0.5)
-    except KeyboardInterrupt:  # also during start-up: stop what was started
-        pass
+        while True:
+            time.sleep(3600)  # until SIGINT or SIGTERM raises Stopped
+    except KeyboardInterrupt as e:  # Stopped, or Ctrl-C before Ray was up
+        why = signal.Signals(stop_signal(e)).name
     finally:
-        if args.address:
-            serve.delete(embedded.APP_NAME)
-        else:
-            embedded.stop()
+        t0 = time.monotonic()
+        embedded.stop()
+    print(f"pdeserve serve: stopped ({why}) in {time.monotonic() - t0:.1f} s", flush=True)
     return 0

@@ -437,16 +437,23 @@ class Client(_Base):
         def send(part: slice) -> tuple[slice, list[dict]]:
             return part, self._request("POST", "/solve/batch", body(part))["items"]
 
+        pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
         try:
-            with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-                futures = [pool.submit(send, p) for p in _chunks(len(sources), batch_size)]
-                for future in as_completed(futures):
-                    part, got = future.result()
-                    answers[part] = got
-                    if on_chunk is not None:
-                        on_chunk(part, self._batch_result(got))
-                    if bar is not None:
-                        bar.update(part.stop - part.start)
+            futures = [pool.submit(send, p) for p in _chunks(len(sources), batch_size)]
+            for future in as_completed(futures):
+                part, got = future.result()
+                answers[part] = got
+                if on_chunk is not None:
+                    on_chunk(part, self._batch_result(got))
+                if bar is not None:
+                    bar.update(part.stop - part.start)
+        except BaseException:
+            # Ctrl-C or a failed batch: the batches not sent yet are dropped, not sent
+            # while the caller waits (those in flight end on their own).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown()
         finally:
             if bar is not None:
                 bar.close()

@@ -139,8 +139,8 @@ def emulate_main(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="pdeserve emulate",
-        description="run a dataset's sources through the service into an HDF5 file; "
-        "an interrupted run continues where it stopped",
+        description="run a dataset's sources through the service into an HDF5 file; each "
+        "batch is kept as it comes back, and an interrupted run continues where it stopped",
     )
     _connection(p)
     p.add_argument("--input", required=True, help="HDF5 dataset (pdeserve's or the authors')")
@@ -171,7 +171,12 @@ def emulate_main(argv: Sequence[str]) -> int:
                 progress=not args.quiet,
             )
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to continue", file=sys.stderr)
+        print(
+            f"interrupted: the batches answered so far are kept in {args.output}.partial; "
+            "run the same command again to continue (--batch-size and --concurrency may "
+            "change)",
+            file=sys.stderr,
+        )
         return 130
     except (PdeserveError, EmulationError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

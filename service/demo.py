@@ -26,6 +26,7 @@ import numpy as np
 
 from datagen.coefficients import K11, K12, K22
 from datagen.generate import generate_block
+from datagen.ray_instance import stop_signals_raise
 from datagen.solver import relative_l2
 from datagen.spec import FieldLaw, SplitSpec
 from service.client import DEFAULT_URL, Client, PdeserveError, SolveResult, coefficient_rows
@@ -250,7 +251,11 @@ def demo_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     items = examples(args.resolution)
     try:
-        with service_at(args.url, args.registry), Client(args.url, api_key=args.api_key) as c:
+        with (
+            stop_signals_raise(),
+            service_at(args.url, args.registry),
+            Client(args.url, api_key=args.api_key) as c,
+        ):
             outcomes = answers(c, items)
     except (PdeserveError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,16 +10,23 @@ on a port of its own (``proxy_url``); it routes by prefix to every application.
 Serve reads these switches when its processes start, so they are set before
 ``ray.init``: the Ray processes started here inherit them. A cluster started
 elsewhere (``pdeserve serve --address``) keeps its own settings.
+
+Ray itself comes from :mod:`datagen.ray_instance`: a private instance on loopback unless
+an address is given, whatever ``RAY_ADDRESS`` or ``/tmp/ray`` hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from datagen import ray_instance
 from service.settings import ServiceSettings
 
 APP_NAME = "pdeserve"
@@ -27,8 +34,15 @@ APP_NAME = "pdeserve"
 #: Largest object a Ray call carries in its message (Ray's default: 100 KiB).
 INLINE_BYTES = 16 * 2**20
 
+#: Seconds a stopping service waits for its application to go (its replicas drain for
+#: ``ServiceSettings.drain_timeout_s``, 3 s by default) before Ray is shut down anyway.
+STOP_GRACE_S = 5.0
+
 #: Ports after the application's, for ingress replicas of other applications.
 EXTRA_APPLICATIONS = 7
+
+# Whether start() was asked to keep Serve's INFO lines off the terminal ([True]).
+_QUIET: list[bool] = []
 
 # What start() changed in os.environ, and the values it replaced (None: unset).
 _SET: dict[str, str | None] = {}
@@ -76,29 +90,56 @@ class Embedded:
 
 
 def start(
-    settings: ServiceSettings, host: str = "127.0.0.1", port: int = 8000, **ray_init: Any
+    settings: ServiceSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    **ray_init: Any,
 ) -> Embedded:
-    """Start Ray (``ray_init``: ``ray.init``'s arguments), Serve and the application."""
-    import ray
+    """Start Ray (:func:`datagen.ray_instance.start`: ``address``, ``verbose`` and
+    ``ray.init``'s arguments), Serve and the application. ``verbose=False`` keeps Ray's and
+    Serve's start-up lines off the terminal (they name Serve's internal proxy URL)."""
     from ray import serve
 
     from service.app import build_app
 
-    try:  # taken, the ingress would quietly take the next port of its range
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
-            s.bind((host, port))
-    except OSError as e:
-        raise OSError(f"cannot serve on {host}:{port}: {e.strerror}") from None
-    for key, value in direct_ingress_environment(port).items():
-        if "_PORT" in key or key not in os.environ:  # a switch the user set stays as set
-            _SET[key] = os.environ.get(key)
-            os.environ[key] = value
-    proxy_port = free_port(host)
-    ray.init(**ray_init)
-    serve.start(http_options={"host": host, "port": proxy_port})
-    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    if ray_instance.is_private(address):
+        try:  # taken, the ingress would quietly take the next port of its range
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+                s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+        for key, value in direct_ingress_environment(port).items():
+            if "_PORT" in key or key not in os.environ:  # a switch the user set stays as set
+                _SET[key] = os.environ.get(key)
+                os.environ[key] = value
+        proxy_port = free_port(host)
+    else:  # a cluster's Serve: its proxy answers on every node, on ``port``
+        proxy_port = port
+    ray_instance.start(address, verbose=verbose, **ray_init)
+    _QUIET[:] = [] if verbose else [True]
+    with _quiet_serve():
+        serve.start(http_options={"host": host, "port": proxy_port})
+        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
     return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
+
+
+@contextlib.contextmanager
+def _quiet_serve() -> Iterator[None]:
+    """Serve's INFO lines off, unless ``start`` was verbose."""
+    if not _QUIET:
+        yield
+        return
+    logger = logging.getLogger("ray.serve")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> str | None:
@@ -144,17 +185,20 @@ def replica_pids(deployment: str = "") -> list[int]:
     return sorted(mine)
 
 
-def stop() -> None:
-    """Stop the application, Serve and Ray, and take back the environment ``start`` set."""
+def stop(grace_s: float = STOP_GRACE_S) -> None:
+    """Stop the application, then Ray (every process of a private instance), and take
+    back the environment ``start`` set. The application's replicas get ``grace_s`` to
+    finish their requests (deleting it waits for them); past that Ray ends them."""
     import ray
     from ray import serve
 
     try:
         if ray.is_initialized():
             try:
-                serve.shutdown()
+                with _quiet_serve():
+                    _within(grace_s, lambda: serve.delete(APP_NAME))
             finally:
-                ray.shutdown()
+                ray_instance.stop()
     finally:
         for key, value in _SET.items():
             if value is None:
@@ -162,3 +206,17 @@ def stop() -> None:
             else:
                 os.environ[key] = value
         _SET.clear()
+
+
+def _within(seconds: float, call: Any) -> None:
+    """``call()`` in a daemon thread, waited for at most ``seconds`` (errors ignored: the
+    caller shuts Ray down next either way)."""
+    import threading
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            call()
+
+    thread = threading.Thread(target=run, daemon=True, name="pdeserve-stop")
+    thread.start()
+    thread.join(seconds)

@@ -98,6 +98,10 @@ class Envelope(BaseModel):
     psi: tuple[float, float] | None = None  # advection / diffusion ratio
     omega: tuple[float, float] | None = None  # Helmholtz w
     field: FieldEnvelope | None = None  # None: constant coefficients only
+    # Per range (eig, psi, omega, contrast, variation, length): "law" where it is the
+    # sampling law the training files record, "observed" where it is the span of the
+    # examples, "law+observed" for a mix of files. Empty on cards made before it existed.
+    sources: dict[str, str] = {}
 
 
 class ModelCard(BaseModel):

@@ -40,9 +40,10 @@ MAX_VALUE = 1e12
 MAX_COEFFICIENT = 1e6
 
 Mode = Literal["surrogate", "exact", "validate", "refine", "auto"]
-#: What answered: the surrogate alone, the exact solver, or the exact solver started
-#: from the surrogate's answer.
-Answered = Literal["surrogate", "exact", "refine"]
+#: What answered: the surrogate alone, the exact solver, the exact solver started from the
+#: surrogate's answer, or both (validate: ``solution`` is the surrogate's, checked
+#: against the exact solver's in ``validation``).
+Answered = Literal["surrogate", "exact", "refine", "validate"]
 #: The exact solver's relative-residual tolerance for coefficient fields (exact, validate
 #: and refine), and auto's tolerance on the relative L2 error, where the request names none.
 DEFAULT_TOLERANCE = 1e-8
@@ -388,8 +389,11 @@ class SolveResponse(BaseModel):
     pde: str
     n: int
     solution: FieldValue
-    mode: Answered
-    reason: str | None = None
+    mode: Answered = Field(
+        description="what answered: surrogate, exact or refine (for auto, the one it chose; "
+        "an out-of-envelope fallback is exact), or validate (solution: the surrogate's)"
+    )
+    reason: str | None = Field(default=None, description="why this mode answered, in words")
     model: str | None = None
     error_estimate: float | None = Field(
         default=None,

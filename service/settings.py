@@ -63,6 +63,9 @@ class ServiceSettings(BaseModel):
     # Serve finds a dead replica at its next health check (default every 10 s): two
     # fault runs that killed the Surrogate waited 0.3 and 10.2 s before a restart began.
     health_check_period_s: float = Field(default=2.0, gt=0)
+    # A stopping replica finishes the requests it holds for at most this long (Serve's
+    # graceful shutdown; its default, 20 s, would hold a SIGTERM past a 10 s stop).
+    drain_timeout_s: float = Field(default=3.0, ge=0)
     access_log: bool = Field(default=False, description="Serve's per-request log lines")
 
 

@@ -29,6 +29,7 @@ models leave most of a GPU, or of a core's worth of threads, idle in a single pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -47,6 +48,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from tqdm import tqdm
 
+from datagen.ray_instance import ray_instance, stops_cleanly
 from datagen.spec import DEFAULT_EIG, DEFAULT_OMEGA, DEFAULT_RATIO
 from service.registry import Registry, RegistryError
 from training.config import (
@@ -868,18 +870,8 @@ def run_experiment(
     use_ray = scale.use_ray if use_ray is None else use_ray
     runner = Runner(out, scale, use_ray, gpu, jobs)  # refuses bad settings before Ray starts
     out.mkdir(parents=True, exist_ok=True)
-    started = False
-    if use_ray:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False)
-            started = True
-    try:
+    with ray_instance() if use_ray else contextlib.nullcontext():
         results = runner.run(name, EXPERIMENTS[name](scale))
-    finally:
-        if started:
-            ray.shutdown()
     results["plots"] = [
         str(plot_curves(results, out / f"{name}.png")),
         str(plot_savings(results, out / f"{name}-savings.png")),
@@ -954,6 +946,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@stops_cleanly("training.experiments")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

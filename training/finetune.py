@@ -2,7 +2,8 @@
 
     python -m training.finetune --base NAME[@VERSION] --train F --val F --test F \\
         --n-examples N [--lrs 1e-4,3e-4,1e-3,3e-3,1e-2] [--epochs E] [--num-workers W] \\
-        [--gpu] [--publish NAME] [--scratch] [--no-ray] [--out results.json]
+        [--gpu] [--publish NAME [--publish-registry DIR]] [--scratch] [--no-ray] \\
+        [--address ADDR] [--out results.json]
 
 1. The base model is evaluated zero-shot on the test set (its ONNX graph, as served).
 2. Every learning rate is one training run on the first N training examples,
@@ -30,6 +31,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from datagen.dataset import open_dataset
+from datagen.ray_instance import ray_instance, stops_cleanly
 from service.registry import WEIGHTS, ModelCard, Registry, RegistryError
 from training.checkpoint import load_model
 from training.config import (
@@ -69,7 +71,13 @@ class FinetuneConfig(BaseModel):
     scratch: bool = False
     loss: Loss = "mse"
     use_ray: bool = True
+    # Ray: None starts a private instance (in a Ray job: the job's cluster); "auto" or
+    # HOST:PORT joins a running cluster.
+    address: str | None = None
     publish: str | None = None
+    # Where --publish writes (None: the base's registry). The bundled registry is a
+    # tracked folder of the repository: publish a fine-tuned model elsewhere.
+    publish_registry: str | None = None
     storage: str = "runs/finetune"
     seed: int = 0
 
@@ -181,7 +189,6 @@ def sweep_local(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedD
 
 def sweep_ray(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedData, root: Path):
     """Ray Tune over the learning rates, each trial a Ray Train job (TorchTrainer)."""
-    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -205,10 +212,7 @@ def sweep_ray(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedDat
         if result.error is not None:
             raise result.error
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(include_dashboard=False)
-    try:
+    with ray_instance(config.address):
         tuner = tune.Tuner(
             tune.with_resources(trial, {"cpu": 0.01}),  # the trial only drives its Train job
             param_space={"lr": tune.grid_search(list(config.lrs))},
@@ -216,9 +220,6 @@ def sweep_ray(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedDat
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0),
         )
         grid = tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
     out = []
     for result in grid:
         if result.error is not None:
@@ -268,7 +269,13 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
     )
     if config.publish:
         parent = None if config.scratch or card is None else card.ref
-        published = export(chosen, config.publish, config.registry, parent, [Path(config.test)])
+        published = export(
+            chosen,
+            config.publish,
+            config.publish_registry or config.registry,
+            parent,
+            [Path(config.test)],
+        )
         results["published"] = published.ref
     return results
 
@@ -292,7 +299,16 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
     p.add_argument("--scratch", action="store_true", help="random init (the baseline)")
     p.add_argument("--loss", choices=get_args(Loss), default="mse", help="training loss")
     p.add_argument("--no-ray", action="store_true", help="the sweep in this process")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to run on ('auto': the running one, or HOST:PORT); default: a "
+        "private instance here, or the job's cluster when run by `ray job submit`",
+    )
     p.add_argument("--publish", help="publish the chosen model under this name")
+    p.add_argument(
+        "--publish-registry",
+        help="registry to publish to (folder or URL; default: --registry, the base's)",
+    )
     p.add_argument("--storage", default="runs/finetune")
     p.add_argument("--out", help="write the results JSON here")
     args = p.parse_args(argv)
@@ -312,12 +328,15 @@ def parse_args(argv: list[str] | None) -> tuple[FinetuneConfig, str | None]:
         scratch=args.scratch,
         loss=args.loss,
         use_ray=not args.no_ray,
+        address=args.address,
         publish=args.publish,
+        publish_registry=args.publish_registry,
         storage=args.storage,
     )
     return config, args.out
 
 
+@stops_cleanly("training.finetune")
 def main(argv: list[str] | None = None) -> int:
     try:
         config, out = parse_args(argv)

@@ -57,35 +57,59 @@ def generated_file(spec: GenerateSpec, cache_dir: Path, progress: bool = True) -
     return path
 
 
+#: Envelope key -> the attribute in which a dataset file records that range's law.
+LAW_ATTRS = {
+    "eig": "eig_range",
+    "psi": "ratio_range",
+    "omega": "omega_range",
+    "contrast": "contrast_range",
+    "variation": "variation_range",
+    "length": "length_range",
+}
+
+
 def envelope(data: FieldData) -> dict[str, dict]:
     """Coefficient ranges per system (the key the service looks requests up by, whatever
     the metric groups are called): diffusion anisotropy (eigenvalue ratio), Psi, w, and
-    where the system had coefficient fields their law, contrast, variation and length."""
+    where the system had coefficient fields their law, contrast, variation and length.
+
+    A range is the law the files were drawn from where they record one (datagen's
+    ``*_range`` attributes; widened to what was observed where a value strays past it,
+    e.g. the mean of a varying w), else the range observed in the examples: 16 examples
+    drawn from e in (5, 10) span 5.1..9.5, yet the model was trained for (5, 10).
+    ``sources`` says which, per range: "law", "observed", or "law+observed" where some
+    files recorded the law and some did not.
+    """
     seen: dict[str, dict[str, list[np.ndarray]]] = {}
     laws: dict[str, set[str]] = {}
     counts: dict[str, list[int]] = {}  # system -> [examples, examples with fields]
+    origins: dict[str, dict[str, set[str]]] = {}  # system -> range -> {law, observed}
     for part in data.parts:
         reader = data.reader(part.path)
         c = reader.coefficients(part.start, part.stop)
         system = reader.system.name
         count = counts.setdefault(system, [0, 0])
         count[0] += len(part)
-        group = seen.setdefault(
-            system,
-            {"eig": [], "psi": [], "omega": [], "contrast": [], "variation": [], "length": []},
-        )
+        group = seen.setdefault(system, {key: [] for key in LAW_ATTRS})
+        observed: dict[str, np.ndarray] = {}
         if reader.system.name != "helmholtz":  # Helmholtz carries the fixed K = 0.01 I
-            group["eig"].append(anisotropy(c))
+            observed["eig"] = anisotropy(c)
         psi = reader.psi(part.start, part.stop)
         if psi is not None:
-            group["psi"].append(psi)
+            observed["psi"] = psi
         if np.any(c[:, 5] != 0):
-            group["omega"].append(c[:, 5])
+            observed["omega"] = c[:, 5]
         if reader.has_fields:
             count[1] += len(part)
             laws.setdefault(system, set()).add(str(reader.attrs.get("field_law", "unrecorded")))
-            for key, value in _field_statistics(reader, part).items():
-                group[key].append(value)
+            observed |= _field_statistics(reader, part)
+        for key, values in observed.items():
+            law = reader.attrs.get(LAW_ATTRS[key])
+            origin = "observed" if law is None else "law"
+            if law is not None:
+                values = np.concatenate([np.ravel(values), np.asarray(law, dtype=np.float64)])
+            group[key].append(values)
+            origins.setdefault(system, {}).setdefault(key, set()).add(origin)
     out = {}
     for name, ranges in seen.items():
         n, n_fields = counts[name]
@@ -94,7 +118,9 @@ def envelope(data: FieldData) -> dict[str, dict]:
             for k, v in ranges.items()
             if v
         }
-        out[name] = {"n_examples": n} | {k: span[k] for k in ("eig", "psi", "omega") if k in span}
+        sources = {k: "+".join(sorted(origins[name][k])) for k in span}
+        out[name] = {"n_examples": n, "sources": sources}
+        out[name] |= {k: span[k] for k in ("eig", "psi", "omega") if k in span}
         if name in laws:
             field = {"n_examples": n_fields, "laws": sorted(laws[name])}
             out[name]["field"] = field | {

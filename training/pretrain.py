@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import get_args
 
+from datagen.ray_instance import ray_instance, stops_cleanly
 from training.checkpoint import replace_dir
 from training.config import ConfigError, Loss, TrainConfig, load_config
 from training.context import LocalContext, default_device
@@ -42,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--run-name", help="default: CONFIG-TIMESTAMP; an existing run resumes")
     p.add_argument("--no-ray", action="store_true", help="one plain process, no Ray imported")
-    p.add_argument("--address", help="Ray cluster address (default: start one here)")
+    p.add_argument(
+        "--address",
+        help="Ray cluster to train on ('auto': the running one, or HOST:PORT); default: a "
+        "private instance here, or the job's cluster when run by `ray job submit`",
+    )
     p.add_argument("--epochs", type=int, help="override optim.epochs")
     p.add_argument("--loss", choices=get_args(Loss), help="override optim.loss")
     p.add_argument("--model", help="override the model preset (fno-64k, fno-1m, fno-16m, fno-256m)")
@@ -134,15 +139,10 @@ def _run_ray(
     run_name: str,
     progress: bool,
 ) -> Path | str:
-    import ray
-
     from training.ray_train import fit_on_ray
 
     storage = storage if "://" in storage else str(Path(storage).resolve())
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False)
-    try:
+    with ray_instance(address):
         result = fit_on_ray(
             config,
             data,
@@ -152,9 +152,6 @@ def _run_ray(
             run_name=run_name,
             progress=progress,
         )
-    finally:
-        if started:
-            ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"training failed: {result.error}") from result.error
     with result.checkpoint.as_directory() as ckpt:
@@ -192,6 +189,7 @@ def _finish(run_dir: Path, checkpoint: Path) -> None:
     print(f"model: {run_dir / 'model'}")
 
 
+@stops_cleanly("training.pretrain")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

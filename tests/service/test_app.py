@@ -84,7 +84,7 @@ def test_every_mode_of_every_pde(client, local_default, pde, mode):
         assert out["mode"] == "exact" and "model" not in out
         assert np.allclose(solution, exact, rtol=0, atol=1e-12 * np.abs(exact).max())
         return
-    assert out["mode"] == "surrogate" and out["model"] == "default@1"
+    assert out["mode"] == mode and out["model"] == "default@1"
     want = _surrogate_locally(local_default, f, c)
     assert np.linalg.norm(solution - want) <= 1e-5 * np.linalg.norm(want)
     assert "surrogate" in out["timings_ms"]
@@ -94,6 +94,7 @@ def test_every_mode_of_every_pde(client, local_default, pde, mode):
         error = np.linalg.norm(solution - reference) / np.linalg.norm(reference)
         assert out["validation"]["relative_l2"] == pytest.approx(error, rel=1e-9)
         assert set(out["timings_ms"]) == {"surrogate", "exact", "error_estimate"}
+        assert out["reason"].startswith("validate: solution is the surrogate's (default@1)")
 
 
 def test_the_answer_comes_in_the_request_encoding(client):

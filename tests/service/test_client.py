@@ -18,7 +18,7 @@ from datagen.solver import solve
 from datagen.spec import SplitSpec
 from datagen.systems import unified_coefficients
 from service.client import AsyncClient, Client, RequestError, ServiceUnavailable
-from service.emulate import emulate, partial_path
+from service.emulate import EmulationError, emulate, partial_path
 
 
 def smooth(n=32, seed=0, zero_mean=True):
@@ -51,7 +51,7 @@ def test_round_trip(sdk, pde, mode):
     f = smooth(zero_mean=pde != "helmholtz")
     result = sdk.solve(pde, f, mode=mode, **COEFFICIENTS[pde])
     assert result.solution.shape == f.shape and np.isfinite(result.solution).all()
-    assert result.mode == ("exact" if mode == "exact" else "surrogate")
+    assert result.mode == mode
     if mode == "exact":
         c = {"k11": 0.02, "k22": 0.01, "k12": 0.002} if pde == "poisson" else None
         if c is not None:
@@ -201,17 +201,22 @@ def dataset(tmp_path_factory):
 
 
 class _Interrupting(Client):
-    """Stops (as Ctrl-C would) on its n-th server batch; counts batches."""
+    """Stops (as Ctrl-C would) once its n-th server batch is in; counts examples sent."""
 
-    def __init__(self, *args, stop_at=None, **kwargs):
+    def __init__(self, *args, stop_after=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.stop_at, self.calls = stop_at, 0
+        self.stop_after, self.batches, self.sent = stop_after, 0, 0
 
-    def solve_batch(self, *args, **kwargs):
-        self.calls += 1
-        if self.calls == self.stop_at:
-            raise KeyboardInterrupt
-        return super().solve_batch(*args, **kwargs)
+    def solve_batch(self, pde, sources, *args, on_chunk=None, **kwargs):
+        self.sent += len(sources)
+
+        def then_stop(part, result):
+            on_chunk(part, result)
+            self.batches += 1
+            if self.batches == self.stop_after:
+                raise KeyboardInterrupt
+
+        return super().solve_batch(pde, sources, *args, on_chunk=then_stop, **kwargs)
 
 
 def _read(path):
@@ -220,21 +225,22 @@ def _read(path):
 
 
 def test_emulate_interrupted_and_resumed_gives_the_same_file(service, dataset, tmp_path):
-    kwargs = dict(mode="validate", batch_size=2, concurrency=2, progress=False)  # chunks of 4
+    kwargs = dict(mode="validate", progress=False)
     with Client(service, api_key=API_KEY) as client:
-        whole = emulate(client, dataset, tmp_path / "whole.h5", **kwargs)
+        whole = emulate(client, dataset, tmp_path / "whole.h5", batch_size=2, **kwargs)
     out = tmp_path / "resumed.h5"
     with (
-        _Interrupting(service, api_key=API_KEY, stop_at=3) as client,
+        _Interrupting(service, api_key=API_KEY, stop_after=3) as client,
         pytest.raises(KeyboardInterrupt),
     ):
-        emulate(client, dataset, out, **kwargs)
+        emulate(client, dataset, out, batch_size=2, concurrency=1, **kwargs)
     assert not out.exists() and partial_path(out).exists()
-    with h5py.File(partial_path(out), "r") as f:
-        assert list(f["done"][()]) == [1, 1, 0, 0, 0, 0]
+    with h5py.File(partial_path(out), "r") as f:  # every batch that came back is kept
+        assert list(f["done"][()]) == [1] * 6 + [0] * 16
+    # Batch size and concurrency may change on resume; the examples left go, none twice.
     with _Interrupting(service, api_key=API_KEY) as client:
-        emulate(client, dataset, out, **kwargs)
-    assert client.calls == 4  # the 4 chunks left, none redone
+        emulate(client, dataset, out, batch_size=5, concurrency=3, **kwargs)
+    assert client.sent == 16
     a, b = _read(whole), _read(out)
     assert set(a) == set(b) >= {"fields", "coefficients", "tensor", "relative_l2", "done"}
     for key in ("coefficients", "tensor", "done"):
@@ -248,6 +254,22 @@ def test_emulate_interrupted_and_resumed_gives_the_same_file(service, dataset, t
 
     with open_dataset(out) as reader:  # a dataset pdeserve reads back
         assert len(reader) == 22 and reader.system.name == "helmholtz"
+
+
+def test_emulate_resumed_with_other_settings_names_the_flags(service, dataset, tmp_path):
+    out = tmp_path / "out.h5"
+    with (
+        _Interrupting(service, api_key=API_KEY, stop_after=1) as client,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        emulate(client, dataset, out, mode="surrogate", batch_size=4, progress=False)
+    with Client(service, api_key=API_KEY) as client, pytest.raises(EmulationError) as e:
+        emulate(client, dataset, out, mode="validate", tolerance=1e-6, progress=False)
+    message = str(e.value)
+    assert "--mode: the run used surrogate, now validate" in message
+    assert "--tolerance: the run used (default), now 1e-06" in message
+    assert "Repeat --mode, --tolerance as they were" in message and "delete" in message
+    assert not any(word in message for word in ("emulate_mode", "emulate_tol", "np.", "int64"))
 
 
 def test_client_needs_no_ray_torch_or_pydantic():

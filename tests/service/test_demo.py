@@ -44,7 +44,7 @@ def test_the_services_validation_agrees_with_the_local_exact_solution(service):
     with Client(service, api_key=API_KEY) as client:
         outcomes = answers(client, examples(RESOLUTION))
     for o in outcomes[:3]:
-        assert o.surrogate.mode == "surrogate" and o.validate.mode == "surrogate"
+        assert o.surrogate.mode == "surrogate" and o.validate.mode == "validate"
         # The service's exact solver and datagen's are one solver: the same reference.
         exact = o.validate.exact_solution
         assert relative_l2(exact[None], o.example.exact[None])[0] < 1e-5

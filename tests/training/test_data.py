@@ -7,6 +7,7 @@ import torch
 from datagen.dataset import open_dataset, write_authors_file
 from datagen.pipeline import write_split
 from datagen.spec import SplitSpec
+from datagen.systems import anisotropy
 from training.data import BatchLoader, Examples, FieldData
 from training.normalization import compute_stats
 
@@ -150,13 +151,32 @@ def test_envelope_of_the_training_data(small_files):
 
     ranges = envelope(FieldData.from_files(list(small_files.values())))
     assert set(ranges) == {"poisson", "advection_diffusion", "helmholtz"}
+    # The law the files record (datagen's defaults), not the span of 300 draws.
     for system in ("poisson", "advection_diffusion"):
-        lo, hi = ranges[system]["eig"]
-        assert 1 <= lo < hi <= 5 + 1e-6  # the default eigenvalue range (1, 5)
-    lo, hi = ranges["advection_diffusion"]["psi"]
-    assert 0.2 * 0.99 <= lo < hi <= 1.0 * 1.01
-    assert ranges["helmholtz"]["omega"][0] >= 1 and ranges["helmholtz"]["omega"][1] <= 10
+        assert ranges[system]["eig"] == (1.0, 5.0)
+    assert ranges["advection_diffusion"]["psi"] == pytest.approx((0.2, 1.0), rel=0.01)
+    assert ranges["helmholtz"]["omega"] == (1.0, 10.0)
     assert "eig" not in ranges["helmholtz"] and ranges["poisson"]["n_examples"] == 300
+    assert ranges["advection_diffusion"]["sources"] == {"eig": "law", "psi": "law"}
+    assert ranges["helmholtz"]["sources"] == {"omega": "law"}
+
+
+def test_a_file_without_a_recorded_law_gives_the_observed_span(small_files, tmp_path):
+    from training.prepare import envelope
+
+    with open_dataset(small_files["poisson"]) as r:
+        chunk = r.read(0, 20)
+    observed = (
+        float(anisotropy(chunk.coefficients).min()),
+        float(anisotropy(chunk.coefficients).max()),
+    )
+    bare = write_authors_file(
+        tmp_path / "bare.h5", "poisson", chunk.sources, chunk.solutions, chunk.coefficients
+    )
+    alone = envelope(FieldData.from_files([bare]))["poisson"]
+    assert alone["eig"] == pytest.approx(observed) and alone["sources"] == {"eig": "observed"}
+    both = envelope(FieldData.from_files([bare, small_files["poisson"]]))["poisson"]
+    assert both["eig"] == (1.0, 5.0) and both["sources"] == {"eig": "law+observed"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,309 @@
+"""How pdeserve's commands get Ray: a private instance on loopback unless told otherwise.
+
+``ray.init()`` without an address joins whatever ``RAY_ADDRESS`` or the last ``ray start``
+(``/tmp/ray/ray_current_cluster``, left behind when that cluster stops) names: a command
+could deploy onto someone's cluster, or hang on a dead one. Here the address decides:
+
+- ``None`` or ``"local"``: a private instance, started here and stopped on the way out,
+  whatever the environment and ``/tmp/ray`` hold. Its processes listen on 127.0.0.1 only:
+  Ray binds its servers to the node's IP address, and takes the loopback address for it
+  only where multi-machine clusters are off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read
+  into ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``), which is set for the instance's
+  lifetime. ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray replaces a
+  loopback address by the machine's. Servers that Ray's Python code binds to every
+  interface itself (Serve's inter-replica gRPC, ``[::]:0``) are bound to 127.0.0.1 by a
+  worker set-up hook, :func:`loopback_worker`.
+- ``"auto"``: a running cluster on purpose (``RAY_ADDRESS``, else the last ``ray start``);
+  ``HOST:PORT`` and ``ray://HOST:PORT`` as given.
+- ``None`` in a Ray job's entrypoint (``ray job submit``): the job's own cluster.
+
+Stopping: Ray's core worker installs a handler for SIGTERM that aborts the process with a
+stack dump and leaves the instance's dashboard and runtime-env agents running. Once Ray
+is up, Python's handlers go back in: SIGTERM and SIGINT raise :class:`Stopped` (a
+``KeyboardInterrupt``) in the main thread, the caller's ``finally`` shuts the instance
+down, and processes of a private instance that outlive ``ray.shutdown`` are killed. Ray
+Tune's own SIGINT handler (which ends a sweep "gracefully" and returns half a result) is
+kept off (``TUNE_DISABLE_SIGINT_HANDLER``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Ray's switch for multi-machine clusters; off, the node's address is the loopback one.
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Set in a job entrypoint's environment by Ray's job supervisor.
+JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: How long the processes of a private instance get to end after ``ray.shutdown``.
+EXIT_GRACE_S = 3.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The logger of Ray's notice that token authentication is on.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signal_name`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+@dataclass
+class _Changes:
+    """What :func:`start` changed, for :func:`stop` to undo."""
+
+    private: bool = False
+    environ: dict[str, str | None] = field(default_factory=dict)
+    cluster_switch: Any = None
+    handlers: dict[int, Any] = field(default_factory=dict)
+
+
+_STATE = _Changes()
+
+
+def in_ray_job() -> bool:
+    """Whether this process is a Ray job's entrypoint (``ray job submit``)."""
+    return JOB_MARKER in os.environ
+
+
+def is_private(address: str | None) -> bool:
+    """Whether ``address`` asks for a private instance here (see the module docstring)."""
+    return address == "local" or (address is None and not in_ray_job())
+
+
+def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> bool:
+    """``ray.init`` as the module docstring says; ``init``: more of its arguments
+    (``num_cpus`` only for a private instance). Returns whether the instance is private.
+    ``verbose=False`` keeps Ray's start-up lines (the token notice) off the terminal."""
+    private = is_private(address)
+    if private:
+        _set_env(CLUSTER_SWITCH, "0")
+    _set_env("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    _remember_signals()  # before ray.init puts its own in
+    import ray
+    from ray._private import ray_constants
+
+    init.setdefault("include_dashboard", False)
+    if private:
+        _STATE.cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
+        ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the switch
+        runtime_env = dict(init.pop("runtime_env", None) or {})
+        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.loopback_worker")
+        init["runtime_env"] = runtime_env
+        target = "local"
+    else:
+        init.pop("num_cpus", None)  # a cluster has its own
+        target = address  # None in a job: Ray reads the job's RAY_ADDRESS
+    try:
+        with contextlib.nullcontext() if verbose else _quiet_start():
+            ray.init(address=target, **init)
+    except BaseException:
+        _restore()
+        raise
+    _STATE.private = private
+    _take_back_signals()
+    return private
+
+
+def stop() -> None:
+    """``ray.shutdown``; for a private instance, also end what outlived it. Signals that
+    arrive meanwhile are ignored; the handlers from before :func:`start` come back."""
+    import ray
+
+    with _signals_ignored():
+        leftovers: list = []
+        try:
+            if ray.is_initialized():
+                if _STATE.private:
+                    leftovers = _descendants()
+                ray.shutdown()
+        finally:
+            _end(leftovers)
+            _restore()
+
+
+@contextlib.contextmanager
+def ray_instance(address: str | None = None, **start_args: Any) -> Iterator[Any]:
+    """Ray for the ``with`` block (the ``ray`` module): started by :func:`start` and
+    stopped on the way out, or the caller's when this process is connected already."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    start(address, **start_args)
+    try:
+        yield ray
+    finally:
+        stop()
+
+
+def loopback_worker() -> None:
+    """Worker set-up hook of a private instance: gRPC servers that Ray's Python code would
+    bind to every interface (``[::]``, ``0.0.0.0``) listen on 127.0.0.1 instead. Patches
+    the helper Serve's replicas import (``ray._common.tls_utils``), before they do."""
+    from ray._common import tls_utils
+
+    bind = tls_utils.add_port_to_grpc_server
+    if getattr(bind, "loopback", False):
+        return
+
+    def add_port(server: Any, address: str) -> int:
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"127.0.0.1:{port}"
+        return bind(server, address)
+
+    add_port.loopback = True  # type: ignore[attr-defined]
+    tls_utils.add_port_to_grpc_server = add_port
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """In the ``with`` block SIGTERM, like SIGINT, raises :class:`Stopped` (main thread
+    only): for commands that run Ray in a child process of their own (``pdeserve demo``
+    starts ``pdeserve serve``), so that their ``finally`` stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def stops_cleanly(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """For a command's main: a :class:`Stopped` becomes one line and exit 128 + signal."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                return report_stop(prog, e)
+
+        return run
+
+    return wrap
+
+
+def report_stop(prog: str, interrupt: KeyboardInterrupt) -> int:
+    """One line on standard error for a stop; the exit status (128 + the signal). Ray's
+    calls turn a signal that arrives while they wait into a plain KeyboardInterrupt: the
+    signal is then the last one the handlers saw."""
+    signum = stop_signal(interrupt)
+    print(f"{prog}: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def stop_signal(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt`` (see :func:`report_stop`)."""
+    return interrupt.signum if isinstance(interrupt, Stopped) else _LAST_SIGNAL[0]
+
+
+#: The last stop signal that arrived (SIGINT until one has).
+_LAST_SIGNAL = [int(signal.SIGINT)]
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    _LAST_SIGNAL[0] = signum
+    raise Stopped(signum)
+
+
+def _remember_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            _STATE.handlers.setdefault(signum, signal.getsignal(signum))
+
+
+def _take_back_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise_stopped)
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is threading.main_thread():
+        _remember_signals()
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+    yield
+
+
+def _set_env(key: str, value: str) -> None:
+    _STATE.environ.setdefault(key, os.environ.get(key))
+    os.environ[key] = value
+
+
+def _restore() -> None:
+    for key, value in _STATE.environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _STATE.environ = {}
+    if _STATE.cluster_switch is not None:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = _STATE.cluster_switch
+        _STATE.cluster_switch = None
+    if threading.current_thread() is threading.main_thread():
+        for signum, handler in _STATE.handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    _STATE.handlers = {}
+    _STATE.private = False
+
+
+@contextlib.contextmanager
+def _quiet_start() -> Iterator[None]:
+    """Ray's notice about token authentication off (on by default since Ray 2.60; it
+    names a URL, and a private instance on loopback asks nothing of the user)."""
+    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _descendants() -> list:
+    import psutil
+
+    return psutil.Process().children(recursive=True)
+
+
+def _end(processes: list) -> None:
+    """Terminate, then kill, those of ``processes`` still running after ``EXIT_GRACE_S``."""
+    import psutil
+
+    if not processes:
+        return
+    _gone, alive = psutil.wait_procs(processes, timeout=EXIT_GRACE_S)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _gone, alive = psutil.wait_procs(alive, timeout=1.0)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    if alive:
+        time.sleep(0.1)
