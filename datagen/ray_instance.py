@@ -107,7 +107,10 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
         init.pop("num_cpus", None)  # a cluster has its own
         target = address  # None in a job: Ray reads the job's RAY_ADDRESS
     try:
-        with contextlib.nullcontext() if verbose else _quiet_start():
+        # Ray's notice that token authentication is on (its default since 2.60) names a
+        # URL, and a private instance on loopback asks nothing of the user.
+        quiet = quieter(TOKEN_NOTICE_LOGGER, logging.ERROR)
+        with contextlib.nullcontext() if verbose else quiet:
             ray.init(address=target, **init)
     except BaseException:
         _restore()
@@ -273,16 +276,15 @@ def _restore() -> None:
 
 
 @contextlib.contextmanager
-def _quiet_start() -> Iterator[None]:
-    """Ray's notice about token authentication off (on by default since Ray 2.60; it
-    names a URL, and a private instance on loopback asks nothing of the user)."""
-    logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+def quieter(logger_name: str, level: int) -> Iterator[None]:
+    """The logger ``logger_name`` shows only ``level`` and above in the ``with`` block."""
+    logger = logging.getLogger(logger_name)
+    before = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(before)
 
 
 def _descendants() -> list:

@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,19 +126,11 @@ def start(
     return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
 
 
-@contextlib.contextmanager
-def _quiet_serve() -> Iterator[None]:
+def _quiet_serve() -> contextlib.AbstractContextManager:
     """Serve's INFO lines off, unless ``start`` was verbose."""
     if not _QUIET:
-        yield
-        return
-    logger = logging.getLogger("ray.serve")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+        return contextlib.nullcontext()
+    return ray_instance.quieter("ray.serve", logging.WARNING)
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> str | None:
