@@ -12,7 +12,11 @@ could deploy onto someone's cluster, or hang on a dead one. Here the address dec
   lifetime. ``ray.init(_node_ip_address="127.0.0.1")`` does not do it: Ray replaces a
   loopback address by the machine's. Servers that Ray's Python code binds to every
   interface itself (Serve's inter-replica gRPC, ``[::]:0``) are bound to 127.0.0.1 by a
-  worker set-up hook, :func:`loopback_worker`.
+  worker set-up hook, :func:`loopback_worker`. Nor does a private instance take the
+  fixed ports a ``ray start`` on the machine wants: the dashboard agent's (52365; taken,
+  a later head's job agent cannot start and ``ray job submit`` answers "No available
+  agent"), the autoscaler's and the dashboard's metrics ports (44217, 44227); they get
+  free ones.
 - ``"auto"``: a running cluster on purpose (``RAY_ADDRESS``, else the last ``ray start``);
   ``HOST:PORT`` and ``ray://HOST:PORT`` as given.
 - ``None`` in a Ray job's entrypoint (``ray job submit``): the job's own cluster.
@@ -97,6 +101,9 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
 
     init.setdefault("include_dashboard", False)
     if private:
+        for name in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"):
+            if name not in os.environ:
+                _set_env(name, str(free_port()))
         _STATE.cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the switch
         runtime_env = dict(init.pop("runtime_env", None) or {})
@@ -110,7 +117,8 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
         # Ray's notice that token authentication is on (its default since 2.60) names a
         # URL, and a private instance on loopback asks nothing of the user.
         quiet = quieter(TOKEN_NOTICE_LOGGER, logging.ERROR)
-        with contextlib.nullcontext() if verbose else quiet:
+        ports = _own_agent_port() if private else contextlib.nullcontext()
+        with contextlib.nullcontext() if verbose else quiet, ports:
             ray.init(address=target, **init)
     except BaseException:
         _restore()
@@ -285,6 +293,35 @@ def quieter(logger_name: str, level: int) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(before)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _own_agent_port() -> Iterator[None]:
+    """``ray.init`` gives its node the dashboard agent's default port, 52365, and takes no
+    argument for it: for the call, its parameters get a free one instead."""
+    from ray._private import parameter
+
+    original = parameter.RayParams
+    port = free_port()
+
+    class Params(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any):
+            kwargs.setdefault("dashboard_agent_listen_port", port)
+            super().__init__(*args, **kwargs)
+
+    parameter.RayParams = Params
+    try:
+        yield
+    finally:
+        parameter.RayParams = original
 
 
 def _descendants() -> list:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datagen import ray_instance
+from datagen.ray_instance import free_port
 from service.settings import ServiceSettings
 
 APP_NAME = "pdeserve"
@@ -45,12 +46,6 @@ _QUIET: list[bool] = []
 
 # What start() changed in os.environ, and the values it replaced (None: unset).
 _SET: dict[str, str | None] = {}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def direct_ingress_environment(port: int) -> dict[str, str]:

@@ -20,17 +20,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from datagen.ray_instance import free_port
+
 RAY = str(Path(sys.executable).with_name("ray"))
 #: The commands' own Python (a project venv's ``bin``).
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def short_tmp(prefix: str) -> Path:

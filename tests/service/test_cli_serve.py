@@ -66,6 +66,9 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
         sockets = listening(tree)
         assert (("127.0.0.1", port) in {s[:2] for s in sockets}) and len(sockets) > 5
         assert all(loopback(address) for address, _, _ in sockets), sorted(sockets)
+        # Ray's fixed ports stay free for a `ray start` (the dashboard agent's taken, a
+        # head's job agent could not start).
+        assert not {p for _, p, _ in sockets} & {6379, 8265, 10001, 44217, 44227, 52365}
     finally:
         seconds = service.stop(signal.SIGTERM)
     check_stopped(service, tree, signal.SIGTERM, seconds)
