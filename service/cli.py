@@ -182,6 +182,9 @@ def serve_main(argv: Sequence[str]) -> int:
             time.sleep(3600)  # until SIGINT or SIGTERM raises Stopped
     except KeyboardInterrupt as e:  # Stopped, or Ctrl-C before Ray was up
         why = signal.Signals(stop_signal(e)).name
+    except OSError as e:  # the port is taken
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         t0 = time.monotonic()
         embedded.stop()

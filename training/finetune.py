@@ -212,11 +212,16 @@ def sweep_ray(config: FinetuneConfig, runs: list[TrainConfig], data: PreparedDat
         if result.error is not None:
             raise result.error
 
-    with ray_instance(config.address):
+    with ray_instance(config.address) as ray:
+        # As many trials at once as the cluster holds Train workers for: a trial beyond
+        # that waits for its workers and Ray Train calls the wait a start-up failure
+        # (after 60 s, then retries), which fills the log with tracebacks.
+        unit = "GPU" if config.gpu else "CPU"
+        at_once = max(1, int(ray.cluster_resources().get(unit, 1)) // config.num_workers)
         tuner = tune.Tuner(
             tune.with_resources(trial, {"cpu": 0.01}),  # the trial only drives its Train job
             param_space={"lr": tune.grid_search(list(config.lrs))},
-            tune_config=tune.TuneConfig(metric=METRIC, mode="min"),
+            tune_config=tune.TuneConfig(metric=METRIC, mode="min", max_concurrent_trials=at_once),
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0),
         )
         grid = tuner.fit()

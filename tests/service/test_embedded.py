@@ -3,6 +3,8 @@
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,6 +96,22 @@ def test_a_taken_port_is_refused_before_anything_starts():
         with pytest.raises(OSError, match=f"cannot serve on 127.0.0.1:{port}"):
             embedded.start(ServiceSettings(), port=port)
     assert os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT") != str(port)
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "pdeserve.cli", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"error: cannot serve on 127.0.0.1:{port}" in run.stderr
+    assert "Traceback" not in run.stderr and "stopped" not in run.stdout
 
 
 def test_the_ingress_gets_the_first_port_of_its_range():
