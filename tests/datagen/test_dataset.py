@@ -169,7 +169,7 @@ def test_ray_shards_make_the_same_dataset(tmp_path):
     )
     local = write_split(spec, tmp_path / "local.h5", progress=False)
     local_fields = write_split(fields, tmp_path / "local-fields.h5", progress=False)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         sharded = write_split(spec, tmp_path / "ray.h5", ray_address="auto", progress=False)
         sharded_fields = write_split(
