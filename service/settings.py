@@ -71,7 +71,7 @@ class ServiceSettings(BaseModel):
 
 # What the ingress replica shares with its HTTP middleware: the settings, and the routes
 # the middleware answers itself (path -> handler). Serve ships the deployment class by
-# value, so a module global of service.app would be a copy; these are shared.
+# value, so a module global of service.ingress would be a copy; these are shared.
 _ACTIVE: list[ServiceSettings] = []
 _DIRECT: dict[str, Any] = {}
 

@@ -206,7 +206,7 @@ def test_reload_serves_a_newly_published_version(client, registry_root, tmp_path
 
 
 def test_a_slow_answer_is_a_504():
-    from service.app import Ingress
+    from service.ingress import Ingress
     from service.settings import ServiceSettings
 
     ingress = Ingress.func_or_class.__new__(Ingress.func_or_class)

@@ -1,5 +1,5 @@
 """POST /solve and /solve/batch with a valid JSON body are answered by the ingress's
-middleware (``_Direct``) without FastAPI's per-request machinery: the same answers, the
+middleware (``Direct``) without FastAPI's per-request machinery: the same answers, the
 same errors; a body that does not validate still gets FastAPI's report."""
 
 import asyncio
@@ -9,14 +9,14 @@ import numpy as np
 from fastapi import HTTPException
 from test_app import body, field
 
-from service.app import _SOLVE_REQUEST, _Direct
+from service.edge import SOLVE_REQUEST, Direct
 from service.schema import SolveResponse
 from service.settings import ServiceSettings
 
 SCOPE = {"type": "http", "method": "POST", "path": "/solve", "headers": []}
 
 
-def _answer(direct: _Direct, raw: bytes) -> tuple[bool, list[dict]]:
+def _answer(direct: Direct, raw: bytes) -> tuple[bool, list[dict]]:
     sent: list[dict] = []
 
     async def receive():
@@ -36,7 +36,7 @@ def test_a_valid_body_is_validated_once_and_answered_with_the_response_model():
         return SolveResponse(pde=request.pde, n=32, solution=request.source, mode="surrogate")
 
     raw = json.dumps(body("helmholtz", n=32, encoding="float32")).encode()
-    answered, sent = _answer(_Direct(_SOLVE_REQUEST, handle), raw)
+    answered, sent = _answer(Direct(SOLVE_REQUEST, handle), raw)
     assert answered and len(seen) == 1 and seen[0].coefficients.omega == 4
     assert sent[0]["status"] == 200
     assert (b"content-type", b"application/json") in sent[0]["headers"]
@@ -52,7 +52,7 @@ def test_an_invalid_body_is_left_to_fastapi():
 
     bad = body("helmholtz", n=32) | {"coefficients": {"omega": 4, "k11": 1}}
     for raw in (json.dumps(bad).encode(), b"{not json", b""):
-        answered, sent = _answer(_Direct(_SOLVE_REQUEST, handle), raw)
+        answered, sent = _answer(Direct(SOLVE_REQUEST, handle), raw)
         assert not answered and sent == []
 
 
@@ -63,7 +63,7 @@ def test_an_http_error_is_answered_as_fastapi_answers_it():
         raise error
 
     raw = json.dumps(body("helmholtz", n=32)).encode()
-    answered, sent = _answer(_Direct(_SOLVE_REQUEST, handle), raw)
+    answered, sent = _answer(Direct(SOLVE_REQUEST, handle), raw)
     assert answered and sent[0]["status"] == 503
     assert (b"retry-after", b"1") in sent[0]["headers"]
     assert json.loads(sent[1]["body"]) == {
@@ -75,7 +75,7 @@ def test_the_middleware_answers_valid_json_and_hands_the_rest_to_fastapi():
     """``_Guard`` answers a direct route whose body validates; FastAPI gets, with the body
     replayed, an invalid one and one declared another type."""
     from service import settings as active
-    from service.app import _Guard
+    from service.edge import _Guard
 
     reached: list[bytes] = []
 
@@ -109,7 +109,7 @@ def test_the_middleware_answers_valid_json_and_hands_the_rest_to_fastapi():
 
     saved = active._ACTIVE[:], dict(active._DIRECT)
     try:
-        active.activate(ServiceSettings(), direct={"/solve": _Direct(_SOLVE_REQUEST, handle)})
+        active.activate(ServiceSettings(), direct={"/solve": Direct(SOLVE_REQUEST, handle)})
         good = json.dumps(body("helmholtz", n=32)).encode()
         sent = post(good, "application/json; charset=utf-8")
         assert sent[0]["status"] == 200 and reached == []

@@ -1,0 +1,163 @@
+"""The exact-solver deployment: datagen's solvers behind Serve. Constant coefficients take
+the FFT solve at once; field problems are batched Krylov solves in threads below the
+surrogate's CPU priority, each stopped at its request's deadline."""
+
+import asyncio
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from datagen.solver import ConvergenceError, SolveTimeout, solve_detailed
+from datagen.solver import solve as exact_solve
+from service.batching import CallWindow
+from service.schema import DEFAULT_TOLERANCE, SolverReport
+from service.settings import ServiceSettings
+
+
+@dataclass
+class ExactAnswer:
+    """The exact solver's answer and how it got there (``message``: why it did not
+    converge, where it did not)."""
+
+    solution: np.ndarray
+    method: str
+    iterations: int
+    relative_residual: float | None  # None for the FFT solve: exact to rounding
+    converged: bool = True
+    message: str | None = None
+
+    def report(self, started_from_surrogate: bool) -> SolverReport:
+        return SolverReport(
+            method=self.method,
+            iterations=self.iterations,
+            relative_residual=self.relative_residual,
+            initial_guess="surrogate" if started_from_surrogate else "zero",
+        )
+
+
+@dataclass
+class FieldProblem:
+    """One field problem for the exact replica's window."""
+
+    pde: str
+    source: np.ndarray
+    coefficients: np.ndarray  # (6, n, n)
+    tolerance: float
+    max_iterations: int
+    initial_guess: np.ndarray | None
+    deadline: float | None  # time.time() at which the request's budget ends
+
+    def group(self) -> tuple:
+        """Problems solved together share these."""
+        n = self.source.shape[-1]
+        return (self.pde, n, self.tolerance, self.max_iterations, self.initial_guess is None)
+
+
+#: The nice value of Krylov threads (Linux sets it per thread).
+KRYLOV_NICE = 10
+
+
+def _below_the_surrogate() -> None:
+    """A Krylov thread runs at a lower CPU priority, so that field solves saturating their
+    cores leave the surrogate's streams the CPU when those need it."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux: the default priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), KRYLOV_NICE)
+
+
+@serve.deployment(name="ExactSolver")
+class ExactSolver:
+    """datagen's solver. Constant coefficients: the FFT solve, at once. Fields: batched
+    Krylov in at most ``exact_concurrency`` threads below the surrogate's CPU priority;
+    problems that arrive while those are busy are solved together (up to ``exact_batch``
+    per solve), and each solve stops at its requests' deadline."""
+
+    def __init__(self, settings: ServiceSettings):
+        self._threads = ThreadPoolExecutor(
+            settings.exact_concurrency, "krylov", initializer=_below_the_surrogate
+        )
+        self._window = CallWindow(
+            self._solve_together, settings.exact_concurrency, settings.exact_batch
+        )
+
+    async def solve(
+        self,
+        pde: str,
+        source: np.ndarray,
+        coefficients: np.ndarray,
+        tolerance: float = DEFAULT_TOLERANCE,
+        max_iterations: int = 1000,
+        initial_guess: np.ndarray | None = None,
+        deadline: float | None = None,
+    ) -> ExactAnswer:
+        if coefficients.ndim == 1:  # the FFT solve: no queue, no iterations
+            return await asyncio.to_thread(exact_answer, pde, source, coefficients)
+        problem = FieldProblem(
+            pde, source, coefficients, tolerance, max_iterations, initial_guess, deadline
+        )
+        return await self._window(problem)
+
+    async def _solve_together(self, problems: list[FieldProblem]) -> list[ExactAnswer]:
+        groups: dict[tuple, list[int]] = {}
+        for i, problem in enumerate(problems):
+            groups.setdefault(problem.group(), []).append(i)
+        loop = asyncio.get_running_loop()
+        solved = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._threads, solve_fields, [problems[i] for i in index])
+                for index in groups.values()
+            )
+        )
+        out: list[ExactAnswer | None] = [None] * len(problems)
+        for index, answers in zip(groups.values(), solved, strict=True):
+            for i, answer in zip(index, answers, strict=True):
+                out[i] = answer
+        return out
+
+
+def exact_answer(pde: str, source: np.ndarray, coefficients: np.ndarray) -> ExactAnswer:
+    """A constant-coefficient problem through the FFT solve."""
+    solution = exact_solve(pde, source, coefficients, mean="project")
+    return ExactAnswer(solution, "fft", 0, None)
+
+
+def solve_fields(problems: list[FieldProblem]) -> list[ExactAnswer]:
+    """Field problems of one group in one batched solve; each answer says whether its
+    problem converged, and if not why (iterations and residual, or the deadline)."""
+    first = problems[0]
+    guesses = [p.initial_guess for p in problems]
+    deadlines = [p.deadline for p in problems if p.deadline is not None]
+    try:
+        out = solve_detailed(
+            first.pde,
+            np.stack([p.source for p in problems]),
+            np.stack([p.coefficients for p in problems]),
+            mean="project",
+            tolerance=first.tolerance,
+            max_iterations=first.max_iterations,
+            initial_guess=None if guesses[0] is None else np.stack(guesses),
+            deadline=max(deadlines) if len(deadlines) == len(problems) else None,
+        )
+        late = False
+    except ConvergenceError as e:
+        out, late = e.solution, isinstance(e, SolveTimeout)
+    answers = []
+    for i in range(len(problems)):
+        method, its, res = out.method[i], int(out.iterations[i]), float(out.relative_residual[i])
+        message = None
+        if not out.converged[i]:
+            reached = f"relative residual {res:.3g} after {its} iterations"
+            message = (
+                f"the time allowed ran out before the {method} solve converged ({reached})"
+                if late
+                else f"the {method} solver did not converge: {reached} (tolerance "
+                f"{first.tolerance:g}); raise max_iterations or loosen the tolerance"
+            )
+        answers.append(
+            ExactAnswer(out.solutions[i], method, its, res, bool(out.converged[i]), message)
+        )
+    return answers

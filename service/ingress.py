@@ -1,0 +1,300 @@
+"""The ingress deployment: the HTTP routes, the models' cards, and for each request a
+:class:`~service.plan.Plan` (``service/plan.py``) that it carries out. Problems that
+arrive together reach the Surrogate in one call per model and grid
+(``service/batching.py``: a window of calls in flight, not ``@serve.batch``)."""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, HTTPException
+from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from datagen.solver import error_estimate
+from service.batching import CallWindow, Problems, by_model_and_grid
+from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
+from service.errors import http_error
+from service.exact import ExactAnswer
+from service.plan import Plan, auto_choice, plan_request
+from service.registry import ModelCard, Registry, RegistryError
+from service.schema import (
+    BatchRequest,
+    BatchResponse,
+    SolveRequest,
+    SolveRequestTypes,
+    SolveResponse,
+    Validation,
+    encode_like,
+    relative_l2,
+)
+from service.settings import ServiceSettings, activate
+
+
+class _Metrics:
+    """Counters and a histogram exported with Ray Serve's Prometheus metrics."""
+
+    def __init__(self):
+        from ray.serve import metrics
+
+        self.solves = metrics.Counter(
+            "pdeserve_solves", "Solves answered, by pde and mode used", ("pde", "mode")
+        )
+        self.fallbacks = metrics.Counter(
+            "pdeserve_fallbacks", "Surrogate requests answered exactly (envelope)", ("pde",)
+        )
+        self.validation = metrics.Histogram(
+            "pdeserve_validation_relative_l2",
+            "Relative L2 of the surrogate against the exact solver in validate mode",
+            boundaries=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+            tag_keys=("pde",),
+        )
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self, surrogate: DeploymentHandle, exact: DeploymentHandle, settings: ServiceSettings
+    ):
+        self.surrogate = surrogate
+        self.exact = exact
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+        self._cards: dict[str, tuple[float, ModelCard]] = {}
+        self.metrics = _Metrics()
+        # Concurrent requests reach the Surrogate together: one call per batch, not each.
+        # Awaited with one problem (ref, source (n, n), coefficients (6,)).
+        self._to_surrogate = CallWindow(
+            self._surrogate_calls,
+            settings.surrogate_calls_in_flight * settings.surrogate_replicas,
+            settings.max_batch_size,
+            settings.call_hold_s,
+        )
+        activate(
+            settings,
+            direct={
+                "/solve": Direct(SOLVE_REQUEST, self._solve),
+                "/solve/batch": Direct(BATCH_REQUEST, self._solve_batch),
+            },
+        )
+
+    # -- models --------------------------------------------------------------------------
+
+    def card(self, ref: str | None, loc: list[Any]) -> ModelCard:
+        """The card a reference names now; ``name`` / ``@latest`` re-resolved after a TTL."""
+        ref = ref or self.settings.default_model
+        now = time.monotonic()
+        hit = self._cards.get(ref)
+        pinned = "@" in ref and not ref.endswith("@latest")
+        if hit and (pinned or now - hit[0] < self.settings.latest_ttl_s):
+            return hit[1]
+        try:
+            card = self.registry.card(ref)
+        except RegistryError as e:
+            raise http_error(404, loc, e.public) from None
+        self._cards[ref] = (now, card)
+        return card
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict[str, str]:
+        """Ready once the default model answers in a surrogate replica."""
+        try:
+            card = self.card(None, ["default_model"])
+            providers = await self._call(
+                self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
+            )
+        except HTTPException as e:
+            raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
+        return {"status": "ready", "model": card.ref, "providers": providers}
+
+    @api.get("/models")
+    async def models(self) -> list[ModelCard]:
+        """The newest card of every model in the registry."""
+        return [self.registry.card(name) for name in self.registry.names()]
+
+    @api.get("/models/{ref}")
+    async def model(self, ref: str) -> ModelCard:
+        """The card of ``name`` (newest) or ``name@version``."""
+        return self.card(ref, ["path", "ref"])
+
+    @api.post("/admin/reload")
+    async def reload(self) -> dict[str, Any]:
+        """Forget resolved references: new versions are served from the next request on."""
+        self._cards.clear()
+        names = self.registry.names()
+        return {"models": {name: self.registry.versions(name) for name in names}}
+
+    # -- solving -------------------------------------------------------------------------
+
+    @api.post("/solve", response_model=SolveResponse, response_model_exclude_none=True)
+    async def solve(
+        self, request: Annotated[SolveRequestTypes, Body(discriminator="pde")]
+    ) -> SolveResponse:
+        """One problem. (Valid JSON bodies are answered by ``_Guard``, with ``_solve``.)"""
+        return await self._solve(request)
+
+    @api.post("/solve/batch", response_model=BatchResponse, response_model_exclude_none=True)
+    async def solve_batch(self, batch: Annotated[BatchRequest, Body()]) -> BatchResponse:
+        """Up to ``max_batch_items`` problems, in order. (As ``solve``, with ``_solve_batch``.)"""
+        return await self._solve_batch(batch)
+
+    async def _solve(self, request: SolveRequest) -> SolveResponse:
+        deadline = time.time() + self.settings.request_timeout_s
+        plan = plan_request(request, ["body"], self.card, deadline)
+        return await self._call(self._run(request, plan))
+
+    async def _solve_batch(self, batch: BatchRequest) -> BatchResponse:
+        if len(batch.items) > self.settings.max_batch_items:
+            raise http_error(
+                413,
+                ["body", "items"],
+                f"{len(batch.items)} items; at most {self.settings.max_batch_items} per batch",
+            )
+        deadline = time.time() + self.settings.request_timeout_s
+        plans = [
+            plan_request(item, ["body", "items", i], self.card, deadline)
+            for i, item in enumerate(batch.items)
+        ]
+        runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
+        return BatchResponse(items=await self._call(asyncio.gather(*runs)))
+
+    async def _run(self, request: SolveRequest, plan: Plan) -> SolveResponse:
+        pde, source, coefficients = request.pde, plan.source, plan.coefficients
+        card = plan.card
+        timings: dict[str, float] = {}
+
+        @contextlib.contextmanager
+        def clock(name: str):
+            t0 = time.perf_counter()
+            yield
+            timings[name] = 1e3 * (time.perf_counter() - t0)
+
+        async def timed(name: str, call: Awaitable[Any]) -> Any:
+            with clock(name):
+                return await call
+
+        def surrogate():
+            # float32 is what the model takes, and half the bytes to send
+            problem = (card.ref, source.astype(np.float32), coefficients.astype(np.float32))
+            return timed("surrogate", self._to_surrogate(problem))
+
+        async def exact(initial_guess: np.ndarray | None = None) -> ExactAnswer:
+            call = self.exact.solve.remote(
+                pde,
+                source,
+                coefficients,
+                plan.tolerance,
+                plan.max_iterations,
+                initial_guess,
+                plan.deadline,
+            )
+            answer = await timed("refine" if initial_guess is not None else "exact", call)
+            if not answer.converged:
+                raise http_error(422, [*plan.loc, "tolerance"], answer.message)
+            return answer
+
+        async def estimate(solution: np.ndarray) -> float:
+            if not plan.fields:  # two rfft2 and a division (~0.3 ms at 128^2): inline, as a
+                with clock("error_estimate"):  # thread hop would cost more than it spares
+                    return error_estimate(pde, solution, source, coefficients)
+            call = asyncio.to_thread(error_estimate, pde, solution, source, coefficients)
+            return await timed("error_estimate", call)
+
+        mode, reason, validation, answer, estimated = plan.mode, plan.reason, None, None, None
+        if mode == "exact":
+            answer = await exact()
+            solution = answer.solution
+            if plan.fallback:
+                self.metrics.fallbacks.inc(tags={"pde": pde})
+        elif mode == "surrogate":
+            solution = await surrogate()
+            estimated = await estimate(solution)
+        elif mode == "validate":
+            solution, answer = await asyncio.gather(surrogate(), exact())
+            estimated = await estimate(solution)
+            error = relative_l2(solution, answer.solution)
+            validation = Validation(
+                relative_l2=error, exact_solution=encode_like(answer.solution, request.source)
+            )
+            if error is not None:
+                self.metrics.validation.observe(error, tags={"pde": pde})
+            reason = (
+                f"validate: solution is the surrogate's ({card.ref}), "
+                "validation.exact_solution the exact solver's"
+            )
+        else:  # refine, or auto on fields: the surrogate first
+            guess = await surrogate()
+            if mode == "auto":
+                estimated = await estimate(guess)
+                mode, reason = auto_choice(estimated, plan.error_tolerance)
+            if mode == "refine":
+                answer = await exact(initial_guess=guess.astype(np.float64))
+                solution = answer.solution
+            else:
+                solution = guess
+        self._check_output(solution, request, plan.loc)
+        self.metrics.solves.inc(tags={"pde": pde, "mode": mode})
+        return SolveResponse(
+            pde=pde,
+            n=source.shape[-1],
+            solution=encode_like(solution, request.source),
+            mode=mode,
+            reason=reason,
+            model=card.ref if card is not None and mode != "exact" else None,
+            error_estimate=estimated if mode in ("surrogate", "validate") else None,
+            solver=None if answer is None else answer.report(mode == "refine"),
+            validation=validation,
+            warnings=plan.warnings,
+            timings_ms=timings,
+        )
+
+    async def _surrogate_calls(self, problems: list[Problems]) -> list[np.ndarray]:
+        """One Surrogate call per (model, grid) for problems that travel together."""
+        groups = by_model_and_grid(problems)
+        calls = [
+            self.surrogate.options(multiplexed_model_id=ref).predict.remote(
+                ref,
+                np.stack([problems[i][1] for i in index]),
+                np.stack([problems[i][2] for i in index]),
+            )
+            for (ref, _grid, _fields), index in groups.items()
+        ]
+        out: list[np.ndarray | None] = [None] * len(problems)
+        for index, solutions in zip(groups.values(), await asyncio.gather(*calls), strict=True):
+            for i, solution in zip(index, solutions, strict=True):
+                out[i] = solution
+        return out
+
+    @staticmethod
+    def _check_output(solution: np.ndarray, request: SolveRequest, loc: list[Any]) -> None:
+        """A 422, not a broken response, for solutions that overflow (near-singular problems)."""
+        if not np.isfinite(solution).all():
+            raise http_error(422, [*loc, "coefficients"], "the problem is too close to singular")
+        if getattr(request.source, "dtype", "") == "float32" and (
+            np.abs(solution).max() > np.finfo(np.float32).max
+        ):
+            raise http_error(
+                422, [*loc, "source"], "the solution overflows float32; send a float64 source"
+            )
+
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise http_error(
+                504, ["body"], f"no answer within {self.settings.request_timeout_s:g} s"
+            ) from None
+        except (RayActorError, ActorUnavailableError):
+            # A replica died mid-request (Serve starts another): safe to retry, say so.
+            error = http_error(503, ["body"], "a solver replica restarted; retry the request")
+            error.headers = {"Retry-After": "1"}
+            raise error from None

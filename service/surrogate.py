@@ -1,0 +1,64 @@
+"""The surrogate deployment: ONNX Runtime sessions of published models, several per replica
+(``@serve.multiplexed``); the samples of every call join one queue per graph that the
+ORT streams work through. The ONNX graph is built for the model's grid, so requests at
+other grids are resampled spectrally to it and back (:mod:`service.runner`)."""
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from service.registry import ONNX, ModelCard, Registry
+from service.runner import OnnxSurrogate
+from service.settings import ServiceSettings
+
+
+class LoadedModel:
+    """A published model in one replica: its constant graph, and its fields graph once a
+    field problem asks for it."""
+
+    def __init__(self, card: ModelCard, files: dict[str, bytes], threads: int | None):
+        self.card, self._files, self._threads = card, files, threads
+        self.constant = OnnxSurrogate(card, files[card.graphs.get("constant", ONNX)], threads)
+        self._fields: OnnxSurrogate | None = None
+
+    def runner(self, fields: bool) -> OnnxSurrogate:
+        if not fields:
+            return self.constant
+        if self._fields is None:
+            name = self.card.graphs.get("fields")
+            if name is None:  # the ingress checks the card first
+                raise ValueError(f"{self.card.ref} has no graph for coefficient fields")
+            self._fields = OnnxSurrogate(
+                self.card, self._files[name], threads=self._threads, fields=True
+            )
+        return self._fields
+
+
+@serve.deployment(name="Surrogate")
+class Surrogate:
+    """ONNX Runtime for published models. The ingress sends problems in batches; the
+    samples of every call join one queue per graph that the ORT streams work through
+    (``OnnxSurrogate.submit``), so calls need no merging here and no stream waits for
+    one to end."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.registry = Registry(settings.registry)
+
+    @serve.multiplexed(max_num_models_per_replica=4)
+    async def model(self, ref: str) -> LoadedModel:
+        """A pinned ``name@version``: loaded once per replica, checksums verified."""
+        card, files = await asyncio.to_thread(self.registry.read_files, ref)
+        return LoadedModel(card, files, self.settings.ort_threads)
+
+    async def ready(self, ref: str) -> str:
+        loaded = await self.model(ref)
+        return ",".join(loaded.constant.providers)
+
+    async def predict(self, ref: str, sources: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+        """k problems at one grid: (k, n, n), unified (k, 6) or fields (k, 6, n, n) ->
+        (k, n, n) float32."""
+        loaded = await self.model(ref)
+        runner = loaded.runner(fields=coefficients.ndim == 4)
+        return await asyncio.wrap_future(runner.submit(sources, coefficients))
