@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from datagen.coefficients import broadcast_fields
 from datagen.dataset import open_dataset
+from service.bands import band_key
 from service.registry import Registry, RegistryError
 from service.runner import DEFAULT_REGISTRY, OnnxSurrogate
 
@@ -70,10 +71,11 @@ def evaluate(model: OnnxSurrogate, path: str, batch: int = 32, progress: bool = 
         err = np.concatenate(errors)
         name = reader.system.name  # field files by law and range: poisson-smooth(1,10)
         if reader.has_fields:
-            name += f"-{reader.attrs.get('field_law', 'fields')}"
+            law = str(reader.attrs.get("field_law", "fields"))
             span = reader.attrs.get("contrast_range", reader.attrs.get("variation_range"))
-            if span is not None:
-                name += f"({span[0]:g},{span[1]:g})"
+            name = band_key(name, law, None if span is None else (span[0], span[1]))
+            if span is None:
+                name = f"{reader.system.name}-{law}"
         return {
             "mean_relative_l2": float(err.mean()),
             "per_system": {name: float(err.mean())},

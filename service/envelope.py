@@ -79,10 +79,15 @@ def field_statistics(coefficients: np.ndarray) -> dict[str, float | str | None]:
 
 
 def envelope_reasons(
-    card: ModelCard, pde: str, source: np.ndarray, coefficients: np.ndarray
+    card: ModelCard,
+    pde: str,
+    source: np.ndarray,
+    coefficients: np.ndarray,
+    stats: dict[str, float | str | None] | None = None,
 ) -> list[str]:
     """Why ``coefficients`` (unified: (6,), or (6, n, n) fields) lie outside ``card``'s
-    envelope; [] if inside."""
+    envelope; [] if inside. ``stats``: the fields' :func:`field_statistics` where the
+    caller has them already."""
     fields = np.ndim(coefficients) == 3
     if fields and "fields" not in card.graphs:
         return [f"{card.ref} has no graph for coefficient fields (it takes constants only)"]
@@ -98,7 +103,7 @@ def envelope_reasons(
         c_ref = reference(c)
         if env.field is None:
             return [f"{card.ref} was trained on constant {pde} coefficients only, not on fields"]
-        stats = field_statistics(c[0])
+        stats = field_statistics(c[0]) if stats is None else stats
         laws = env.field.laws
         if stats["law"] is not None and "unrecorded" not in laws and stats["law"] not in laws:
             reasons.append(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from ray import serve
 from datagen.solver import ConvergenceError, SolveTimeout, solve_detailed
 from datagen.solver import solve as exact_solve
 from service.batching import CallWindow
+from service.costs import calibration_problem
 from service.schema import DEFAULT_TOLERANCE, SolverReport
 from service.settings import ServiceSettings
 
@@ -101,6 +103,12 @@ class ExactSolver:
         )
         return await self._window(problem)
 
+    async def calibrate(self, grids: tuple[int, ...]) -> dict[str, dict]:
+        """ms of one Krylov iteration and of a solve's fixed cost, per grid and method, for
+        one field problem: auto's cost model starts from these."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, time_krylov, grids)
+
     async def _solve_together(self, problems: list[FieldProblem]) -> list[ExactAnswer]:
         groups: dict[tuple, list[int]] = {}
         for i, problem in enumerate(problems):
@@ -117,6 +125,31 @@ class ExactSolver:
             for i, answer in zip(index, answers, strict=True):
                 out[i] = answer
         return out
+
+
+def time_krylov(grids: tuple[int, ...]) -> dict[str, dict]:
+    """Per grid, CG (Darcy) and GMRES (Helmholtz with a varying w): the time of a few and
+    of more iterations of one problem; their difference gives one iteration's, the rest
+    the solve's fixed cost. The best of two runs each."""
+    iteration, setup = {}, {}
+    few, more = 2, 8
+    for n in grids:
+        source, coefficients = calibration_problem(n)
+        w = np.zeros_like(coefficients)
+        w[:2] = 0.01
+        w[5] = 4.0 * (1.0 + 0.1 * (coefficients[0] / coefficients[0].max()))
+        for method, pde, c in (("cg", "poisson", coefficients), ("gmres", "helmholtz", w)):
+            t = {}
+            for k in (few, more, few, more):
+                t0 = time.perf_counter()
+                with contextlib.suppress(ConvergenceError):
+                    solve_detailed(pde, source[None], c[None], tolerance=1e-14, max_iterations=k)
+                ms = 1e3 * (time.perf_counter() - t0)
+                t[k] = min(t.get(k, ms), ms)
+            per = max((t[more] - t[few]) / (more - few), 1e-3)
+            iteration[(n, method)] = per
+            setup[(n, method)] = max(t[few] - few * per, 0.0)
+    return {"iteration": iteration, "setup": setup}
 
 
 def exact_answer(pde: str, source: np.ndarray, coefficients: np.ndarray) -> ExactAnswer:

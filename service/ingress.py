@@ -17,10 +17,11 @@ from ray.serve.handle import DeploymentHandle
 
 from datagen.solver import error_estimate
 from service.batching import CallWindow, Problems, by_model_and_grid
+from service.costs import GRIDS, CostModel, calibrate_estimate
 from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
 from service.errors import http_error
 from service.exact import ExactAnswer
-from service.plan import Plan, auto_choice, plan_request
+from service.plan import Answer, Plan, carry_out, plan_request
 from service.registry import ModelCard, Registry, RegistryError
 from service.schema import (
     BatchRequest,
@@ -30,7 +31,6 @@ from service.schema import (
     SolveResponse,
     Validation,
     encode_like,
-    relative_l2,
 )
 from service.settings import ServiceSettings, activate
 
@@ -53,6 +53,61 @@ class _Metrics:
             boundaries=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
             tag_keys=("pde",),
         )
+        self.mispredictions = metrics.Counter(
+            "pdeserve_auto_mispredictions",
+            "auto's predictions that proved wrong: 'error' where the surrogate was tried "
+            "and its estimate missed the tolerance, 'cost' where the answer took over "
+            "twice the predicted time",
+            ("pde", "kind"),
+        )
+
+
+class _Solvers:
+    """The ingress's solvers for one request's plan (:class:`service.plan.Solvers`),
+    each call timed into ``timings``."""
+
+    def __init__(self, ingress: "Ingress", timings: dict[str, float]):
+        self.ingress, self.timings = ingress, timings
+
+    async def _timed(self, name: str, call: Awaitable[Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.timings[name] = 1e3 * (time.perf_counter() - t0)
+
+    def surrogate(self, plan: Plan) -> Awaitable[np.ndarray]:
+        # float32 is what the model takes, and half the bytes to send
+        problem = (
+            plan.card.ref,
+            plan.source.astype(np.float32),
+            plan.coefficients.astype(np.float32),
+        )
+        return self._timed("surrogate", self.ingress._to_surrogate(problem))
+
+    async def exact(self, plan: Plan, initial_guess: np.ndarray | None = None) -> ExactAnswer:
+        call = self.ingress.exact.solve.remote(
+            plan.pde,
+            plan.source,
+            plan.coefficients,
+            plan.tolerance,
+            plan.max_iterations,
+            initial_guess,
+            plan.deadline,
+        )
+        answer = await self._timed("refine" if initial_guess is not None else "exact", call)
+        if not answer.converged:
+            raise http_error(422, [*plan.loc, "tolerance"], answer.message)
+        return answer
+
+    async def estimate(self, plan: Plan, solution: np.ndarray) -> float:
+        args = (plan.pde, solution, plan.source, plan.coefficients)
+        if not plan.fields:  # two rfft2 and a division (~0.3 ms at 128^2): inline, as a
+            t0 = time.perf_counter()  # thread hop would cost more than it spares
+            value = error_estimate(*args)
+            self.timings["error_estimate"] = 1e3 * (time.perf_counter() - t0)
+            return value
+        return await self._timed("error_estimate", asyncio.to_thread(error_estimate, *args))
 
 
 @serve.deployment(name="Ingress")
@@ -67,6 +122,8 @@ class Ingress:
         self.registry = Registry(settings.registry)
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self.metrics = _Metrics()
+        self.costs = CostModel()
+        self._calibration: asyncio.Future | None = None
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
         # Awaited with one problem (ref, source (n, n), coefficients (6,)).
         self._to_surrogate = CallWindow(
@@ -112,9 +169,31 @@ class Ingress:
             providers = await self._call(
                 self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
             )
+            await self._call(self.calibrated(card))
         except HTTPException as e:
             raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
         return {"status": "ready", "model": card.ref, "providers": providers}
+
+    def calibrated(self, card: ModelCard) -> Awaitable[None]:
+        """auto's cost model, measured on this service's replicas once (at the first
+        readiness check or auto request; later requests refine it)."""
+        failed = (
+            self._calibration is not None
+            and self._calibration.done()
+            and self._calibration.exception() is not None
+        )
+        if self._calibration is None or failed:
+            self._calibration = asyncio.ensure_future(self._calibrate(card))
+        return asyncio.shield(self._calibration)
+
+    async def _calibrate(self, card: ModelCard) -> None:
+        exact = self.exact.calibrate.remote(GRIDS)
+        model = {}
+        if "fields" in card.graphs:
+            handle = self.surrogate.options(multiplexed_model_id=card.ref)
+            model = await handle.calibrate.remote(card.ref, GRIDS)
+        estimate = await asyncio.to_thread(calibrate_estimate, GRIDS)
+        self.costs.load((await exact) | {"surrogate": model, "estimate": estimate})
 
     @api.get("/models")
     async def models(self) -> list[ModelCard]:
@@ -149,7 +228,7 @@ class Ingress:
 
     async def _solve(self, request: SolveRequest) -> SolveResponse:
         deadline = time.time() + self.settings.request_timeout_s
-        plan = plan_request(request, ["body"], self.card, deadline)
+        plan = await self._plan(request, ["body"], deadline)
         return await self._call(self._run(request, plan))
 
     async def _solve_batch(self, batch: BatchRequest) -> BatchResponse:
@@ -161,101 +240,76 @@ class Ingress:
             )
         deadline = time.time() + self.settings.request_timeout_s
         plans = [
-            plan_request(item, ["body", "items", i], self.card, deadline)
+            await self._plan(item, ["body", "items", i], deadline)
             for i, item in enumerate(batch.items)
         ]
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
+    async def _plan(self, request: SolveRequest, loc: list[Any], deadline: float) -> Plan:
+        if request.mode == "auto" and not self.costs.calibrated:
+            with contextlib.suppress(Exception):  # uncalibrated, auto answers exactly
+                await self._call(self.calibrated(self.card(request.model, [*loc, "model"])))
+        return plan_request(request, loc, self.card, deadline, self.costs)
+
     async def _run(self, request: SolveRequest, plan: Plan) -> SolveResponse:
-        pde, source, coefficients = request.pde, plan.source, plan.coefficients
-        card = plan.card
         timings: dict[str, float] = {}
-
-        @contextlib.contextmanager
-        def clock(name: str):
-            t0 = time.perf_counter()
-            yield
-            timings[name] = 1e3 * (time.perf_counter() - t0)
-
-        async def timed(name: str, call: Awaitable[Any]) -> Any:
-            with clock(name):
-                return await call
-
-        def surrogate():
-            # float32 is what the model takes, and half the bytes to send
-            problem = (card.ref, source.astype(np.float32), coefficients.astype(np.float32))
-            return timed("surrogate", self._to_surrogate(problem))
-
-        async def exact(initial_guess: np.ndarray | None = None) -> ExactAnswer:
-            call = self.exact.solve.remote(
-                pde,
-                source,
-                coefficients,
-                plan.tolerance,
-                plan.max_iterations,
-                initial_guess,
-                plan.deadline,
-            )
-            answer = await timed("refine" if initial_guess is not None else "exact", call)
-            if not answer.converged:
-                raise http_error(422, [*plan.loc, "tolerance"], answer.message)
-            return answer
-
-        async def estimate(solution: np.ndarray) -> float:
-            if not plan.fields:  # two rfft2 and a division (~0.3 ms at 128^2): inline, as a
-                with clock("error_estimate"):  # thread hop would cost more than it spares
-                    return error_estimate(pde, solution, source, coefficients)
-            call = asyncio.to_thread(error_estimate, pde, solution, source, coefficients)
-            return await timed("error_estimate", call)
-
-        mode, reason, validation, answer, estimated = plan.mode, plan.reason, None, None, None
-        if mode == "exact":
-            answer = await exact()
-            solution = answer.solution
-            if plan.fallback:
-                self.metrics.fallbacks.inc(tags={"pde": pde})
-        elif mode == "surrogate":
-            solution = await surrogate()
-            estimated = await estimate(solution)
-        elif mode == "validate":
-            solution, answer = await asyncio.gather(surrogate(), exact())
-            estimated = await estimate(solution)
-            error = relative_l2(solution, answer.solution)
+        answer = await carry_out(plan, _Solvers(self, timings))
+        self._check_output(answer.solution, request, plan.loc)
+        self._record(plan, answer, timings)
+        validation = None
+        if answer.validated:
             validation = Validation(
-                relative_l2=error, exact_solution=encode_like(answer.solution, request.source)
+                relative_l2=answer.validation_error,
+                exact_solution=encode_like(answer.exact.solution, request.source),
             )
-            if error is not None:
-                self.metrics.validation.observe(error, tags={"pde": pde})
-            reason = (
-                f"validate: solution is the surrogate's ({card.ref}), "
-                "validation.exact_solution the exact solver's"
-            )
-        else:  # refine, or auto on fields: the surrogate first
-            guess = await surrogate()
-            if mode == "auto":
-                estimated = await estimate(guess)
-                mode, reason = auto_choice(estimated, plan.error_tolerance)
-            if mode == "refine":
-                answer = await exact(initial_guess=guess.astype(np.float64))
-                solution = answer.solution
-            else:
-                solution = guess
-        self._check_output(solution, request, plan.loc)
-        self.metrics.solves.inc(tags={"pde": pde, "mode": mode})
         return SolveResponse(
-            pde=pde,
-            n=source.shape[-1],
-            solution=encode_like(solution, request.source),
-            mode=mode,
-            reason=reason,
-            model=card.ref if card is not None and mode != "exact" else None,
-            error_estimate=estimated if mode in ("surrogate", "validate") else None,
-            solver=None if answer is None else answer.report(mode == "refine"),
+            pde=plan.pde,
+            n=plan.n,
+            solution=encode_like(answer.solution, request.source),
+            mode=answer.mode,
+            reason=answer.reason,
+            model=plan.card.ref if answer.uses_model else None,
+            error_estimate=answer.estimate,
+            solver=None if answer.exact is None else answer.exact.report(answer.refined),
             validation=validation,
             warnings=plan.warnings,
             timings_ms=timings,
         )
+
+    def _record(self, plan: Plan, answer: Answer, timings: dict[str, float]) -> None:
+        """Metrics, and what the answer teaches the cost model."""
+        pde = plan.pde
+        self.metrics.solves.inc(tags={"pde": pde, "mode": answer.mode})
+        if plan.fallback:
+            self.metrics.fallbacks.inc(tags={"pde": pde})
+        if answer.validated and answer.validation_error is not None:
+            self.metrics.validation.observe(answer.validation_error, tags={"pde": pde})
+        if not plan.fields:
+            return
+        if "surrogate" in timings and "error_estimate" in timings:
+            self.costs.observe_surrogate(
+                plan.n, True, timings["surrogate"], timings["error_estimate"]
+            )
+        solved = answer.exact
+        if solved is not None and not answer.refined and "exact" in timings:
+            self.costs.observe_solve(
+                plan.n,
+                solved.method,
+                (plan.stats or {}).get("law"),
+                plan.kappa,
+                plan.tolerance,
+                solved.iterations,
+                timings["exact"],
+            )
+        decision = plan.decision
+        if decision is None:
+            return
+        if answer.mispredicted:
+            self.metrics.mispredictions.inc(tags={"pde": pde, "kind": answer.mispredicted})
+        chosen = decision.surrogate if decision.first == "surrogate" else decision.exact
+        if chosen.ms is not None and sum(timings.values()) > 2 * chosen.ms + 5:
+            self.metrics.mispredictions.inc(tags={"pde": pde, "kind": "cost"})
 
     async def _surrogate_calls(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for problems that travel together."""

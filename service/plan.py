@@ -1,28 +1,42 @@
-"""What runs for one request, decided before anything is computed.
+"""What runs for one request: decided before anything is computed, and carried out here.
 
-The one place that maps a request's ``mode`` to the work done: the Ingress carries a
-:class:`Plan` out and decides nothing itself but auto's one choice that needs the
-surrogate's answer first (its error estimate against the tolerance).
+The one place that maps a request to the work done. :func:`plan_request` decides the
+source, the model, the envelope, the mode, and for ``auto`` which answer to try first;
+:func:`carry_out` runs the plan's mode, one small function each (:data:`STRATEGIES`),
+against the ingress's solvers (:class:`Solvers`), and returns an :class:`Answer`. A new
+mode is a function and an entry there.
 
 - ``exact``: the exact solver (FFT for constant coefficients, Krylov to ``tolerance``
   for fields), cold.
 - ``surrogate``: the model, with an error estimate.
 - ``validate``: both at once, and the surrogate's error against the exact answer.
 - ``refine``: the model's answer starts the exact solver.
-- ``auto``: constant coefficients take the FFT solve (exact, and cheaper than the
-  model); fields take the surrogate where its error estimate is within ``tolerance``,
-  else ``refine``. Outside the model's envelope, ``exact``.
+- ``auto`` (``tolerance``: the relative L2 error allowed): constant coefficients take
+  the FFT solve (exact, and cheaper than the model). For fields the plan predicts, before
+  anything runs, each candidate's error and cost (:func:`decide`): the surrogate's error
+  from the model card's measured error on the problem's band (:mod:`service.bands`),
+  the costs from what this service measured (:mod:`service.costs`). It tries the
+  surrogate only where its predicted error is within the tolerance and the attempt pays
+  on average (its cost, plus the exact solve it may still need, below the exact solve's
+  alone); the surrogate's error estimate then decides whether its answer is returned.
+  Otherwise the exact solver answers, cold, to a residual of 1e-2 x the tolerance.
+  Outside the model's envelope: ``exact``.
 """
 
-from collections.abc import Callable
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from datagen.solver import MEAN_TOLERANCE
 from datagen.systems import get_system
-from service.envelope import envelope_reasons
+from service.bands import Band, band_for
+from service.costs import CostModel, kappa
+from service.envelope import envelope_reasons, field_statistics
 from service.errors import http_error
 from service.registry import ModelCard
 from service.schema import (
@@ -30,22 +44,48 @@ from service.schema import (
     DEFAULT_TOLERANCE,
     MIN_TOLERANCE,
     SolveRequest,
+    relative_l2,
 )
 
 #: Finds the card of a model reference (None: the default model), raising a 404 naming
 #: ``loc`` where there is none.
 CardLookup = Callable[[str | None, list[Any]], ModelCard]
 
-#: auto refines to a relative residual of this fraction of its error tolerance: the error
+#: auto solves to a relative residual of this fraction of its error tolerance: the error
 #: of a Krylov answer is at most its residual times the preconditioned operator's
 #: condition number, which the contrast bounds (<= 100 in the media served).
 AUTO_RESIDUAL_FRACTION = 1e-2
 
 
 @dataclass
+class Prediction:
+    """What one candidate answer is predicted to cost and how good it will be."""
+
+    error: float | None  # predicted relative L2 error (None: unknown)
+    chance: float  # P(the error is within the tolerance)
+    ms: float | None  # predicted time (None: not measured yet)
+    words: str
+
+
+@dataclass
+class Decision:
+    """auto's choice for a field problem, made before anything runs."""
+
+    first: str  # "surrogate" or "exact"
+    surrogate: Prediction
+    exact: Prediction
+    band: Band | None
+
+    def words(self) -> str:
+        tried = "tried the surrogate" if self.first == "surrogate" else "the exact solver"
+        return f"auto: {tried}; predicted: {self.surrogate.words}; {self.exact.words}"
+
+
+@dataclass
 class Plan:
     """What is decided about one request before anything is computed."""
 
+    pde: str
     source: np.ndarray  # float64 (n, n), mean projected where needed
     coefficients: np.ndarray  # unified: (6,), or (6, n, n) fields
     mode: str  # surrogate | exact | validate | refine | auto: what will run
@@ -58,10 +98,26 @@ class Plan:
     error_tolerance: float | None = None  # auto: the relative L2 error allowed
     fallback: bool = False  # outside the envelope: the exact solver instead of the model
     deadline: float | None = None  # time.time() at which the request's budget ends
+    stats: dict[str, Any] | None = None  # fields: law, contrast, variation, length
+    decision: Decision | None = None  # auto on fields
 
     @property
     def fields(self) -> bool:
         return self.coefficients.ndim == 3
+
+    @property
+    def n(self) -> int:
+        return self.source.shape[-1]
+
+    @property
+    def method(self) -> str:
+        """The Krylov method a field solve takes: CG where the operator is symmetric."""
+        return "cg" if not np.any(self.coefficients[3:] != 0) else "gmres"
+
+    @property
+    def kappa(self) -> float:
+        stats = self.stats or {}
+        return kappa(stats.get("contrast"), stats.get("variation"))
 
 
 def projected_source(request: SolveRequest, loc: list[Any], warnings: list[str]) -> np.ndarray:
@@ -84,13 +140,19 @@ def projected_source(request: SolveRequest, loc: list[Any], warnings: list[str])
 
 
 def plan_request(
-    request: SolveRequest, loc: list[Any], card: CardLookup, deadline: float | None = None
+    request: SolveRequest,
+    loc: list[Any],
+    card: CardLookup,
+    deadline: float | None = None,
+    costs: CostModel | None = None,
 ) -> Plan:
-    """Everything decided before computing: source, mode, model, reasons, warnings;
-    ``deadline`` (``time.time()``) is when the request's budget ends."""
+    """Everything decided before computing: source, mode, model, reasons, warnings, and
+    for auto on fields the candidate to try first; ``deadline`` (``time.time()``) is when
+    the request's budget ends, ``costs`` what this service measured."""
     warnings: list[str] = []
     source = projected_source(request, loc, warnings)
     plan = Plan(
+        request.pde,
         source,
         request.unified(),
         request.mode,
@@ -100,6 +162,8 @@ def plan_request(
         warnings=warnings,
         deadline=deadline,
     )
+    if plan.fields:
+        plan.stats = field_statistics(plan.coefficients)
     if plan.mode == "auto":
         plan.error_tolerance = request.tolerance or DEFAULT_AUTO_TOLERANCE
         plan.tolerance = max(MIN_TOLERANCE, AUTO_RESIDUAL_FRACTION * plan.error_tolerance)
@@ -118,7 +182,7 @@ def plan_request(
             card(request.model, [*loc, "model"])
         return plan
     plan.card = card(request.model, [*loc, "model"])
-    reasons = envelope_reasons(plan.card, request.pde, source, plan.coefficients)
+    reasons = envelope_reasons(plan.card, request.pde, source, plan.coefficients, plan.stats)
     if reasons:
         why = "; ".join(reasons)
         if request.out_of_envelope == "reject":
@@ -128,20 +192,164 @@ def plan_request(
             if plan.mode == "auto":
                 plan.reason = f"auto: outside the model's envelope, so the exact solver: {why}"
             plan.mode, plan.fallback = "exact", True
-        else:
-            warnings.append(f"answered by the surrogate outside its envelope: {why}")
+            return plan
+        warnings.append(f"answered by the surrogate outside its envelope: {why}")
+    if plan.mode == "auto":
+        plan.decision = decide(plan, costs or CostModel())
     return plan
 
 
-def auto_choice(estimate: float, tolerance: float) -> tuple[str, str]:
-    """auto on fields, once the surrogate has answered: ``surrogate`` where its error
-    estimate is within ``tolerance``, else ``refine``; and the reason, for the response."""
-    if estimate <= tolerance:
-        return "surrogate", (
-            f"auto: the surrogate's estimated error {estimate:.3g} is within the tolerance "
-            f"{tolerance:g}"
-        )
-    return "refine", (
-        f"auto: the surrogate's estimated error {estimate:.3g} is above the tolerance "
-        f"{tolerance:g}, so the exact solver refined its answer"
+def decide(plan: Plan, costs: CostModel) -> Decision:
+    """auto on a field problem: predict the surrogate's error and both candidates' costs,
+    and choose which to try first (see the module docstring)."""
+    tol = plan.error_tolerance
+    stats = plan.stats or {}
+    measure = stats.get("contrast") if plan.pde != "helmholtz" else stats.get("variation")
+    band = band_for(plan.card, plan.pde, stats.get("law"), measure)
+    iterations = costs.iterations(plan.method, stats.get("law"), plan.kappa, plan.tolerance)
+    exact_ms = costs.krylov_ms(plan.n, plan.method, iterations)
+    exact = Prediction(
+        0.0,
+        1.0,
+        exact_ms,
+        f"exact solver {_ms(exact_ms)} ({iterations:.0f} {plan.method.upper()} iterations "
+        f"to a residual of {plan.tolerance:.2g})",
     )
+    surrogate_ms = costs.surrogate_ms(plan.n, True)
+    if band is None:
+        where = (
+            f"{plan.card.ref}'s card has no measured error for {plan.pde} "
+            f"{stats.get('law')} media of {_measure_words(plan.pde, measure)}"
+        )
+        surrogate = Prediction(None, 0.0, surrogate_ms, f"surrogate error unknown ({where})")
+        return Decision("exact", surrogate, exact, band)
+    chance = band.chance_within(tol)
+    surrogate = Prediction(
+        band.error,
+        chance,
+        surrogate_ms,
+        f"surrogate error {band.error:.3g} (the card's mean on {band.key}; within "
+        f"{tol:g} with probability {chance:.2f}) {_ms(surrogate_ms)}",
+    )
+    pays = (
+        surrogate_ms is not None
+        and exact_ms is not None
+        and surrogate_ms + (1 - chance) * exact_ms < exact_ms
+    )
+    first = "surrogate" if band.error <= tol and pays else "exact"
+    return Decision(first, surrogate, exact, band)
+
+
+def _ms(ms: float | None) -> str:
+    return "in ? ms (not measured yet)" if ms is None else f"in ~{ms:.3g} ms"
+
+
+def _measure_words(pde: str, measure: float | None) -> str:
+    if measure is None:
+        return "this kind"
+    return f"variation {measure:.3g}" if pde == "helmholtz" else f"contrast {measure:.3g}"
+
+
+# ---------------------------------------------------------------------------------------
+# Carrying a plan out
+
+
+class ExactResult(Protocol):
+    solution: np.ndarray
+    method: str
+    iterations: int
+
+
+class Solvers(Protocol):
+    """What the ingress gives a plan to run with; each call records its own time."""
+
+    def surrogate(self, plan: Plan) -> Awaitable[np.ndarray]: ...
+
+    def exact(
+        self, plan: Plan, initial_guess: np.ndarray | None = None
+    ) -> Awaitable[ExactResult]: ...
+
+    def estimate(self, plan: Plan, solution: np.ndarray) -> Awaitable[float]: ...
+
+
+@dataclass
+class Answer:
+    """What a plan produced."""
+
+    solution: np.ndarray
+    mode: str  # what answered: surrogate | exact | refine | validate
+    reason: str | None = None
+    estimate: float | None = None  # the surrogate's error estimate, where it answered
+    exact: ExactResult | None = None  # the exact solver's answer, where one ran
+    refined: bool = False  # the exact solver started from the surrogate's answer
+    uses_model: bool = False  # the answer is (or starts from) the model's
+    validation_error: float | None = None  # validate: surrogate against exact
+    validated: bool = False
+    mispredicted: str | None = None  # auto: "error" where the surrogate was tried in vain
+
+
+async def _surrogate(plan: Plan, s: Solvers) -> Answer:
+    u = await s.surrogate(plan)
+    return Answer(u, "surrogate", plan.reason, await s.estimate(plan, u), uses_model=True)
+
+
+async def _exact(plan: Plan, s: Solvers) -> Answer:
+    answer = await s.exact(plan)
+    return Answer(answer.solution, "exact", plan.reason, exact=answer)
+
+
+async def _validate(plan: Plan, s: Solvers) -> Answer:
+    u, answer = await asyncio.gather(s.surrogate(plan), s.exact(plan))
+    return Answer(
+        u,
+        "validate",
+        f"validate: solution is the surrogate's ({plan.card.ref}), "
+        "validation.exact_solution the exact solver's",
+        await s.estimate(plan, u),
+        exact=answer,
+        uses_model=True,
+        validation_error=relative_l2(u, answer.solution),
+        validated=True,
+    )
+
+
+async def _refine(plan: Plan, s: Solvers) -> Answer:
+    u = await s.surrogate(plan)
+    answer = await s.exact(plan, initial_guess=u.astype(np.float64))
+    return Answer(
+        answer.solution, "refine", plan.reason, exact=answer, refined=True, uses_model=True
+    )
+
+
+async def _auto(plan: Plan, s: Solvers) -> Answer:
+    """Fields inside the envelope (the plan made anything else ``exact``)."""
+    decision, tol = plan.decision, plan.error_tolerance
+    if decision.first == "exact":
+        answer = await s.exact(plan)
+        return Answer(answer.solution, "exact", decision.words(), exact=answer)
+    u = await s.surrogate(plan)
+    estimate = await s.estimate(plan, u)
+    if estimate <= tol:
+        why = f"{decision.words()}; its error estimate {estimate:.3g} is within {tol:g}"
+        return Answer(u, "surrogate", why, estimate, uses_model=True)
+    answer = await s.exact(plan)
+    why = (
+        f"{decision.words()}; its error estimate {estimate:.3g} was above {tol:g}, so the "
+        "exact solver answered"
+    )
+    return Answer(answer.solution, "exact", why, exact=answer, mispredicted="error")
+
+
+#: Each mode's strategy. A plan's mode names one.
+STRATEGIES: dict[str, Callable[[Plan, Solvers], Awaitable[Answer]]] = {
+    "surrogate": _surrogate,
+    "exact": _exact,
+    "validate": _validate,
+    "refine": _refine,
+    "auto": _auto,
+}
+
+
+async def carry_out(plan: Plan, solvers: Solvers) -> Answer:
+    """Run the plan's mode."""
+    return await STRATEGIES[plan.mode](plan, solvers)

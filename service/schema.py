@@ -49,6 +49,8 @@ Answered = Literal["surrogate", "exact", "refine", "validate"]
 DEFAULT_TOLERANCE = 1e-8
 DEFAULT_AUTO_TOLERANCE = 1e-2
 MIN_TOLERANCE, MAX_TOLERANCE = 1e-12, 1e-2
+#: auto's tolerance is an error, not a residual: a user may accept up to 50%.
+MAX_AUTO_TOLERANCE = 0.5
 MAX_ITERATIONS = 10_000
 EnvelopePolicy = Literal["fallback", "surrogate", "reject"]
 MeanPolicy = Literal["project", "reject"]
@@ -282,10 +284,12 @@ class _Solve(BaseModel):
     tolerance: float | None = Field(
         default=None,
         ge=MIN_TOLERANCE,
-        le=MAX_TOLERANCE,
-        description=f"exact, validate, refine: the relative residual a field solve must reach "
-        f"(default {DEFAULT_TOLERANCE:g}); auto: the relative L2 error allowed (default "
-        f"{DEFAULT_AUTO_TOLERANCE:g})",
+        le=MAX_AUTO_TOLERANCE,
+        description=f"exact, validate, refine: the relative residual ||f - L u|| / ||f|| a "
+        f"field solve must reach ({MIN_TOLERANCE:g}..{MAX_TOLERANCE:g}, default "
+        f"{DEFAULT_TOLERANCE:g}; constant coefficients are solved exactly by FFT); auto: the "
+        f"relative L2 error ||u - u*|| / ||u*|| allowed in the answer ({MIN_TOLERANCE:g}.."
+        f"{MAX_AUTO_TOLERANCE:g}, default {DEFAULT_AUTO_TOLERANCE:g})",
     )
     max_iterations: int = Field(
         default=1000, ge=1, le=MAX_ITERATIONS, description="Krylov iterations at most (fields)"
@@ -308,6 +312,16 @@ class _Solve(BaseModel):
     def _valid_source(cls, value: FieldValue) -> FieldValue:
         decode_field(value)  # shape, range and encoding errors name the field here
         return value
+
+    @model_validator(mode="after")
+    def _residual_tolerance(self):
+        if self.mode != "auto" and self.tolerance is not None and self.tolerance > MAX_TOLERANCE:
+            raise ValueError(
+                f"tolerance {self.tolerance:g}: in {self.mode} mode it is the solve's relative "
+                f"residual, at most {MAX_TOLERANCE:g} (auto takes an error up to "
+                f"{MAX_AUTO_TOLERANCE:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _valid_coefficients(self):

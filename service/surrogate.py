@@ -4,10 +4,12 @@ ORT streams work through. The ONNX graph is built for the model's grid, so reque
 other grids are resampled spectrally to it and back (:mod:`service.runner`)."""
 
 import asyncio
+import time
 
 import numpy as np
 from ray import serve
 
+from service.costs import calibration_problem
 from service.registry import ONNX, ModelCard, Registry
 from service.runner import OnnxSurrogate
 from service.settings import ServiceSettings
@@ -55,6 +57,23 @@ class Surrogate:
     async def ready(self, ref: str) -> str:
         loaded = await self.model(ref)
         return ",".join(loaded.constant.providers)
+
+    async def calibrate(self, ref: str, grids: tuple[int, ...]) -> dict[tuple[int, bool], float]:
+        """ms of one field problem through the model's fields graph per grid (the best of
+        three, after one to warm up): auto's cost model starts from these."""
+        loaded = await self.model(ref)
+        runner = loaded.runner(fields=True)
+        out = {}
+        for n in grids:
+            source, coefficients = calibration_problem(n)
+            args = (source[None].astype(np.float32), coefficients[None].astype(np.float32))
+            times = []
+            for _ in range(4):
+                t0 = time.perf_counter()
+                await asyncio.wrap_future(runner.submit(*args))
+                times.append(1e3 * (time.perf_counter() - t0))
+            out[(n, True)] = min(times[1:])
+        return out
 
     async def predict(self, ref: str, sources: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
         """k problems at one grid: (k, n, n), unified (k, 6) or fields (k, 6, n, n) ->

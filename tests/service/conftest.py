@@ -14,6 +14,14 @@ from service.registry import Registry
 def registry_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     publish_tiny(root, "default", workdir=tmp_path_factory.mktemp("ckpt"))
+    # A card that claims errors per band (the tiny model is far off, so its error
+    # estimate disagrees): auto tries it where the claim is within the tolerance.
+    claims = {
+        "test_rel_l2/poisson-smooth(1,10)": 0.04,
+        "test_rel_l2/poisson-two-phase(1,10)": 0.06,
+        "test_rel_l2/poisson-two-phase(10,100)": 0.08,
+    }
+    publish_tiny(root, "banded", workdir=tmp_path_factory.mktemp("ckpt"), metrics=claims)
     return root
 
 

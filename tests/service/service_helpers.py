@@ -24,11 +24,18 @@ ENVELOPE = {
 }
 
 
-def publish_tiny(root: Path | str, name: str, seed: int = 0, workdir: Path | None = None) -> str:
-    """An (untrained) small surrogate at 64^2 with the envelope above; returns its ref."""
+def publish_tiny(
+    root: Path | str,
+    name: str,
+    seed: int = 0,
+    workdir: Path | None = None,
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """An (untrained) small surrogate at 64^2 with the envelope above and the card
+    ``metrics`` given (errors per band: what auto's planner reads); returns its ref."""
     torch.manual_seed(seed)
     model = PDESurrogate(8, 6, n_layers=2, fc_dim=16, source_ref=1.0, solution_ref=0.05)
-    meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}}
+    meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}, "metrics": metrics or {}}
     ckpt = save_model(model, Path(workdir or root) / f".ckpt-{name}-{seed}", meta)
     return export(ckpt, name, str(root)).ref
 

@@ -59,7 +59,7 @@ def test_the_services_validation_agrees_with_the_local_exact_solution(service):
     assert relative_l2(darcy.validate.exact_solution[None], darcy.example.exact[None])[0] < 1e-6
     assert darcy.validate.relative_l2 == pytest.approx(darcy.surrogate_error, rel=1e-4)
     assert darcy.surrogate_error / 3 < darcy.surrogate.error_estimate < darcy.surrogate_error * 3
-    assert darcy.auto.mode in ("surrogate", "refine") and darcy.auto.reason.startswith("auto")
+    assert darcy.auto.mode in ("surrogate", "exact") and darcy.auto.reason.startswith("auto")
     assert relative_l2(darcy.auto.solution[None], darcy.example.exact[None])[0] < 1e-2
 
 
