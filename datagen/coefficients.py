@@ -113,13 +113,28 @@ def reference(fields: np.ndarray) -> np.ndarray:
     const = ~var
     out[const] = scalars_of(fields)[const]  # a grid mean of a constant is not exact
     k_var = var[:, [K11, K22, K12]].any(axis=1)
-    if k_var.any():  # the matrix mean couples the three entries: set them together
-        f = fields[k_var]
-        logs = _sym_log_exp(f[:, K11], f[:, K22], f[:, K12], np.log, np.reciprocal)
-        means = [a.mean(axis=(1, 2)) for a in logs]
-        mean = _sym_log_exp(*means, np.exp, np.exp)
-        out[np.ix_(k_var, [K11, K22, K12])] = np.stack(mean, axis=1)
+    for i in np.flatnonzero(k_var):  # the matrix mean couples the three entries
+        out[i, [K11, K22, K12]] = _log_euclidean_mean(
+            fields[i, K11], fields[i, K22], fields[i, K12]
+        )
     return out
+
+
+def _log_euclidean_mean(k11: np.ndarray, k22: np.ndarray, k12: np.ndarray) -> list[float]:
+    """exp(mean log K(x)) of one field of symmetric positive definite 2 x 2 matrices.
+
+    Where K = a(x) K0 with K0 constant (the Darcy form: the ratios k22/k11 and k12/k11
+    are constant), log K = log a I + log K0, so the mean is the geometric mean of a times
+    K0: a few passes instead of an eigen-decomposition per grid point (12 ms at 512^2)."""
+    r22, r12 = k22 / k11, k12 / k11
+    if np.ptp(r22) <= 1e-12 * abs(r22.flat[0]) and np.ptp(r12) <= 1e-12 * max(
+        abs(r12.flat[0]), abs(r22.flat[0])
+    ):
+        scale = float(np.exp(np.log(k11).mean()))
+        return [scale, scale * float(r22.flat[0]), scale * float(r12.flat[0])]
+    logs = _sym_log_exp(k11, k22, k12, np.log, np.reciprocal)
+    means = [np.array([a.mean()]) for a in logs]
+    return [float(v[0]) for v in _sym_log_exp(*means, np.exp, np.exp)]
 
 
 def contrast(fields: np.ndarray) -> np.ndarray:

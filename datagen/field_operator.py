@@ -105,7 +105,10 @@ class FieldOperator:
 
     ``fields`` (B, 6, n, n) float64, already checked (K positive definite at
     every point, v divergence-free where the system needs it); ``zero_mean``:
-    the system's solutions have zero mean (Poisson, advection-diffusion).
+    the system's solutions have zero mean (Poisson, advection-diffusion);
+    ``reference``: their :func:`reference` coefficients where the caller has them;
+    ``dtype``: float32 applies the operator in single precision (half the memory
+    traffic and faster FFTs; for estimates, not for solves to tight tolerances).
 
     How it is applied, fewest passes over memory first: where K varies,
     ``L_ref - D . (dK D u)`` is computed as ``N u - D . (K D u)`` with
@@ -119,10 +122,16 @@ class FieldOperator:
     of a general tensor). The advection remainder is ``(G^-T dv) . h``.
     """
 
-    def __init__(self, fields: np.ndarray, zero_mean: bool):
+    def __init__(
+        self,
+        fields: np.ndarray,
+        zero_mean: bool,
+        reference_: np.ndarray | None = None,
+        dtype: type = np.float64,
+    ):
         self.n = n = fields.shape[-1]
         self.zero_mean = zero_mean
-        self.reference = ref = reference(fields)
+        self.reference = ref = reference(fields) if reference_ is None else reference_
         var = varying(fields)
         self.symbol = symbol(ref, n)  # (B, n, n//2 + 1), real or complex
         inverse = np.zeros_like(self.symbol)
@@ -161,6 +170,29 @@ class FieldOperator:
         d = _derivatives(n)
         self.to_grad = np.einsum("bij,jyx->biyx", g, d) / spectral_scale(n)  # (B, 2, n, m)
         self.from_flux = -d * spectral_scale(n)
+        self.dtype = np.dtype(dtype)
+        if self.dtype != np.float64:
+            self._cast(self.dtype)
+
+    def _cast(self, dtype: np.dtype) -> None:
+        """Every array the operator applies in ``dtype`` (complex ones in its complex)."""
+        complex_ = np.result_type(dtype, np.complex64)
+        same = self.diagonal is self.symbol
+        for name in ("symbol", "inverse", "to_grad", "from_flux", "diagonal"):
+            a = getattr(self, name)
+            if a is not None:
+                setattr(self, name, a.astype(complex_ if np.iscomplexobj(a) else dtype))
+        if same:
+            self.diagonal = self.symbol
+        for name in ("ratio", "delta", "k", "dk", "dv", "dw"):
+            a = getattr(self, name)
+            if a is not None:
+                setattr(self, name, a.astype(dtype))
+        if self.nyquist is not None:
+            self.nyquist = tuple(a.astype(dtype) for a in self.nyquist)
+
+    def _scale(self) -> np.ndarray:
+        return spectral_scale(self.n).astype(self.dtype)
 
     def __len__(self) -> int:
         return self.symbol.shape[0]
@@ -169,6 +201,7 @@ class FieldOperator:
         """The operator of the examples ``rows`` (a copy; the solvers drop converged ones)."""
         out = object.__new__(FieldOperator)
         out.n, out.zero_mean, out.from_flux = self.n, self.zero_mean, self.from_flux
+        out.dtype = self.dtype
         names = ("reference", "symbol", "inverse", "to_grad", "ratio", "delta", "k", "dk", "dv")
         for name in (*names, "dw"):
             a = getattr(self, name)
@@ -183,10 +216,10 @@ class FieldOperator:
 
     # Conversions between grid fields and scaled half-spectra.
     def to_spectral(self, u: np.ndarray) -> np.ndarray:
-        return sfft.rfft2(u) * spectral_scale(self.n)
+        return sfft.rfft2(u.astype(self.dtype, copy=False)) * self._scale()
 
     def to_grid(self, x: np.ndarray) -> np.ndarray:
-        return sfft.irfft2(x / spectral_scale(self.n), s=(self.n, self.n))
+        return sfft.irfft2(x / self._scale(), s=(self.n, self.n))
 
     def precondition(self, r: np.ndarray) -> np.ndarray:
         """L_ref^-1 r (zero on the modes where L_ref vanishes)."""
@@ -205,13 +238,14 @@ class FieldOperator:
         rest = self.dv is not None or self.dw is not None
         if not need_grad and not rest:
             return np.zeros_like(x) if remainder else self.symbol * x
-        back = np.empty((b, 2 * need_grad + (self.dw is not None), n, n // 2 + 1), dtype=complex)
+        complex_ = np.result_type(self.dtype, np.complex64)
+        back = np.empty((b, 2 * need_grad + (self.dw is not None), n, n // 2 + 1), complex_)
         if need_grad:
             np.multiply(x[:, None], self.to_grad, out=back[:, :2])
         if self.dw is not None:
-            np.divide(x, spectral_scale(n), out=back[:, -1])
+            np.divide(x, self._scale(), out=back[:, -1])
         grid = sfft.irfft2(back, s=(n, n), overwrite_x=True)
-        forth = np.empty((b, 2 * flux + rest, n, n))
+        forth = np.empty((b, 2 * flux + rest, n, n), self.dtype)
         if ratio is not None:
             np.multiply(ratio, grid[:, :2], out=forth[:, :2])
         elif k is not None:
@@ -239,7 +273,7 @@ class FieldOperator:
         else:
             out = np.zeros_like(x)
         if rest:
-            spectra[:, -1] *= spectral_scale(n)
+            spectra[:, -1] *= self._scale()
             out += spectra[:, -1]
         if remainder:
             pass

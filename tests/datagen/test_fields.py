@@ -366,6 +366,11 @@ def test_the_error_estimate_of_field_problems_is_the_preconditioned_residual(sys
     assert np.allclose(estimate, want, rtol=2e-3)
     true = relative_l2(wrong, exact)
     assert np.all((estimate > true / 3) & (estimate < 3 * true))  # and it tracks the error
+    # the service's way: validated already, the reference given, in single precision
+    quick = error_estimate(
+        system, wrong, f, fields, checked=True, reference=reference(fields), single=True
+    )
+    assert np.allclose(quick, estimate, rtol=1e-5)
     mixed = np.concatenate([fields[:1], broadcast_fields(c, n)])  # constant rows go by FFT
     constant = solve(system, f[0], c[0])
     both = error_estimate(system, np.stack([wrong[0], constant]), np.stack([f[0], f[0]]), mixed)

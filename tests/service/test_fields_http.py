@@ -79,14 +79,17 @@ def test_field_round_trips_in_every_mode(client, case, mode):
     if mode in surrogate_modes:
         assert out["mode"] == mode and out["model"] == "default@1"
         want = error_estimate(pde, solution, source, c)
-        assert out["error_estimate"] == pytest.approx(want, rel=1e-6)
+        # the service estimates in single precision: within 1e-5 of itself at errors > 1e-3
+        assert out["error_estimate"] == pytest.approx(want, rel=1e-4)
     else:
         # the test model's card measures no error per band: auto does not try it
         assert out["mode"] == ("refine" if mode == "refine" else "exact")
         assert "error_estimate" not in out
         report = out["solver"]
         assert report["method"] == method and report["iterations"] > 0
-        assert report["relative_residual"] <= (1e-10 if mode != "auto" else 1e-4)
+        # auto's residual: the tolerance (1e-2) for CG, 2% of it for GMRES (plan.py)
+        auto_residual = 1e-2 if method == "cg" else 2e-4
+        assert report["relative_residual"] <= (1e-10 if mode != "auto" else auto_residual)
         assert report["initial_guess"] == ("surrogate" if mode == "refine" else "zero")
         assert relative_l2(solution, exact) < (1e-7 if mode != "auto" else 1e-2)
     if mode == "validate":
