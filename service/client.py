@@ -8,14 +8,17 @@
                              mode="auto")                             # a: (n, n) field
 
 Needs numpy, httpx and pybase64 only (tqdm for progress bars, if installed): no Ray, torch or
-pydantic. Arrays travel as base64 float32 by default. Connection errors and 429, 502,
-503 and 504 answers are retried with exponential backoff and jitter (a solve is
+pydantic. Arrays travel as raw float32 bytes by default (``encoding="binary"``: the KServe
+v2 inference protocol with binary tensors, :mod:`service.v2`); ``encoding="json"`` sends
+``POST /solve`` bodies with base64 arrays, as curl users do. Connection errors and 429,
+502, 503 and 504 answers are retried with exponential backoff and jitter (a solve is
 idempotent); any other 4xx raises :class:`RequestError` carrying the server's message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -28,11 +31,13 @@ import httpx
 import numpy as np
 
 from datagen.systems import COEFFICIENT_NAMES
+from service import v2
 from service.wire import PUBLIC_COEFFICIENTS, decode_array, encode_array
 
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 MAX_BATCH_ITEMS = 256  # the service's default max_batch_items
 UNIFIED = COEFFICIENT_NAMES  # datagen.systems imports numpy only
+DTYPES_V2 = {"float32": np.float32, "float64": np.float64}
 DEFAULT_URL = os.environ.get("PDESERVE_URL", "http://127.0.0.1:8000")
 
 
@@ -191,8 +196,13 @@ class _Base:
         backoff: float = 0.2,
         max_backoff: float = 10.0,
         dtype: str = "float32",
+        encoding: str = "binary",
     ):
+        if encoding not in ("binary", "json"):
+            raise ValueError(f"encoding must be 'binary' or 'json', got {encoding!r}")
         self.url = url.rstrip("/")
+        self.encoding = encoding
+        self._default_model: str | None = None
         key = api_key if api_key is not None else os.environ.get("PDESERVE_API_KEY")
         self.headers = {"X-API-Key": key} if key else {}
         self.timeout = timeout
@@ -271,6 +281,71 @@ class _Base:
         return sources, body
 
     @staticmethod
+    def _v2_path(model: str) -> str:
+        name, _, version = model.partition("@")
+        return f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
+
+    def _v2_body(
+        self,
+        pde: str,
+        sources: np.ndarray,
+        rows: list[CoefficientRow],
+        mode: str,
+        options: Mapping[str, Any],
+        single: bool,
+    ) -> tuple[bytes, dict[str, str]]:
+        """A v2 inference request: ``sources`` (B, n, n) (sent as [n, n] where ``single``),
+        each coefficient [B] numbers or [B, n, n] fields, the rest as parameters."""
+        dtype = DTYPES_V2[self.dtype]
+        tensors: dict[str, Any] = {"source": sources[0] if single else sources}
+        n = sources.shape[-1]
+        for name in rows[0]:
+            column = [row[name] for row in rows]
+            if all(not isinstance(v, np.ndarray) for v in column):
+                tensors[name] = np.array(column, dtype=np.float64)
+            else:
+                fields = np.stack([np.broadcast_to(np.asarray(v, dtype), (n, n)) for v in column])
+                tensors[name] = fields[0] if single else fields
+        tensors = {k: v.astype(dtype) if v.ndim >= 2 else v for k, v in tensors.items()}
+        params = {"pde": pde, "mode": mode, **{k: v for k, v in options.items() if v is not None}}
+        body, length = v2.encode({"parameters": params}, "inputs", tensors, binary=True)
+        return body, {"Content-Type": v2.CONTENT_TYPE, v2.HEADER_LENGTH: str(length)}
+
+    @staticmethod
+    def _v2_results(response: httpx.Response) -> list[SolveResult]:
+        """The answers of a v2 inference response, in order."""
+        try:
+            _, out = v2.decode(response.content, response.headers.get(v2.HEADER_LENGTH), "outputs")
+        except v2.WireError as e:
+            raise PdeserveError(f"a malformed answer from the service: {e}") from None
+        solutions = out["solution"]
+        single = solutions.ndim == 2
+        solutions = solutions[None] if single else solutions
+        exact = out.get("exact_solution")
+        if exact is not None and single:
+            exact = exact[None]
+
+        def number(name: str, i: int) -> float | None:
+            values = out.get(name)
+            return None if values is None or np.isnan(values[i]) else float(values[i])
+
+        return [
+            SolveResult(
+                solution=solutions[i],
+                mode=out["mode"][i],
+                model=out["model"][i] or None,
+                reason=out["reason"][i] or None,
+                relative_l2=number("relative_l2", i),
+                exact_solution=None if exact is None else exact[i],
+                error_estimate=number("error_estimate", i),
+                solver=json.loads(out["solver"][i]) if out["solver"][i] else None,
+                warnings=json.loads(out["warnings"][i]),
+                timings_ms=json.loads(out["timings_ms"][i]),
+            )
+            for i in range(len(solutions))
+        ]
+
+    @staticmethod
     def _check(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
@@ -282,8 +357,8 @@ class _Base:
             raise ServiceUnavailable(f"HTTP {response.status_code}: {_message(detail)}")
         return response.json()
 
-    def _batch_result(self, answers: list[dict]) -> BatchResult:
-        results = [SolveResult.from_json(a) for a in answers]
+    def _batch_result(self, answers: list[dict | SolveResult]) -> BatchResult:
+        results = [a if isinstance(a, SolveResult) else SolveResult.from_json(a) for a in answers]
         validate = any(r.exact_solution is not None for r in results)
         return BatchResult(
             solutions=np.stack([r.solution for r in results]),
@@ -345,12 +420,27 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """JSON in, JSON out; or ``content`` bytes in (with ``headers``) and the checked
+        response out."""
         for attempt in range(self.retries + 1):
             response = None
             try:
-                response = self._http.request(method, path, json=body)
+                if content is None:
+                    response = self._http.request(method, path, json=body)
+                else:
+                    response = self._http.request(method, path, content=content, headers=headers)
                 if response.status_code not in RETRY_STATUS:
+                    if content is not None and response.status_code < 400:
+                        return response
                     return self._check(response)
                 last = f"HTTP {response.status_code}"
             except httpx.TransportError as e:  # connection refused or dropped, timeouts
@@ -363,6 +453,25 @@ class Client(_Base):
 
     def health(self) -> dict:
         return self._request("GET", "/healthz")
+
+    def _infer(
+        self,
+        pde: str,
+        sources: np.ndarray,
+        rows: list[CoefficientRow],
+        mode: str,
+        model: str | None,
+        options: Mapping[str, Any],
+        single: bool = False,
+    ) -> list[SolveResult]:
+        """Problems through ``POST /v2/models/{name}/infer`` with binary tensors."""
+        if model is None:
+            if self._default_model is None:
+                self._default_model = self._request("GET", "/v2")["default_model"]
+            model = self._default_model
+        body, headers = self._v2_body(pde, sources, rows, mode, options, single)
+        response = self._request("POST", self._v2_path(model), content=body, headers=headers)
+        return self._v2_results(response)
 
     def models(self) -> list[dict]:
         return self._request("GET", "/models")
@@ -389,6 +498,12 @@ class Client(_Base):
         surrogate, exact, validate, refine or auto; ``tolerance``: the field solver's
         relative residual (auto: the error allowed)."""
         options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        if self.encoding == "binary":
+            source = np.asarray(source)
+            if source.ndim != 2:
+                raise ValueError(f"source must be (n, n), got {source.shape}")
+            rows = coefficient_rows(pde, 1, coefficients, named)
+            return self._infer(pde, source[None], rows, mode, model, options, single=True)[0]
         body = self._solve_body(pde, source, mode, model, coefficients, options, named)
         return SolveResult.from_json(self._request("POST", "/solve", body))
 
@@ -432,9 +547,13 @@ class Client(_Base):
             batch_size,
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")
-        answers: list[dict | None] = [None] * len(sources)
+        answers: list[dict | SolveResult | None] = [None] * len(sources)
+        options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        rows = coefficient_rows(pde, len(sources), coefficients, named)
 
-        def send(part: slice) -> tuple[slice, list[dict]]:
+        def send(part: slice) -> tuple[slice, list]:
+            if self.encoding == "binary":
+                return part, self._infer(pde, sources[part], rows[part], mode, model, options)
             return part, self._request("POST", "/solve/batch", body(part))["items"]
 
         pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
@@ -479,12 +598,27 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
         for attempt in range(self.retries + 1):
             response = None
             try:
-                response = await self._http.request(method, path, json=body)
+                if content is None:
+                    response = await self._http.request(method, path, json=body)
+                else:
+                    response = await self._http.request(
+                        method, path, content=content, headers=headers
+                    )
                 if response.status_code not in RETRY_STATUS:
+                    if content is not None and response.status_code < 400:
+                        return response
                     return self._check(response)
                 last = f"HTTP {response.status_code}"
             except httpx.TransportError as e:  # connection refused or dropped, timeouts
@@ -497,6 +631,16 @@ class AsyncClient(_Base):
 
     async def models(self) -> list[dict]:
         return await self._request("GET", "/models")
+
+    async def _infer(self, pde, sources, rows, mode, model, options, single=False):
+        """As :meth:`Client._infer`."""
+        if model is None:
+            if self._default_model is None:
+                self._default_model = (await self._request("GET", "/v2"))["default_model"]
+            model = self._default_model
+        body, headers = self._v2_body(pde, sources, rows, mode, options, single)
+        response = await self._request("POST", self._v2_path(model), content=body, headers=headers)
+        return self._v2_results(response)
 
     async def solve(
         self,
@@ -513,6 +657,10 @@ class AsyncClient(_Base):
         **named: Any,
     ) -> SolveResult:
         options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        if self.encoding == "binary":
+            rows = coefficient_rows(pde, 1, coefficients, named)
+            source = np.asarray(source)[None]
+            return (await self._infer(pde, source, rows, mode, model, options, single=True))[0]
         body = self._solve_body(pde, source, mode, model, coefficients, options, named)
         return SolveResult.from_json(await self._request("POST", "/solve", body))
 
@@ -548,12 +696,17 @@ class AsyncClient(_Base):
         )
         bar = progress_bar(len(sources), progress, f"{pde} {mode}")
         gate = asyncio.Semaphore(max(1, concurrency))
-        answers: list[dict | None] = [None] * len(sources)
+        answers: list[dict | SolveResult | None] = [None] * len(sources)
+        options = _options(out_of_envelope, nonzero_mean, tolerance, max_iterations)
+        rows = coefficient_rows(pde, len(sources), coefficients, named)
 
         async def send(part: slice) -> None:
             async with gate:
-                got = await self._request("POST", "/solve/batch", body(part))
-            answers[part] = got["items"]
+                if self.encoding == "binary":
+                    got = await self._infer(pde, sources[part], rows[part], mode, model, options)
+                else:
+                    got = (await self._request("POST", "/solve/batch", body(part)))["items"]
+            answers[part] = got
             if bar is not None:
                 bar.update(part.stop - part.start)
 

@@ -7,16 +7,18 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Body, HTTPException
+from fastapi import Body, HTTPException, Request
+from fastapi.responses import Response
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from datagen.solver import error_estimate
+from service import infer, v2
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.costs import GRIDS, CostModel, calibrate_estimate
 from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
@@ -226,6 +228,27 @@ class Ingress:
         """One problem. (Valid JSON bodies are answered by ``_Guard``, with ``_solve``.)"""
         return await self._solve(request)
 
+    @api.get("/v2")
+    async def v2_metadata(self) -> dict[str, Any]:
+        """The KServe v2 server metadata, and the model answering by default."""
+        return {
+            "name": "pdeserve",
+            "version": api.version,
+            "extensions": ["binary_tensor_data"],
+            "default_model": self.settings.default_model,
+        }
+
+    @api.post("/v2/models/{name}/infer")
+    async def v2_infer(self, name: str, request: Request) -> Response:
+        """The KServe v2 inference protocol with binary tensors (``service/v2.py``): the
+        same problems and answers as ``/solve`` and ``/solve/batch``, arrays as raw bytes."""
+        return await self._infer(name, await request.body(), request.headers)
+
+    @api.post("/v2/models/{name}/versions/{version}/infer")
+    async def v2_infer_version(self, name: str, version: str, request: Request) -> Response:
+        """As ``/v2/models/{name}/infer``, for one version of the model."""
+        return await self._infer(f"{name}@{version}", await request.body(), request.headers)
+
     @api.post("/solve/batch", response_model=BatchResponse, response_model_exclude_none=True)
     async def solve_batch(self, batch: Annotated[BatchRequest, Body()]) -> BatchResponse:
         """Up to ``max_batch_items`` problems, in order. (As ``solve``, with ``_solve_batch``.)"""
@@ -251,17 +274,49 @@ class Ingress:
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
+    async def _infer(self, ref: str, body: bytes, headers: Mapping[str, str]) -> Response:
+        binary = headers.get(v2.HEADER_LENGTH.lower()) is not None
+        try:
+            header, tensors = v2.decode(body, headers.get(v2.HEADER_LENGTH.lower()), "inputs")
+            items = v2.request_items(header, tensors, self.settings.max_batch_items)
+        except v2.WireError as e:
+            raise http_error(422, e.loc, str(e)) from None
+        wire = tensors["source"].dtype
+        requests = [infer.solve_request(item, ref, wire, i) for i, item in enumerate(items)]
+        deadline = time.time() + self.settings.request_timeout_s
+        plans = [
+            await self._plan(r, ["body", "inputs", "source", i], deadline)
+            for i, r in enumerate(requests)
+        ]
+        runs = [self._answer(r, p) for r, p in zip(requests, plans, strict=True)]
+        answers = await self._call(asyncio.gather(*runs))
+        outputs = infer.outputs(answers, wire, single=tensors["source"].ndim == 2)
+        card = next((p.card for p, _, _ in answers if p.card is not None), None)
+        head = {"model_name": ref.split("@")[0], "id": header.get("id", "")}
+        if card is not None:
+            head["model_version"] = str(card.version)
+        data, length = v2.encode(head, "outputs", outputs, binary)
+        if length is None:
+            return Response(data, media_type="application/json")
+        return Response(data, media_type=v2.CONTENT_TYPE, headers={v2.HEADER_LENGTH: str(length)})
+
     async def _plan(self, request: SolveRequest, loc: list[Any], deadline: float) -> Plan:
         if request.mode == "auto" and not self.costs.calibrated:
             with contextlib.suppress(Exception):  # uncalibrated, auto answers exactly
                 await self._call(self.calibrated(self.card(request.model, [*loc, "model"])))
         return plan_request(request, loc, self.card, deadline, self.costs)
 
-    async def _run(self, request: SolveRequest, plan: Plan) -> SolveResponse:
+    async def _answer(
+        self, request: SolveRequest, plan: Plan
+    ) -> tuple[Plan, Answer, dict[str, float]]:
         timings: dict[str, float] = {}
         answer = await carry_out(plan, _Solvers(self, timings))
         self._check_output(answer.solution, request, plan.loc)
         self._record(plan, answer, timings)
+        return plan, answer, timings
+
+    async def _run(self, request: SolveRequest, plan: Plan) -> SolveResponse:
+        _, answer, timings = await self._answer(request, plan)
         validation = None
         if answer.validated:
             validation = Validation(

@@ -137,11 +137,16 @@ def test_typed_errors_carry_the_servers_message(sdk):
 
 
 class _Flaky(http.server.BaseHTTPRequestHandler):
-    """Answers 503 twice, then drops one connection, then forwards to the service."""
+    """Answers POSTs with 503 twice, then drops one connection, then forwards everything
+    to the service (binary bodies and their headers too)."""
 
     upstream = ""
     script: ClassVar[list[str]] = []
     seen = 0
+    FORWARD = ("content-type", "inference-header-content-length")
+
+    def do_GET(self):
+        self._forward(httpx.get(self.upstream + self.path, timeout=60, headers=self._headers()))
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -154,17 +159,21 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
         elif step == "drop":
             self.connection.shutdown(2)  # no answer at all
         else:
-            r = httpx.post(
-                self.upstream + self.path,
-                content=body,
-                timeout=60,
-                headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
-            )
-            self.send_response(r.status_code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(r.content)))
-            self.end_headers()
-            self.wfile.write(r.content)
+            url = self.upstream + self.path
+            self._forward(httpx.post(url, content=body, timeout=60, headers=self._headers()))
+
+    def _headers(self) -> dict:
+        kept = {k: v for k, v in self.headers.items() if k.lower() in self.FORWARD}
+        return kept | {"X-API-Key": API_KEY}
+
+    def _forward(self, r: httpx.Response) -> None:
+        self.send_response(r.status_code)
+        for key, value in r.headers.items():
+            if key.lower() in self.FORWARD:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(r.content)))
+        self.end_headers()
+        self.wfile.write(r.content)
 
     def log_message(self, *args):
         pass
