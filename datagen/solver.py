@@ -333,6 +333,7 @@ def error_estimate(
     checked: bool = False,
     reference: np.ndarray | None = None,
     single: bool = False,
+    scalar: np.ndarray | None = None,
 ) -> np.ndarray:
     """An a-posteriori estimate of each solution's relative L2 error, (B,) (a float for
     one (n, n) solution): ||e|| / ||u + e|| with e = L_ref^-1 (f - L u).
@@ -348,7 +349,8 @@ def error_estimate(
 
     A caller that has validated the coefficients already (``checked``: the solver's
     layout, velocity fields divergence-free) skips that, and may give their
-    :func:`~datagen.coefficients.reference` values. ``single``: the field operator in
+    :func:`~datagen.coefficients.reference` values and, where K = a(x) K0, a / a_ref
+    (``scalar``, (n, n) or (B, n, n)). ``single``: the field operator in
     float32, about twice as fast at 512^2; the estimate moves by ~1e-6 of itself, far
     below what it is for (an answer's error, 1e-4 and up), but the residual of a
     solution accurate to 1e-7 or better drowns in float32 rounding.
@@ -384,8 +386,11 @@ def error_estimate(
         ref = None if reference is None else np.asarray(reference, dtype=np.float64)
         if ref is not None:
             ref = ref.reshape(-1, ref.shape[-1])[varying_rows % len(ref)]
+        if scalar is not None:
+            scalar = np.asarray(scalar).reshape(-1, n, n)
+            scalar = scalar[varying_rows % len(scalar)]
         op = _field_solver().FieldOperator(
-            c[varying_rows], system.zero_mean, ref, np.float32 if single else np.float64
+            c[varying_rows], system.zero_mean, ref, np.float32 if single else np.float64, scalar
         )
         x = op.to_spectral(u[varying_rows])
         f_hat = op.to_spectral(f[varying_rows])

@@ -108,6 +108,7 @@ class Plan:
     deadline: float | None = None  # time.time() at which the request's budget ends
     stats: dict[str, Any] | None = None  # fields: law, contrast, variation, length
     reference: np.ndarray | None = None  # fields: reference coefficients (1, 6), once
+    scalar: np.ndarray | None = None  # the Darcy form: a(x) / a_ref, with K = a(x) K0
     decision: Decision | None = None  # auto on fields
 
     @property
@@ -194,6 +195,9 @@ def plan_request(
     plan.card = card(request.model, [*loc, "model"])
     if plan.fields:  # the envelope and the error estimate both need it
         plan.reference = reference(plan.coefficients[None])
+        if getattr(request.coefficients, "conductivity", None) is not None:
+            # K = a(x) K0 with K0 constant (the schema's Darcy form): K11 / K11_ref is a / a_ref
+            plan.scalar = plan.coefficients[0] / plan.reference[0, 0]
     reasons = envelope_reasons(
         plan.card, request.pde, source, plan.coefficients, plan.stats, plan.reference
     )
