@@ -69,7 +69,8 @@ def iterations_formula(kappa_: float, reduction: float) -> float:
 
 class CostModel:
     """Milliseconds per request of each part of an answer, by grid; Krylov iterations by
-    method, law, condition and tolerance. Thread-safe; empty until calibrated."""
+    method, law, condition and tolerance. Thread-safe; empty until calibrated (then a
+    prediction from it is None, and auto does not ask the model)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -80,10 +81,6 @@ class CostModel:
         self.rate: dict[tuple[str, str | None], Running] = {}  # (method, law) -> x formula
 
     # -- what is known -------------------------------------------------------------------
-
-    @property
-    def calibrated(self) -> bool:
-        return bool(self.surrogate) and bool(self.iteration)
 
     def load(self, calibration: dict) -> None:
         """A calibration: ``surrogate`` and ``estimate`` as {(n, fields): ms},

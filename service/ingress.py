@@ -142,7 +142,7 @@ class Ingress:
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self.metrics = _Metrics()
         self.costs = CostModel()
-        self._calibration: asyncio.Future | None = None
+        self._calibrations: dict[str, asyncio.Future] = {}
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
         # Awaited with one problem (ref, source (n, n), coefficients (6,)).
         self._to_surrogate = CallWindow(
@@ -188,31 +188,33 @@ class Ingress:
             providers = await self._call(
                 self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
             )
-            await self._call(self.calibrated(card))
+            await self._call(self.calibrated(None))
         except HTTPException as e:
             raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
         return {"status": "ready", "model": card.ref, "providers": providers}
 
-    def calibrated(self, card: ModelCard) -> Awaitable[None]:
-        """auto's cost model, measured on this service's replicas once (at the first
-        readiness check or auto request; later requests refine it)."""
-        failed = (
-            self._calibration is not None
-            and self._calibration.done()
-            and self._calibration.exception() is not None
-        )
-        if self._calibration is None or failed:
-            self._calibration = asyncio.ensure_future(self._calibrate(card))
-        return asyncio.shield(self._calibration)
+    def calibrated(self, card: ModelCard | None) -> Awaitable[None]:
+        """auto's cost model, measured on this service's replicas once: the exact solver
+        and the error estimate (``card`` None: at the first readiness check), a model's
+        call (at the first auto request on fields that names it: it loads the model's
+        fields graph, whose idle threads would slow a service that never needs it).
+        Later answers refine both."""
+        key = "" if card is None else card.ref
+        done = self._calibrations.get(key)
+        if done is None or (done.done() and done.exception() is not None):
+            work = self._calibrate_solver() if card is None else self._calibrate_model(card)
+            done = self._calibrations[key] = asyncio.ensure_future(work)
+        return asyncio.shield(done)
 
-    async def _calibrate(self, card: ModelCard) -> None:
+    async def _calibrate_solver(self) -> None:
         exact = self.exact.calibrate.remote(GRIDS)
-        model = {}
+        estimate = await asyncio.to_thread(calibrate_estimate, GRIDS)
+        self.costs.load((await exact) | {"estimate": estimate})
+
+    async def _calibrate_model(self, card: ModelCard) -> None:
         if "fields" in card.graphs:
             handle = self.surrogate.options(multiplexed_model_id=card.ref)
-            model = await handle.calibrate.remote(card.ref, GRIDS)
-        estimate = await asyncio.to_thread(calibrate_estimate, GRIDS)
-        self.costs.load((await exact) | {"surrogate": model, "estimate": estimate})
+            self.costs.load({"surrogate": await handle.calibrate.remote(card.ref, GRIDS)})
 
     @api.get("/models")
     async def models(self) -> list[ModelCard]:
@@ -313,9 +315,10 @@ class Ingress:
         return Response(data, media_type=v2.CONTENT_TYPE, headers={v2.HEADER_LENGTH: str(length)})
 
     async def _plan(self, request: SolveRequest, loc: list[Any], deadline: float) -> Plan:
-        if request.mode == "auto" and not self.costs.calibrated:
+        if request.mode == "auto" and request.unified().ndim == 3:
             with contextlib.suppress(Exception):  # uncalibrated, auto answers exactly
-                await self._call(self.calibrated(self.card(request.model, [*loc, "model"])))
+                card = self.card(request.model, [*loc, "model"])
+                await self._call(asyncio.gather(self.calibrated(None), self.calibrated(card)))
         return plan_request(request, loc, self.card, deadline, self.costs)
 
     async def _answer(

@@ -20,7 +20,10 @@ mode is a function and an entry there.
   on average (its cost, plus the exact solve it may still need, below the exact solve's
   alone); the surrogate's error estimate then decides whether its answer is returned.
   Otherwise the exact solver answers, cold, to the residual that keeps its error within
-  a tenth of the tolerance (:data:`AUTO_RESIDUAL_FRACTION`).
+  a tenth of the tolerance (:data:`AUTO_RESIDUAL_FRACTION`). Refine (the model's answer
+  as the solver's start) is no candidate: its answers' residuals are 1.6-40x the
+  source's, so it saved 1-3 of 17-52 iterations and cost the model's call besides; on
+  bench/workload.py always-refine was the slowest strategy in every class.
   Outside the model's envelope: ``exact``.
 """
 
