@@ -26,7 +26,9 @@ Properties the solvers rely on (tests check them):
 - with a divergence-free v (``D . v = 0``, which the solver enforces) L
   annihilates constants and maps into zero-mean fields, so zero-mean sources
   have a solution;
-- ``L_ref``'s exact FFT inverse is the preconditioner.
+- ``L_ref``'s exact FFT inverse is the preconditioner, or for chosen examples the
+  scaled Green operator S^-1 L_ref^-1 S^-1 (:mod:`datagen.preconditioners`,
+  :meth:`FieldOperator.scale_preconditioner`).
 
 Vectors are rfft2 half-spectra scaled by sqrt(multiplicity) (1 on the
 kx = 0 and Nyquist columns, sqrt 2 elsewhere): in those coordinates the
@@ -76,6 +78,16 @@ def _derivatives_in(n: int, dtype: np.dtype) -> np.ndarray:
     d = _derivatives(n).astype(np.result_type(dtype, np.complex64))
     d.setflags(write=False)
     return d
+
+
+@lru_cache(maxsize=16)
+def _nyquist_mask(n: int) -> np.ndarray:
+    """(n, n//2 + 1) True on the Nyquist row and column of a half-spectrum."""
+    mask = np.zeros((n, n // 2 + 1), dtype=bool)
+    mask[n // 2, :] = True
+    mask[:, -1] = True
+    mask.setflags(write=False)
+    return mask
 
 
 @lru_cache(maxsize=16)
@@ -202,6 +214,8 @@ class FieldOperator:
         if var[:, W].any():
             self.dw = fields[:, W] - r[:, W]
         self.dtype = np.dtype(dtype)
+        self.scaled = np.zeros(b, dtype=bool)  # examples preconditioned by scaled Green
+        self.sinv = None  # (B, n, n): 1 / s(x) where scaled, else unused
         d = _derivatives_over_scale(n, self.dtype)  # (2, n, m)
         self.to_grad = np.empty((b, 2, *d.shape[1:]), d.dtype)  # G D / scale: (B, 2, n, m)
         for i in range(2):  # two products per component (einsum took 4x as long)
@@ -239,6 +253,8 @@ class FieldOperator:
         out = object.__new__(FieldOperator)
         out.n, out.zero_mean, out.from_flux = self.n, self.zero_mean, self.from_flux
         out.dtype = self.dtype
+        out.scaled = self.scaled[rows]
+        out.sinv = None if self.sinv is None else self.sinv[rows]
         names = ("reference", "symbol", "inverse", "to_grad", "ratio", "delta", "k", "dk", "dv")
         for name in (*names, "dw"):
             a = getattr(self, name)
@@ -258,9 +274,30 @@ class FieldOperator:
     def to_grid(self, x: np.ndarray) -> np.ndarray:
         return sfft.irfft2(x / self._scale(), s=(self.n, self.n))
 
+    def scale_preconditioner(self, rows: np.ndarray, s2: np.ndarray) -> None:
+        """Precondition examples ``rows`` (boolean (B,)) by the scaled Green operator with
+        s(x)^2 = ``s2`` (B, n, n) (:func:`datagen.preconditioners.isotropic_scale`)."""
+        self.scaled = np.asarray(rows, dtype=bool).copy()
+        self.sinv = (1.0 / np.sqrt(s2)).astype(self.dtype) if self.scaled.any() else None
+
     def precondition(self, r: np.ndarray) -> np.ndarray:
-        """L_ref^-1 r (zero on the modes where L_ref vanishes)."""
-        return r * self.inverse
+        """L_ref^-1 r (zero on the modes where L_ref vanishes); S^-1 L_ref^-1 S^-1 r for the
+        examples scaled (:meth:`scale_preconditioner`), Nyquist modes apart (there the
+        operator is L_ref's alone)."""
+        z = r * self.inverse
+        rows = np.flatnonzero(self.scaled)
+        if rows.size:
+            n, scale = self.n, self._scale()
+            nyquist = _nyquist_mask(n)
+            r_in = np.where(nyquist, 0.0, r[rows])
+            g = sfft.irfft2(r_in / scale, s=(n, n)) * self.sinv[rows]
+            w = sfft.rfft2(g) * (scale * self.inverse[rows])
+            w[:, nyquist] = 0.0
+            g = sfft.irfft2(w / scale, s=(n, n)) * self.sinv[rows]
+            inner = sfft.rfft2(g) * scale
+            inner[:, nyquist] = z[rows][:, nyquist]
+            z[rows] = inner
+        return z
 
     def apply(self, x: np.ndarray, *, remainder: bool = False) -> np.ndarray:
         """L x for scaled half-spectra x (B, n, n//2 + 1): two FFT pairs at most.

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen import krylov
-from datagen.coefficients import varying
+from datagen import krylov, preconditioners
+from datagen.coefficients import contrast, varying
 from datagen.field_operator import DIVERGENCE_TOLERANCE, FieldOperator, divergence_free
 from datagen.systems import V1, V2, CoefficientError, System
 
@@ -46,9 +46,21 @@ def krylov_solve(
     max_iterations: int,
     restart: int | None,
     deadline: float | None = None,
+    preconditioner: str = "auto",
 ):
-    """One batch of field problems: (solutions, iterations, residuals, converged)."""
+    """One batch of field problems: (solutions, iterations, residuals, converged, the
+    preconditioner of each)."""
     op = FieldOperator(c, system.zero_mean)
+    names = np.full(len(c), "reference", dtype=object)
+    if use_cg and preconditioner != "reference":
+        s2 = preconditioners.isotropic_scale(c, op.reference)
+        if preconditioner == "scaled":
+            chosen = np.ones(len(c), dtype=bool)
+        else:
+            chosen = preconditioners.choose(c, op.reference, contrast(c))
+        if chosen.any():
+            op.scale_preconditioner(chosen, s2)
+            names[chosen] = "scaled"
     rhs = op.to_spectral(f)
     start = None if guess is None else op.to_spectral(guess)
     if system.zero_mean:  # the mean mode (projected or zero to rounding) is no unknown
@@ -60,7 +72,10 @@ def krylov_solve(
         result = krylov.cg(op, rhs, start, **options)
     else:
         result = krylov.gmres(op, rhs, start, restart=restart or krylov.RESTART, **options)
-    return op.to_grid(result.x), result.iterations, result.relative_residual, result.converged
+    if system.zero_mean:  # the scaled preconditioner's output has a mean: L ignores it
+        result.x[:, 0, 0] = 0.0
+    residual, converged = result.relative_residual, result.converged
+    return op.to_grid(result.x), result.iterations, residual, converged, names
 
 
 def symmetric_rows(c: np.ndarray) -> np.ndarray:

@@ -99,6 +99,8 @@ class Solution:
     iterations: np.ndarray  # (B,) int
     relative_residual: np.ndarray  # (B,)
     converged: np.ndarray  # (B,) bool
+    # per example: "none" (FFT), "reference" or "scaled" (datagen.preconditioners)
+    preconditioner: tuple[str, ...] = ()
 
 
 class ConvergenceError(RuntimeError):
@@ -229,10 +231,13 @@ def solve_detailed(
     initial_guess: np.ndarray | None = None,
     restart: int | None = None,
     deadline: float | None = None,
+    preconditioner: str = "auto",
 ) -> Solution:
-    """:func:`solve`, returning a :class:`Solution` with the method, iterations and
-    relative residual of every example. ``restart``: GMRES(m)'s m (default
-    :data:`datagen.krylov.RESTART`).
+    """:func:`solve`, returning a :class:`Solution` with the method, iterations, relative
+    residual and preconditioner of every example. ``restart``: GMRES(m)'s m (default
+    :data:`datagen.krylov.RESTART`). ``preconditioner``: for CG, ``"auto"`` (chosen per
+    example, :func:`datagen.preconditioners.choose`), ``"reference"`` or ``"scaled"``;
+    GMRES always takes the reference one.
 
     Examples whose coefficients are constant (scalars, or fields that do not
     vary) take the FFT path; the others are split into a CG group (diffusion
@@ -250,7 +255,12 @@ def solve_detailed(
     _check_mean(system, f, mean)
     b, n = f.shape[0], f.shape[-1]
     u = np.empty_like(f)
+    if preconditioner not in ("auto", "reference", "scaled"):
+        raise ValueError(
+            f"preconditioner must be 'auto', 'reference' or 'scaled', got {preconditioner!r}"
+        )
     method = np.full(b, "fft", dtype=object)
+    used = np.full(b, "none", dtype=object)
     iterations = np.zeros(b, dtype=np.int64)
     rel = np.zeros(b)
     converged = np.ones(b, dtype=bool)
@@ -288,10 +298,11 @@ def solve_detailed(
                     max_iterations,
                     restart,
                     deadline,
+                    preconditioner,
                 )
-                u[at], iterations[at], rel[at], converged[at] = result
+                u[at], iterations[at], rel[at], converged[at], used[at] = result
                 method[at] = "cg" if use_cg else "gmres"
-    out = Solution(u[0] if single else u, tuple(method), iterations, rel, converged)
+    out = Solution(u[0] if single else u, tuple(method), iterations, rel, converged, tuple(used))
     if not converged.all():
         if deadline is not None and time.time() > deadline:
             late = int(np.flatnonzero(~converged)[0])

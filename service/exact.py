@@ -32,6 +32,7 @@ class ExactAnswer:
     relative_residual: float | None  # None for the FFT solve: exact to rounding
     converged: bool = True
     message: str | None = None
+    preconditioner: str | None = None  # Krylov: "reference" or "scaled"
 
     def report(self, started_from_surrogate: bool) -> SolverReport:
         return SolverReport(
@@ -39,6 +40,7 @@ class ExactAnswer:
             iterations=self.iterations,
             relative_residual=self.relative_residual,
             initial_guess="surrogate" if started_from_surrogate else "zero",
+            preconditioner=self.preconditioner,
         )
 
 
@@ -191,6 +193,14 @@ def solve_fields(problems: list[FieldProblem]) -> list[ExactAnswer]:
                 f"{first.tolerance:g}); raise max_iterations or loosen the tolerance"
             )
         answers.append(
-            ExactAnswer(out.solutions[i], method, its, res, bool(out.converged[i]), message)
+            ExactAnswer(
+                out.solutions[i],
+                method,
+                its,
+                res,
+                bool(out.converged[i]),
+                message,
+                out.preconditioner[i] if out.preconditioner else None,
+            )
         )
     return answers

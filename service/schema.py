@@ -397,6 +397,11 @@ class SolverReport(BaseModel):
         "rounding, not computed)"
     )
     initial_guess: Literal["zero", "surrogate"] = "zero"
+    preconditioner: Literal["reference", "scaled"] | None = Field(
+        default=None,
+        description="CG and GMRES: the FFT inverse of the reference operator, or the scaled "
+        "Green operator (chosen per problem on smooth media); null for the FFT solve",
+    )
 
 
 class SolveResponse(BaseModel):

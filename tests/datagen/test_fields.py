@@ -400,3 +400,115 @@ def test_a_deadline_stops_the_krylov_solvers(system, c, rng):
     assert time.perf_counter() - t0 < 1.0  # stopped at the deadline, not at 100,000 iterations
     assert isinstance(info.value, ConvergenceError) and not info.value.solution.converged.any()
     assert solve_detailed(system, f, fields, deadline=time.time() + 60).converged.all()
+
+
+# -- preconditioners -----------------------------------------------------------------
+
+
+def _smooth_medium(rng, b, n, contrast, length):
+    from datagen.media import conductivity, gaussian_random_fields
+
+    g = gaussian_random_fields(rng, np.full(b, length), n)
+    a = conductivity(g, np.full(b, float(contrast)), "smooth")
+    fields = broadcast_fields(np.repeat(POISSON_C, b, axis=0), n)
+    fields[:, :3] *= a[:, None]
+    return fields
+
+
+def _scaled_green_by_hand(r, fields):
+    """S^-1 L_ref^-1 S^-1 r on grid fields with numpy's FFT, written from the module's
+    definition: s^2 = sqrt(det K) / sqrt(det K_ref), the Nyquist modes by L_ref^-1 alone."""
+    n = r.shape[-1]
+    ref = reference(fields[None])[0]
+    s = np.sqrt(fields[0] * fields[1] - fields[2] ** 2) / np.sqrt(ref[0] * ref[1] - ref[2] ** 2)
+    s = np.sqrt(s)
+    k = np.fft.fftfreq(n, 1 / n)
+    kx, ky = np.fft.rfftfreq(n, 1 / n)[None, :], k[:, None]
+    nyq = (np.abs(ky) == n // 2) | (kx == n // 2)
+    # even factors with the Nyquist wavenumber, odd ones without (datagen.symbol)
+    kx_odd, ky_odd = np.where(kx == n // 2, 0, kx), np.where(np.abs(ky) == n // 2, 0, ky)
+    symbol = 4 * np.pi**2 * (ref[0] * kx**2 + ref[1] * ky**2 + 2 * ref[2] * kx_odd * ky_odd)
+    inverse = np.where(symbol > 0, 1 / np.where(symbol > 0, symbol, 1), 0.0)
+    r_hat = np.fft.rfft2(r)
+    inner = np.fft.rfft2(np.fft.irfft2(np.where(nyq, 0, r_hat), s=(n, n)) / s)
+    inner = np.where(nyq, 0, inner * inverse)
+    out = np.fft.rfft2(np.fft.irfft2(inner, s=(n, n)) / s)
+    out = np.where(nyq, r_hat * inverse, out)
+    return np.fft.irfft2(out, s=(n, n))
+
+
+def test_the_scaled_green_preconditioner_is_symmetric_positive_and_as_defined(rng):
+    from datagen.preconditioners import isotropic_scale
+
+    n = 16
+    fields = _smooth_medium(rng, 1, n, 100.0, 0.2)
+    op = FieldOperator(fields, True)
+    op.scale_preconditioner(np.array([True]), isotropic_scale(fields, op.reference))
+    r, q = (op.to_spectral(x[None]) for x in zero_mean_noise(rng, 2, n))
+    for x in (r, q):
+        x[:, 0, 0] = 0.0
+    pr, pq = op.precondition(r), op.precondition(q)
+    dot = lambda a, b: float(np.vdot(a.view(float), b.view(float)))  # noqa: E731
+    assert np.isclose(dot(pr, q), dot(r, pq), rtol=1e-12) and dot(pr, r) > 0
+    by_hand = _scaled_green_by_hand(op.to_grid(r)[0], fields[0])
+    assert np.allclose(op.to_grid(pr)[0], by_hand, rtol=0, atol=1e-12 * np.abs(by_hand).max())
+
+
+def test_cg_with_the_scaled_preconditioner_agrees_with_scipy(rng):
+    from scipy.sparse.linalg import LinearOperator
+    from scipy.sparse.linalg import cg as scipy_cg
+
+    n, b = 32, 2
+    fields = _smooth_medium(rng, b, n, 300.0, 0.25)
+    f = zero_mean_noise(rng, b, n)
+    ours = solve_detailed("poisson", f, fields, tolerance=1e-11, preconditioner="scaled")
+    assert ours.preconditioner == ("scaled",) * b
+    op = FieldOperator(fields, True)
+    for i in range(b):
+        a, _ = scipy_operators(op, i)
+        m = LinearOperator(
+            (n * n, n * n),
+            lambda r, i=i: _scaled_green_by_hand(r.reshape(n, n), fields[i]).ravel(),
+            dtype=float,
+        )
+        its: list[int] = []
+        theirs, info = scipy_cg(
+            a, f[i].ravel(), rtol=1e-11, maxiter=500, M=m, callback=lambda x, c=its: c.append(1)
+        )
+        assert info == 0
+        theirs = theirs.reshape(n, n) - theirs.mean()
+        assert relative_l2(ours.solutions[i], theirs) < 1e-8
+        assert abs(len(its) - ours.iterations[i]) <= 2  # the same preconditioner's pace
+
+
+@pytest.mark.parametrize("preconditioner", ["reference", "scaled"])
+@pytest.mark.parametrize("system", ["poisson", "poisson_tensor"])
+def test_manufactured_solutions_through_each_preconditioner(system, preconditioner):
+    f, u, c = manufactured(system, 64)
+    got = solve_detailed(
+        "poisson", f, c, tolerance=1e-13, mean="project", preconditioner=preconditioner
+    )
+    assert got.preconditioner == (preconditioner,)
+    assert relative_l2(got.solutions, u) <= 1e-8
+
+
+def test_the_choice_follows_the_medium(rng):
+    from datagen.media import conductivity, gaussian_random_fields
+
+    n = 64
+    smooth = _smooth_medium(rng, 2, n, 1000.0, 0.3)  # smooth, high contrast: scaled
+    mild = _smooth_medium(rng, 2, n, 4.0, 0.3)  # low contrast: nothing to gain
+    g = gaussian_random_fields(rng, np.full(2, 0.2), n)
+    jumps = broadcast_fields(np.repeat(POISSON_C, 2, axis=0), n)
+    jumps[:, :3] *= conductivity(g, np.full(2, 100.0), "two-phase")[:, None]  # interfaces
+    f = zero_mean_noise(rng, 2, n)
+    for fields, want in ((smooth, "scaled"), (mild, "reference"), (jumps, "reference")):
+        got = solve_detailed("poisson", f, fields, tolerance=1e-8)
+        assert got.preconditioner == (want, want)
+    # and where it chose scaled, that was the faster: fewer than half the iterations
+    ref = solve_detailed("poisson", f, smooth, tolerance=1e-8, preconditioner="reference")
+    auto = solve_detailed("poisson", f, smooth, tolerance=1e-8)
+    assert np.all(2 * auto.iterations < ref.iterations)
+    assert relative_l2(auto.solutions, ref.solutions).max() < 1e-6
+    with pytest.raises(ValueError, match="preconditioner must be"):
+        solve_detailed("poisson", f, smooth, preconditioner="multigrid")

@@ -91,6 +91,7 @@ def test_field_round_trips_in_every_mode(client, case, mode):
         auto_residual = 1e-2 if method == "cg" else 2e-4
         assert report["relative_residual"] <= (1e-10 if mode != "auto" else auto_residual)
         assert report["initial_guess"] == ("surrogate" if mode == "refine" else "zero")
+        assert report["preconditioner"] in ("reference", "scaled")
         assert relative_l2(solution, exact) < (1e-7 if mode != "auto" else 1e-2)
     if mode == "validate":
         v = out["validation"]
