@@ -81,6 +81,20 @@ def _derivatives_in(n: int, dtype: np.dtype) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
+def _scaled_green_masks(n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the scaled Green preconditioner: 1 / scale off the Nyquist modes (0 on them),
+    scale off them (0 on them), and 1 on them only."""
+    nyquist = _nyquist_mask(n)
+    scale = spectral_scale_in(n, dtype)
+    into = np.where(nyquist, 0.0, 1.0 / scale).astype(dtype)
+    outof = np.where(nyquist, 0.0, scale).astype(dtype)
+    keep = nyquist.astype(dtype)
+    for a in (into, outof, keep):
+        a.setflags(write=False)
+    return into, outof, keep
+
+
+@lru_cache(maxsize=16)
 def _nyquist_mask(n: int) -> np.ndarray:
     """(n, n//2 + 1) True on the Nyquist row and column of a half-spectrum."""
     mask = np.zeros((n, n // 2 + 1), dtype=bool)
@@ -287,15 +301,20 @@ class FieldOperator:
         z = r * self.inverse
         rows = np.flatnonzero(self.scaled)
         if rows.size:
-            n, scale = self.n, self._scale()
-            nyquist = _nyquist_mask(n)
-            r_in = np.where(nyquist, 0.0, r[rows])
-            g = sfft.irfft2(r_in / scale, s=(n, n)) * self.sinv[rows]
-            w = sfft.rfft2(g) * (scale * self.inverse[rows])
-            w[:, nyquist] = 0.0
-            g = sfft.irfft2(w / scale, s=(n, n)) * self.sinv[rows]
-            inner = sfft.rfft2(g) * scale
-            inner[:, nyquist] = z[rows][:, nyquist]
+            # In the scaled coordinates the spectral scale cancels between a transform and
+            # the next: (grid) = irfft(r / scale), rfft(g) * L_ref^-1 (no scale), and back.
+            n = self.n
+            into, outof, keep = _scaled_green_masks(n, self.dtype)
+            g = sfft.irfft2(r[rows] * into, s=(n, n), overwrite_x=True)
+            g *= self.sinv[rows]
+            w = sfft.rfft2(g, overwrite_x=True)
+            w *= self.inverse[rows]
+            w *= 1.0 - keep
+            g = sfft.irfft2(w, s=(n, n), overwrite_x=True)
+            g *= self.sinv[rows]
+            inner = sfft.rfft2(g, overwrite_x=True)
+            inner *= outof
+            inner += z[rows] * keep  # the Nyquist modes: L_ref^-1 alone
             z[rows] = inner
         return z
 
