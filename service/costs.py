@@ -26,6 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datagen import preconditioners
+
+#: The method key of CG with the scaled Green preconditioner.
+SCALED = "cg-scaled"
 #: Grids calibrated at start-up; others scale from the nearest by n^2 log n.
 GRIDS = (64, 128, 256, 512)
 #: Weight of a new measurement in the running means.
@@ -109,14 +113,29 @@ class CostModel:
         estimate = self._at(self.estimate, n, fields)
         return None if model is None or estimate is None else model + estimate
 
-    def iterations(self, method: str, law: str | None, kappa_: float, reduction: float) -> float:
-        """Krylov iterations to reduce the relative residual by ``reduction``."""
+    def iterations(
+        self,
+        method: str,
+        law: str | None,
+        kappa_: float,
+        reduction: float,
+        roughness: float | None = None,
+    ) -> float:
+        """Krylov iterations to reduce the relative residual by ``reduction``: the
+        formula for ``method`` times the rate learned for it and the law."""
         rate = self.rate.get((method, law))
-        return iterations_formula(kappa_, reduction) * (1.0 if rate is None else rate.value)
+        formula = _formula(method, kappa_, reduction, roughness)
+        return formula * (1.0 if rate is None else rate.value)
 
     def krylov_ms(self, n: int, method: str, iterations: float) -> float | None:
+        """A solve's time; ``method`` "cg-scaled" for CG with the scaled Green
+        preconditioner (until measured, SCALED_COST plain CG iterations each)."""
         per = self._at(self.iteration, n, method)
         setup = self._at(self.setup, n, method)
+        if method == SCALED and per is None:
+            per = self._at(self.iteration, n, "cg")
+            per = None if per is None else per * preconditioners.SCALED_COST
+            setup = self._at(self.setup, n, "cg")
         return None if per is None else (setup or 0.0) + per * iterations
 
     # -- what requests show --------------------------------------------------------------
@@ -139,11 +158,13 @@ class CostModel:
         reduction: float,
         iterations: int,
         ms: float,
+        roughness: float | None = None,
     ) -> None:
         """A cold Krylov solve: its iterations teach the rate, its time the cost of one."""
         with self._lock:
             if iterations > 0:
-                rate = iterations / max(iterations_formula(kappa_, reduction), 1.0)
+                expected = _formula(method, kappa_, reduction, roughness)
+                rate = iterations / max(expected, 1.0)
                 hit = self.rate.get((method, law))
                 if hit is None:
                     self.rate[(method, law)] = Running(rate)
@@ -156,6 +177,18 @@ class CostModel:
                     self.iteration[(n, method)] = Running(per)
                 else:
                     hit.update(per)
+
+
+def _formula(method: str, kappa_: float, reduction: float, roughness: float | None) -> float:
+    """Iterations before any learning: CG's sqrt(kappa) law, or for CG with the scaled
+    Green preconditioner its fitted law in the medium's roughness
+    (:func:`datagen.preconditioners.predicted_iterations`)."""
+    if method != SCALED:
+        return iterations_formula(kappa_, reduction)
+    _, its = preconditioners.predicted_iterations(
+        np.array([roughness or 0.0]), np.array([kappa_]), reduction
+    )
+    return float(its[0])
 
 
 def calibration_problem(n: int, contrast: float = 10.0) -> tuple[np.ndarray, np.ndarray]:

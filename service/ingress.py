@@ -21,11 +21,11 @@ from datagen.resample import sample_coefficients
 from datagen.solver import error_estimate
 from service import infer, v2
 from service.batching import CallWindow, Problems, by_model_and_grid
-from service.costs import GRIDS, CostModel, calibrate_estimate
+from service.costs import GRIDS, SCALED, CostModel, calibrate_estimate
 from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
 from service.errors import http_error
 from service.exact import ExactAnswer
-from service.plan import Answer, Plan, carry_out, plan_request
+from service.plan import Answer, Plan, carry_out, plan_request, solver_key
 from service.registry import ModelCard, Registry, RegistryError
 from service.schema import (
     BatchRequest,
@@ -368,14 +368,18 @@ class Ingress:
             )
         solved = answer.exact
         if solved is not None and not answer.refined and "exact" in timings:
+            scaled = solved.method == "cg" and solved.preconditioner == "scaled"
+            if scaled and plan.roughness is None:
+                solver_key(plan)  # the roughness the scaled law takes
             self.costs.observe_solve(
                 plan.n,
-                solved.method,
+                SCALED if scaled else solved.method,
                 (plan.stats or {}).get("law"),
                 plan.kappa,
                 plan.tolerance,
                 solved.iterations,
                 timings["exact"],
+                plan.roughness,
             )
         decision = plan.decision
         if decision is None:

@@ -37,10 +37,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from datagen.coefficients import reference
+from datagen.preconditioners import SCALED_COST, isotropic_scale, predicted_iterations, roughness
 from datagen.solver import MEAN_TOLERANCE
 from datagen.systems import get_system
 from service.bands import Band, band_for
-from service.costs import CostModel, kappa
+from service.costs import SCALED, CostModel, kappa
 from service.envelope import envelope_reasons, field_statistics
 from service.errors import http_error
 from service.registry import ModelCard
@@ -112,6 +113,7 @@ class Plan:
     stats: dict[str, Any] | None = None  # fields: law, contrast, variation, length
     reference: np.ndarray | None = None  # fields: reference coefficients (1, 6), once
     scalar: np.ndarray | None = None  # the Darcy form: a(x) / a_ref, with K = a(x) K0
+    roughness: float | None = None  # CG: how fast the medium varies (the scaled's law)
     decision: Decision | None = None  # auto on fields
 
     @property
@@ -227,14 +229,16 @@ def decide(plan: Plan, costs: CostModel) -> Decision:
     stats = plan.stats or {}
     measure = stats.get("contrast") if plan.pde != "helmholtz" else stats.get("variation")
     band = band_for(plan.card, plan.pde, stats.get("law"), measure)
-    iterations = costs.iterations(plan.method, stats.get("law"), plan.kappa, plan.tolerance)
-    exact_ms = costs.krylov_ms(plan.n, plan.method, iterations)
+    key = solver_key(plan)
+    iterations = costs.iterations(key, stats.get("law"), plan.kappa, plan.tolerance, plan.roughness)
+    exact_ms = costs.krylov_ms(plan.n, key, iterations)
     exact = Prediction(
         0.0,
         1.0,
         exact_ms,
         f"exact solver {_ms(exact_ms)} ({iterations:.0f} {plan.method.upper()} iterations "
-        f"to a residual of {plan.tolerance:.2g})",
+        f"to a residual of {plan.tolerance:.2g}"
+        + (", scaled Green preconditioner)" if key == SCALED else ")"),
     )
     surrogate_ms = costs.surrogate_ms(plan.n, True)
     if band is None:
@@ -259,6 +263,22 @@ def decide(plan: Plan, costs: CostModel) -> Decision:
     )
     first = "surrogate" if band.error <= tol and pays else "exact"
     return Decision(first, surrogate, exact, band)
+
+
+def solver_key(plan: Plan) -> str:
+    """How the exact solver will go at this problem, as the cost model keys it: "gmres",
+    "cg", or "cg-scaled" where the solver will choose the scaled Green preconditioner (the
+    same choice, :func:`datagen.preconditioners.choose`)."""
+    if plan.method != "cg" or not plan.fields:
+        return plan.method
+    c = plan.coefficients[None]
+    if plan.reference is None:  # exact mode plans skip it: computed when asked
+        plan.reference = reference(c)
+    plan.roughness = float(roughness(isotropic_scale(c, plan.reference))[0])
+    reference_its, scaled_its = predicted_iterations(
+        np.array([plan.roughness]), np.array([plan.kappa])
+    )
+    return SCALED if reference_its[0] > SCALED_COST * scaled_its[0] else "cg"
 
 
 def _ms(ms: float | None) -> str:

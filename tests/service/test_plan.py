@@ -183,3 +183,18 @@ def test_the_cost_model_learns_from_solves():
     assert after == pytest.approx(1.5 * before, rel=0.05)
     assert model.krylov_ms(N, "cg", 10) == pytest.approx(5.0 + 10 * 2.0, rel=0.1)
     assert model.krylov_ms(2 * N, "cg", 10) > 3 * model.krylov_ms(N, "cg", 10)  # n^2 log n
+
+
+def test_the_exact_prediction_follows_the_solvers_preconditioner(card):
+    # a very smooth medium of contrast 80: the solver will take the scaled Green
+    # preconditioner, and the prediction its law (fewer, dearer iterations)
+    smooth = plan(card, darcy(80.0, tolerance=1e-2))
+    assert "scaled Green preconditioner" in smooth.decision.exact.words
+    assert smooth.roughness is not None and smooth.roughness < 5.0
+    jumps = plan(card, darcy(80.0, law="two-phase", tolerance=1e-2))
+    assert "scaled Green" not in jumps.decision.exact.words
+    model = costs()
+    before = model.krylov_ms(N, "cg-scaled", 10)
+    assert before == pytest.approx(5.0 + 10 * 1.0 * 1.9)  # SCALED_COST plain iterations
+    model.observe_solve(N, "cg-scaled", "smooth", 80.0, 1e-2, 10, 5.0 + 10 * 3.0, 0.5)
+    assert model.krylov_ms(N, "cg-scaled", 10) > before  # now measured
