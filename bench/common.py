@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -82,3 +84,39 @@ def finish(name: str, results: dict, goals: dict, *also: Path) -> int:
     if missed:
         print("goals missed: " + ", ".join(missed))
     return 0
+
+
+#: Timed runs per measurement; the median counts (this VM has slow stretches of seconds).
+REPEAT = 3
+
+
+def timed(fn, repeat: int = REPEAT) -> tuple[object, float]:
+    """The result of ``fn`` and the median of ``repeat`` timed calls after a warm one."""
+    fn()  # warm: sessions, FFT plans, caches
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, statistics.median(times)
+
+
+def krylov_solve(
+    f, fields, tolerance, guess=None, system="poisson", preconditioner="auto", max_iterations=20_000
+):
+    """pdeserve's Krylov solver; where it stops short of ``tolerance``, its last iterate."""
+    from datagen.solver import ConvergenceError, solve_detailed
+
+    try:
+        return solve_detailed(
+            system,
+            f,
+            fields,
+            mean="project",
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            initial_guess=guess,
+            preconditioner=preconditioner,
+        )
+    except ConvergenceError as e:
+        return e.solution

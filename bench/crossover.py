@@ -20,19 +20,23 @@ constant-coefficient systems (the model's constant graph against the FFT solve, 
 any error) and Helmholtz with w varying by 30% (the fields graph against GMRES at the
 surrogate's error), on B problems each.
 
+Then the figure of merit (``bench/merit.py``, under ``merit`` in the JSON): the surrogate's
+answer in exact-solver iterations over the iterations its cost buys, per medium, contrast
+band and grid (128^2, 256^2, 512^2), raw and served, for the model routing picks and for
+the foundation model.
+
 Writes bench/results/crossover.json and crossover.png. Goals, at the largest contrast
 the model's envelope holds: the surrogate (batch B) >= 5x faster than the fastest exact
-method at the surrogate's own error; refine reaches 1e-6 >= 1.5x faster than a cold start.
-Served throughput (the service at concurrency 32 against raw ONNX Runtime) is not
-measured here.
+method at the surrogate's own error; refine reaches 1e-6 >= 1.5x faster than a cold start;
+and merit's (>= 5 on the contrast-10..100 bands, >= 2 on 2..10, at 128^2).
+Served throughput at concurrency 32 is bench/serve.py's; the figure of merit below times
+the served surrogate one request at a time.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -45,13 +49,15 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 from datagen.coefficients import contrast as contrast_of  # noqa: E402
 from datagen.generate import generate_block  # noqa: E402
 from datagen.media import FIELD_KINDS  # noqa: E402
-from datagen.solver import ConvergenceError, relative_l2, solve, solve_detailed  # noqa: E402
+from datagen.solver import relative_l2, solve  # noqa: E402
 from datagen.spec import SplitSpec  # noqa: E402
 from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
 
 sys.path.append(str(_BENCH))
-from common import RESULTS, finish, goal  # noqa: E402
+from common import REPEAT, RESULTS, finish, goal, krylov_solve, timed  # noqa: E402
 from fields import diffusion_problems, helmholtz_problems, pyamg_curve  # noqa: E402
+from merit import GRIDS as MERIT_GRIDS  # noqa: E402
+from merit import measure as measure_merit  # noqa: E402
 
 CONTRASTS = (4, 10, 100, 1000)
 CONSTANT_SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
@@ -62,41 +68,10 @@ TOLERANCES = tuple(10.0 ** (-k / 2) for k in range(1, 21))
 REFINE_TO = 1e-6
 
 
-#: Timed runs per measurement; the median counts (this VM has slow stretches of seconds).
-REPEAT = 3
-
-
-def _timed(fn, repeat: int = REPEAT) -> tuple[object, float]:
-    """The result of ``fn`` and the median of ``repeat`` timed calls after a warm one."""
-    fn()  # warm: sessions, FFT plans, caches
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
-
-
-def _krylov(f, fields, tolerance, guess=None, system="poisson", preconditioner="auto"):
-    try:
-        return solve_detailed(
-            system,
-            f,
-            fields,
-            mean="project",
-            tolerance=tolerance,
-            max_iterations=20_000,
-            initial_guess=guess,
-            preconditioner=preconditioner,
-        )
-    except ConvergenceError as e:
-        return e.solution
-
-
 def surrogate_row(runner: OnnxSurrogate, f, fields, reference) -> dict:
     b = len(f)
-    whole, t_batch = _timed(lambda: runner.predict(f, fields, batch=b))
-    _, t_one = _timed(lambda: [runner.predict(f[i : i + 1], fields[i : i + 1]) for i in range(b)])
+    whole, t_batch = timed(lambda: runner.predict(f, fields, batch=b))
+    _, t_one = timed(lambda: [runner.predict(f[i : i + 1], fields[i : i + 1]) for i in range(b)])
     return {
         "error": float(relative_l2(whole, reference).mean()),
         "ms_per_sample_batch_1": 1e3 * t_one / b,
@@ -108,8 +83,8 @@ def surrogate_row(runner: OnnxSurrogate, f, fields, reference) -> dict:
 def krylov_at(f, fields, reference, error: float, system: str = "poisson") -> dict:
     """The largest tolerance whose mean error is within ``error``, and its cost."""
     for tolerance in TOLERANCES:
-        out, seconds = _timed(
-            lambda tolerance=tolerance: _krylov(f, fields, tolerance, system=system)
+        out, seconds = timed(
+            lambda tolerance=tolerance: krylov_solve(f, fields, tolerance, system=system)
         )
         reached = float(relative_l2(out.solutions, reference).mean())
         if reached <= error:
@@ -140,9 +115,11 @@ def refine_row(f, fields, guess) -> dict:
     the top level is the automatic choice's, the solver's default."""
     out: dict = {}
     for name in ("reference", "auto"):
-        cold, t_cold = _timed(lambda n=name: _krylov(f, fields, REFINE_TO, preconditioner=n))
-        warm, t_warm = _timed(
-            lambda n=name: _krylov(f, fields, REFINE_TO, guess.astype(np.float64), preconditioner=n)
+        cold, t_cold = timed(lambda n=name: krylov_solve(f, fields, REFINE_TO, preconditioner=n))
+        warm, t_warm = timed(
+            lambda n=name: krylov_solve(
+                f, fields, REFINE_TO, guess.astype(np.float64), preconditioner=n
+            )
         )
         out[name] = {
             "cold_ms_per_sample": 1e3 * t_cold / len(f),
@@ -163,7 +140,7 @@ def constant_row(runner: OnnxSurrogate, system: str, b: int, n: int) -> dict:
     f, c = block.sources.astype(np.float64), block.coefficients
     s = surrogate_row(runner, f, c, block.solutions)
     s.pop("_solutions")
-    _, seconds = _timed(lambda: solve(system, f, c, mean="project"))
+    _, seconds = timed(lambda: solve(system, f, c, mean="project"))
     fft = 1e3 * seconds / b
     return {"surrogate": s, "fft_ms_per_sample": fft,
             "exact_over_surrogate": fft / s[f"ms_per_sample_batch_{b}"]}  # fmt: skip
@@ -172,7 +149,7 @@ def constant_row(runner: OnnxSurrogate, system: str, b: int, n: int) -> dict:
 def helmholtz_field_row(runner: OnnxSurrogate, rng, b: int, n: int) -> dict:
     """Helmholtz with w = w0 (1 + 0.3 s(x)): the surrogate against GMRES at its error."""
     f, fields = helmholtz_problems(rng, b, HELMHOLTZ_VARIATION, n=n)
-    reference = _krylov(f, fields, 1e-11, system="helmholtz").solutions
+    reference = krylov_solve(f, fields, 1e-11, system="helmholtz").solutions
     s = surrogate_row(runner, f, fields, reference)
     s.pop("_solutions")
     krylov = krylov_at(f, fields, reference, s["error"], system="helmholtz")
@@ -246,6 +223,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="64^2, 8 problems, two contrasts")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--pyamg-samples", type=int, default=4)
+    p.add_argument(
+        "--merit-grids", type=int, nargs="*", default=list(MERIT_GRIDS),
+        help="grids of the figure of merit (bench/merit.py; none: skip it)",
+    )  # fmt: skip
     args = p.parse_args()
     warnings.filterwarnings("ignore", module="pyamg")
     n, b = (64, 8) if args.quick else (128, 32)
@@ -261,7 +242,7 @@ def main() -> int:
     for kind in FIELD_KINDS:
         for contrast in contrasts:
             f, fields = diffusion_problems(rng, b, kind, contrast, n=n)
-            reference = _krylov(f, fields, 1e-11).solutions
+            reference = krylov_solve(f, fields, 1e-11).solutions
             s = surrogate_row(runner, f, fields, reference)
             guess = s.pop("_solutions")
             row = {
@@ -305,6 +286,10 @@ def main() -> int:
     krylov = row["krylov"]
     _print_row(key, row, b, f"GMRES at that error {krylov['ms_per_sample']} ms "
                f"(tol {krylov['tolerance']})")  # fmt: skip
+    if args.merit_grids and not args.quick:
+        print("the figure of merit: worth in solver iterations over iterations bought")
+        results["merit"], merit_goals = measure_merit(args.registry, args.merit_grids, b)
+        goals.update(merit_goals)
     results.update(
         model=runner.card.ref if runner.card.name else str(args.model),
         model_resolution=runner.card.resolution,

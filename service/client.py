@@ -77,6 +77,7 @@ class SolveResult:
     solution: np.ndarray
     mode: str
     model: str | None = None
+    routed: str | None = None  # no model named: which one the service chose, and why
     reason: str | None = None
     relative_l2: float | None = None
     exact_solution: np.ndarray | None = None
@@ -93,6 +94,7 @@ class SolveResult:
             solution=_field(data["solution"]),
             mode=data["mode"],
             model=data.get("model"),
+            routed=data.get("routed"),
             reason=data.get("reason"),
             relative_l2=validation.get("relative_l2"),
             exact_solution=None if exact is None else _field(exact),
@@ -202,7 +204,6 @@ class _Base:
             raise ValueError(f"encoding must be 'binary' or 'json', got {encoding!r}")
         self.url = url.rstrip("/")
         self.encoding = encoding
-        self._default_model: str | None = None
         key = api_key if api_key is not None else os.environ.get("PDESERVE_API_KEY")
         self.headers = {"X-API-Key": key} if key else {}
         self.timeout = timeout
@@ -281,7 +282,9 @@ class _Base:
         return sources, body
 
     @staticmethod
-    def _v2_path(model: str) -> str:
+    def _v2_path(model: str | None) -> str:
+        if model is None:
+            return "/v2/infer"
         name, _, version = model.partition("@")
         return f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
 
@@ -334,6 +337,7 @@ class _Base:
                 solution=solutions[i],
                 mode=out["mode"][i],
                 model=out["model"][i] or None,
+                routed=out["routed"][i] or None if "routed" in out else None,
                 reason=out["reason"][i] or None,
                 relative_l2=number("relative_l2", i),
                 exact_solution=None if exact is None else exact[i],
@@ -464,11 +468,8 @@ class Client(_Base):
         options: Mapping[str, Any],
         single: bool = False,
     ) -> list[SolveResult]:
-        """Problems through ``POST /v2/models/{name}/infer`` with binary tensors."""
-        if model is None:
-            if self._default_model is None:
-                self._default_model = self._request("GET", "/v2")["default_model"]
-            model = self._default_model
+        """Problems through ``POST /v2/models/{name}/infer`` with binary tensors (no model
+        named: ``POST /v2/infer``, where the service routes each problem)."""
         body, headers = self._v2_body(pde, sources, rows, mode, options, single)
         response = self._request("POST", self._v2_path(model), content=body, headers=headers)
         return self._v2_results(response)
@@ -634,10 +635,6 @@ class AsyncClient(_Base):
 
     async def _infer(self, pde, sources, rows, mode, model, options, single=False):
         """As :meth:`Client._infer`."""
-        if model is None:
-            if self._default_model is None:
-                self._default_model = (await self._request("GET", "/v2"))["default_model"]
-            model = self._default_model
         body, headers = self._v2_body(pde, sources, rows, mode, options, single)
         response = await self._request("POST", self._v2_path(model), content=body, headers=headers)
         return self._v2_results(response)

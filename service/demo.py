@@ -130,7 +130,7 @@ def _number(value: float | None) -> str:
 
 def _row(label: str, asked: str, result: SolveResult, error: float | None, ms: float) -> str:
     return (
-        f"{label:<26} {asked:<9} {result.mode:<9} {result.model or '-':<10} {_number(error):>9} "
+        f"{label:<26} {asked:<9} {result.mode:<9} {result.model or '-':<18} {_number(error):>9} "
         f"{_number(result.error_estimate):>9} {ms:>8.1f} ms   {_timings(result)}"
     )
 
@@ -139,13 +139,15 @@ def report(outcomes: list[Outcome]) -> str:
     """A table: the mode asked for and the one that answered, the error against the exact
     solution and the service's estimate of it, the round trip, the solvers' times."""
     lines = [
-        f"{'problem':<26} {'asked':<9} {'answered':<9} {'model':<10} {'rel. L2':>9} "
+        f"{'problem':<26} {'asked':<9} {'answered':<9} {'model':<18} {'rel. L2':>9} "
         f"{'estimate':>9} {'round trip':>11}   inside the service",
     ]
     for o in outcomes:
         s, v, label = o.surrogate, o.validate, o.example.label
         lines.append(_row(label, "surrogate", s, o.surrogate_error, o.surrogate_ms))
         lines.append(_row("", "validate", v, v.relative_l2, o.validate_ms))
+        if s.routed:  # no model named: the service chose one
+            lines.append(f"{'':<26} ({s.routed})")
         if s.reason:
             lines.append(f"{'':<26} ({s.reason})")
         if o.auto is not None:

@@ -8,7 +8,7 @@ contrast of K, the relative variation of w and the correlation length. A
 field request is checked on its reference coefficients (the log-Euclidean mean
 of K, the mean of v and w: how the card records field examples) and on its
 field statistics. A request outside any of them, of a system the model never
-saw, or with fields where the model has no fields graph, gets the reasons back,
+saw, or with fields (constants) where the model has no graph for them, gets the reasons back,
 one sentence each.
 """
 
@@ -102,6 +102,8 @@ def envelope_reasons(
     fields = np.ndim(coefficients) == 3
     if fields and "fields" not in card.graphs:
         return [f"{card.ref} has no graph for coefficient fields (it takes constants only)"]
+    if not fields and "constant" not in card.graphs:
+        return [f"{card.ref} has no graph for constant coefficients (it takes fields only)"]
     if not card.envelope:
         return []
     env = card.envelope.get(pde)

@@ -13,9 +13,10 @@ from service.edge import SOLVE_REQUEST
 from service.schema import EncodedArray, SolveRequest
 
 
-def solve_request(item: dict, ref: str, wire: np.dtype, index: int) -> SolveRequest:
+def solve_request(item: dict, ref: str | None, wire: np.dtype, index: int) -> SolveRequest:
     """One problem of a v2 request as a validated SolveRequest: the arrays go in decoded
-    (no base64 round trip), and are checked as any request's are (422s as /solve's)."""
+    (no base64 round trip), and are checked as any request's are (422s as /solve's).
+    ``ref`` None: no model named (routed as /solve's)."""
 
     def preset(a: np.ndarray) -> EncodedArray:
         encoded = EncodedArray.model_construct(
@@ -59,6 +60,8 @@ def outputs(answers: list, wire: np.dtype, single: bool) -> dict[str, Any]:
     out["mode"] = [a.mode for _, a, _ in answers]
     out["reason"] = [a.reason or "" for _, a, _ in answers]
     out["model"] = [p.card.ref if a.uses_model else "" for p, a, _ in answers]
+    if any(p.routed for p, _, _ in answers):
+        out["routed"] = [p.routed if a.uses_model and p.routed else "" for p, a, _ in answers]
     out["solver"] = [
         "" if a.exact is None else a.exact.report(a.refined).model_dump_json()
         for _, a, _ in answers

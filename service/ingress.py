@@ -140,6 +140,7 @@ class Ingress:
         self.settings = settings
         self.registry = Registry(settings.registry)
         self._cards: dict[str, tuple[float, ModelCard]] = {}
+        self._published: tuple[float, list[ModelCard]] | None = None
         self.metrics = _Metrics()
         self.costs = CostModel()
         self._calibrations: dict[str, asyncio.Future] = {}
@@ -175,6 +176,19 @@ class Ingress:
             raise http_error(404, loc, e.public) from None
         self._cards[ref] = (now, card)
         return card
+
+    def published(self) -> list[ModelCard]:
+        """The newest card of every published model (routing's candidates), re-read after
+        the TTL of ``@latest``; a name whose card cannot be read is left out."""
+        now = time.monotonic()
+        if self._published and now - self._published[0] < self.settings.latest_ttl_s:
+            return self._published[1]
+        cards = []
+        for name in self.registry.names():
+            with contextlib.suppress(HTTPException):  # a card that cannot be read: 404
+                cards.append(self.card(name, ["model"]))
+        self._published = (now, cards)
+        return cards
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -230,6 +244,7 @@ class Ingress:
     async def reload(self) -> dict[str, Any]:
         """Forget resolved references: new versions are served from the next request on."""
         self._cards.clear()
+        self._published = None
         names = self.registry.names()
         return {"models": {name: self.registry.versions(name) for name in names}}
 
@@ -251,6 +266,13 @@ class Ingress:
             "extensions": ["binary_tensor_data"],
             "default_model": self.settings.default_model,
         }
+
+    @api.post("/v2/infer")
+    async def v2_infer_routed(self, request: Request) -> Response:
+        """As ``/v2/models/{name}/infer`` with no model named: each problem goes to the
+        published model routing chooses (as ``/solve`` without ``model``); the ``model``
+        output names it per problem."""
+        return await self._infer(None, await request.body(), request.headers)
 
     @api.post("/v2/models/{name}/infer")
     async def v2_infer(self, name: str, request: Request) -> Response:
@@ -288,7 +310,7 @@ class Ingress:
         runs = [self._run(item, plan) for item, plan in zip(batch.items, plans, strict=True)]
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
-    async def _infer(self, ref: str, body: bytes, headers: Mapping[str, str]) -> Response:
+    async def _infer(self, ref: str | None, body: bytes, headers: Mapping[str, str]) -> Response:
         binary = headers.get(v2.HEADER_LENGTH.lower()) is not None
         try:
             header, tensors = v2.decode(body, headers.get(v2.HEADER_LENGTH.lower()), "inputs")
@@ -306,7 +328,8 @@ class Ingress:
         answers = await self._call(asyncio.gather(*runs))
         outputs = infer.outputs(answers, wire, single=tensors["source"].ndim == 2)
         card = next((p.card for p, _, _ in answers if p.card is not None), None)
-        head = {"model_name": ref.split("@")[0], "id": header.get("id", "")}
+        name = (ref or (card.ref if card else self.settings.default_model)).split("@")[0]
+        head = {"model_name": name, "id": header.get("id", "")}
         if card is not None:
             head["model_version"] = str(card.version)
         data, length = v2.encode(head, "outputs", outputs, binary)
@@ -319,7 +342,8 @@ class Ingress:
             with contextlib.suppress(Exception):  # uncalibrated, auto answers exactly
                 card = self.card(request.model, [*loc, "model"])
                 await self._call(asyncio.gather(self.calibrated(None), self.calibrated(card)))
-        return plan_request(request, loc, self.card, deadline, self.costs)
+        candidates = self.published if self.settings.routing else None
+        return plan_request(request, loc, self.card, deadline, self.costs, candidates)
 
     async def _answer(
         self, request: SolveRequest, plan: Plan
@@ -345,6 +369,7 @@ class Ingress:
             mode=answer.mode,
             reason=answer.reason,
             model=plan.card.ref if answer.uses_model else None,
+            routed=plan.routed if answer.uses_model else None,
             error_estimate=answer.estimate,
             solver=None if answer.exact is None else answer.exact.report(answer.refined),
             validation=validation,

@@ -45,6 +45,7 @@ from service.costs import SCALED, CostModel, kappa
 from service.envelope import envelope_reasons, field_statistics
 from service.errors import http_error
 from service.registry import ModelCard
+from service.routing import route
 from service.schema import (
     DEFAULT_AUTO_TOLERANCE,
     DEFAULT_TOLERANCE,
@@ -115,6 +116,7 @@ class Plan:
     scalar: np.ndarray | None = None  # the Darcy form: a(x) / a_ref, with K = a(x) K0
     roughness: float | None = None  # CG: how fast the medium varies (the scaled's law)
     decision: Decision | None = None  # auto on fields
+    routed: str | None = None  # why this model, where the request named none
 
     @property
     def fields(self) -> bool:
@@ -160,10 +162,13 @@ def plan_request(
     card: CardLookup,
     deadline: float | None = None,
     costs: CostModel | None = None,
+    candidates: Callable[[], list[ModelCard]] | None = None,
 ) -> Plan:
     """Everything decided before computing: source, mode, model, reasons, warnings, and
     for auto on fields the candidate to try first; ``deadline`` (``time.time()``) is when
-    the request's budget ends, ``costs`` what this service measured."""
+    the request's budget ends, ``costs`` what this service measured, ``candidates`` the
+    published models a request that names none is routed among (:mod:`service.routing`;
+    None: the default answers it)."""
     warnings: list[str] = []
     source = projected_source(request, loc, warnings)
     plan = Plan(
@@ -197,9 +202,20 @@ def plan_request(
         if request.model is not None:  # named but unused: it must exist all the same
             card(request.model, [*loc, "model"])
         return plan
-    plan.card = card(request.model, [*loc, "model"])
-    if plan.fields:  # the envelope and the error estimate both need it
+    if plan.fields:  # the envelope, routing and the error estimate all need it
         plan.reference = reference(plan.coefficients[None])
+    plan.card = card(request.model, [*loc, "model"])
+    if request.model is None and candidates is not None:
+        routed = route(
+            candidates(),
+            plan.card,
+            request.pde,
+            source,
+            plan.coefficients,
+            plan.stats,
+            plan.reference,
+        )
+        plan.card, plan.routed = routed.card, routed.why
         if getattr(request.coefficients, "conductivity", None) is not None:
             # K = a(x) K0 with K0 constant (the schema's Darcy form): K11 / K11_ref is a / a_ref
             plan.scalar = plan.coefficients[0] / plan.reference[0, 0]

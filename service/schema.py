@@ -295,7 +295,10 @@ class _Solve(BaseModel):
         default=1000, ge=1, le=MAX_ITERATIONS, description="Krylov iterations at most (fields)"
     )
     model: str | None = Field(
-        default=None, description="name or name@version; default: the configured default"
+        default=None,
+        description="name or name@version, kept as named; default: the published model whose "
+        "envelope covers the problem and whose card measured the lowest error on its band "
+        "(the configured default where none did)",
     )
     out_of_envelope: EnvelopePolicy = "fallback"
     nonzero_mean: MeanPolicy = Field(
@@ -414,6 +417,11 @@ class SolveResponse(BaseModel):
     )
     reason: str | None = Field(default=None, description="why this mode answered, in words")
     model: str | None = None
+    routed: str | None = Field(
+        default=None,
+        description="a request that names no model: which published model was chosen and why "
+        "(the one covering it with the lowest measured error on its band)",
+    )
     error_estimate: float | None = Field(
         default=None,
         description="surrogate answers: an a-posteriori estimate of the relative L2 error, "

@@ -33,6 +33,11 @@ class ServiceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     registry: str = Field(default=DEFAULT_REGISTRY, description="registry root: folder or URL")
     default_model: str = Field(default=DEFAULT_MODEL, description="name[@version] served")
+    routing: bool = Field(
+        default=True,
+        description="route a request that names no model to the published model covering it "
+        "with the lowest measured error on its band (service/routing.py); off: the default",
+    )
     api_keys: list[str] = Field(default_factory=keys_from_env, repr=False)
     max_batch_items: int = Field(default=256, ge=1)
     max_body_bytes: int = Field(default=64 * 2**20, ge=1024)

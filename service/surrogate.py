@@ -10,31 +10,35 @@ import numpy as np
 from ray import serve
 
 from service.costs import calibration_problem
-from service.registry import ONNX, ModelCard, Registry
+from service.registry import ModelCard, Registry
 from service.runner import OnnxSurrogate
 from service.settings import ServiceSettings
 
 
 class LoadedModel:
-    """A published model in one replica: its constant graph, and its fields graph once a
-    field problem asks for it."""
+    """A published model in one replica: a graph per kind of coefficients, each loaded when
+    a problem first asks for it (a model that never sees fields keeps no fields graph's
+    threads); a specialist may ship one kind only."""
 
     def __init__(self, card: ModelCard, files: dict[str, bytes], threads: int | None):
         self.card, self._files, self._threads = card, files, threads
-        self.constant = OnnxSurrogate(card, files[card.graphs.get("constant", ONNX)], threads)
-        self._fields: OnnxSurrogate | None = None
+        self._runners: dict[bool, OnnxSurrogate] = {}
+
+    @property
+    def first(self) -> OnnxSurrogate:
+        """The graph a readiness check loads: the constant one, where the model has it."""
+        return self.runner(fields="constant" not in self.card.graphs)
 
     def runner(self, fields: bool) -> OnnxSurrogate:
-        if not fields:
-            return self.constant
-        if self._fields is None:
-            name = self.card.graphs.get("fields")
+        if fields not in self._runners:
+            kind = "fields" if fields else "constant"
+            name = self.card.graphs.get(kind)
             if name is None:  # the ingress checks the card first
-                raise ValueError(f"{self.card.ref} has no graph for coefficient fields")
-            self._fields = OnnxSurrogate(
-                self.card, self._files[name], threads=self._threads, fields=True
+                raise ValueError(f"{self.card.ref} has no graph for {kind} coefficients")
+            self._runners[fields] = OnnxSurrogate(
+                self.card, self._files[name], threads=self._threads, fields=fields
             )
-        return self._fields
+        return self._runners[fields]
 
 
 @serve.deployment(name="Surrogate")
@@ -56,7 +60,7 @@ class Surrogate:
 
     async def ready(self, ref: str) -> str:
         loaded = await self.model(ref)
-        return ",".join(loaded.constant.providers)
+        return ",".join(loaded.first.providers)
 
     async def calibrate(self, ref: str, grids: tuple[int, ...]) -> dict[tuple[int, bool], float]:
         """ms of one field problem through the model's fields graph per grid (the best of

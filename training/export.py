@@ -284,7 +284,13 @@ def export(
     notes: str | None = None,
     targets: dict[str, float] | None = None,
     float16: bool = False,
+    graphs: tuple[str, ...] = ("constant", "fields"),
+    weights_file: bool = True,
 ) -> ModelCard:
+    """Publish the model at ``checkpoint`` as ``name``: its ONNX graphs (``graphs``: a
+    specialist of field problems may ship its fields graph alone), checked against torch,
+    its weights unless ``weights_file`` is False (then nothing can be fine-tuned from it),
+    and a card with the test errors and targets."""
     model = load_model(checkpoint)
     if not isinstance(model, PDESurrogate):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
@@ -308,12 +314,15 @@ def export(
         card.targets = dict(targets)
         card.notes = " ".join(filter(None, [card.notes, target_summary(card)]))
 
-    card.graphs = {"constant": ONNX, "fields": ONNX_FIELDS}
+    unknown = sorted(set(graphs) - {"constant", "fields"})
+    if unknown or not graphs:
+        raise ValueError(f"graphs are 'constant' and/or 'fields', got {list(graphs)}")
+    card.graphs = {k: v for k, v in (("constant", ONNX), ("fields", ONNX_FIELDS)) if k in graphs}
 
     def files(draft: ModelCard) -> dict[str, bytes]:
         meta = {"pdeserve.name": draft.name, "pdeserve.version": str(draft.version)}
         meta["pdeserve.card_sha256"] = draft.digest()
-        out = {WEIGHTS: weights}
+        out = {WEIGHTS: weights} if weights_file else {}
         for kind, filename in draft.graphs.items():
             fields = kind == "fields"
             graph = export_onnx(model, card.resolution, meta, fields=fields)
@@ -347,6 +356,17 @@ def main(argv: list[str] | None = None) -> int:
         help="round the spectral weights to float16 (the graphs store them so: half the size)",
     )  # fmt: skip
     p.add_argument(
+        "--graphs",
+        nargs="+",
+        choices=["constant", "fields"],
+        default=["constant", "fields"],
+        help="the ONNX graphs to publish (a field specialist: fields)",
+    )
+    p.add_argument(
+        "--no-weights", action="store_true",
+        help="publish no weights file (smaller; the model cannot be fine-tuned further)",
+    )  # fmt: skip
+    p.add_argument(
         "--targets", nargs="+", default=[], metavar="KEY=ERROR",
         help="error targets for the card, keyed like the test metrics: poisson=1.5e-2",
     )  # fmt: skip
@@ -355,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = parse_targets(args.targets)
         card = export(
             args.checkpoint, args.name, args.registry, args.parent, args.test, args.notes,
-            targets, args.float16,
+            targets, args.float16, tuple(args.graphs), not args.no_weights,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, RegistryError, ParityError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -102,6 +102,8 @@ class FinetuneConfig(BaseModel):
 def materialize_base(config: FinetuneConfig, into: Path) -> ModelCard:
     """The base model's card and weights (checksums verified) as a model directory."""
     card, files = Registry(config.registry).read_files(config.base)
+    if WEIGHTS not in files:
+        raise RegistryError(f"{card.ref} was published without weights: it cannot be fine-tuned")
     into.mkdir(parents=True, exist_ok=True)
     (into / WEIGHTS).write_bytes(files[WEIGHTS])
     (into / "card.json").write_text(card.model_dump_json(indent=2, by_alias=True))

@@ -95,3 +95,21 @@ def test_auto_mispredictions_are_counted(client, metrics_url):
         assert time.monotonic() < deadline, "no misprediction counted"
         time.sleep(2)
     assert float(lines[0].rsplit(" ", 1)[1]) >= 1 and 'pde="poisson"' in lines[0]
+
+
+def test_a_request_naming_no_model_is_routed_to_the_lowest_measured_error(client):
+    # banded's card measured poisson-smooth(1,10) (0.04); default's measured nothing
+    out = client.post("/solve", json=darcy("smooth", 5.0, mode="surrogate")).json()
+    assert out["model"] == "banded@1"
+    assert out["routed"] == (
+        "routed to banded@1: the lowest measured error on poisson-smooth(1,10) (0.04)"
+    )
+    # contrast 50: no card measured that band, so the configured default
+    out = client.post("/solve", json=darcy("smooth", 50.0, mode="surrogate")).json()
+    assert out["model"] == "default@1" and "by default" in out["routed"]
+    # a named model is kept, and says nothing of routing
+    out = client.post("/solve", json=darcy("smooth", 5.0, mode="surrogate", model="default"))
+    assert out.json()["model"] == "default@1" and "routed" not in out.json()
+    # the exact solver uses no model: nothing routed
+    out = client.post("/solve", json=darcy("smooth", 5.0, mode="exact")).json()
+    assert "model" not in out and "routed" not in out

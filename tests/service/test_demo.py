@@ -37,6 +37,8 @@ def test_demo_against_a_running_service(service, tmp_path, capsys):
                   "validate", "(auto: "):  # fmt: skip
         assert label in text
     assert "default@1" in text and f"wrote {out}" in text
+    # the Darcy problem names no model: routed to the card measuring its band (two-phase 1..10)
+    assert "(routed to banded@1: the lowest measured error on poisson-two-phase(1,10)" in text
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -198,3 +198,81 @@ def test_the_exact_prediction_follows_the_solvers_preconditioner(card):
     assert before == pytest.approx(5.0 + 10 * 1.0 * 1.9)  # SCALED_COST plain iterations
     model.observe_solve(N, "cg-scaled", "smooth", 80.0, 1e-2, 10, 5.0 + 10 * 3.0, 0.5)
     assert model.krylov_ms(N, "cg-scaled", 10) > before  # now measured
+
+
+# -- routing: a request that names no model -----------------------------------------------
+
+
+def specialist(card, name: str, law: str, errors: dict[str, float], graphs=("fields",)):
+    """The bundled card as a Darcy specialist: Poisson fields of one law only, its own
+    errors per band, and only the graphs named."""
+    env = card.envelope["poisson"]
+    field = env.field.model_copy(update={"laws": [law]})
+    return card.model_copy(
+        update={
+            "name": name,
+            "version": 1,
+            "envelope": {"poisson": env.model_copy(update={"field": field})},
+            "metrics": {f"test_rel_l2/poisson-{k}": v for k, v in errors.items()},
+            "graphs": {g: f"model-{g}.onnx" for g in graphs},
+        }
+    )
+
+
+def routed(card, candidates, body: dict):
+    request = SOLVE_REQUEST.validate_python(body)
+    return plan_request(request, ["body"], lambda ref, loc: card, None, costs(), lambda: candidates)
+
+
+def test_routing_picks_the_covering_model_with_the_lowest_error_on_the_band(card):
+    smooth = specialist(
+        card, "darcy-smooth", "smooth", {"smooth(1,10)": 0.02, "smooth(10,100)": 0.2}
+    )
+    published = [card, smooth]
+    # contrast 4: the specialist's 0.02 against the foundation's 0.045
+    p = routed(card, published, darcy(4.0, mode="surrogate", tolerance=None))
+    assert p.card.ref == "darcy-smooth@1"
+    assert "lowest measured error on poisson-smooth(1,10) (0.02)" in p.routed
+    # contrast 50: the specialist measured 0.2 there, the foundation 0.10
+    assert (
+        routed(card, published, darcy(50.0, mode="surrogate", tolerance=None)).card.ref
+        == "default@2"
+    )
+    # two-phase media are outside the specialist's envelope
+    p = routed(card, published, darcy(4.0, law="two-phase", mode="surrogate", tolerance=None))
+    assert p.card.ref == "default@2" and "default@2" in p.routed
+    # constant coefficients: the specialist has no graph for them
+    constant = darcy(4.0, mode="surrogate", tolerance=None)
+    constant["coefficients"] = {"eigenvalue": 2.0, "angle": 0.3}
+    assert routed(card, published, constant).card.ref == "default@2"
+
+
+def test_a_named_model_is_kept_and_routing_can_be_off(card):
+    smooth = specialist(card, "darcy-smooth", "smooth", {"smooth(1,10)": 0.001})
+    lookup = {"default": card, "default@2": card, "darcy-smooth": smooth}
+    request = SOLVE_REQUEST.validate_python(
+        darcy(4.0, mode="surrogate", tolerance=None, model="default")
+    )
+    p = plan_request(
+        request, ["body"], lambda ref, loc: lookup[ref], None, costs(), lambda: [card, smooth]
+    )
+    assert p.card.ref == "default@2" and p.routed is None
+    request = SOLVE_REQUEST.validate_python(darcy(4.0, mode="surrogate", tolerance=None))
+    p = plan_request(request, ["body"], lambda ref, loc: card, None, costs(), None)
+    assert p.card.ref == "default@2" and p.routed is None
+
+
+def test_routing_without_a_measured_band_prefers_the_default_then_the_narrowest(card):
+    bare = card.model_copy(update={"metrics": {}})
+    smooth = specialist(card, "darcy-smooth", "smooth", {})
+    p = routed(bare, [bare, smooth], darcy(4.0, mode="surrogate", tolerance=None))
+    assert p.card.ref == "default@2" and "no covering model measured this band" in p.routed
+    # a default that does not cover the request: the most specific that does
+    constants_only = bare.model_copy(update={"graphs": {"constant": "model.onnx"}})
+    p = routed(
+        constants_only, [constants_only, smooth], darcy(4.0, mode="surrogate", tolerance=None)
+    )
+    assert p.card.ref == "darcy-smooth@1" and "most specific" in p.routed
+    # nothing covers contrast 400: the default, whose envelope policy then applies
+    p = routed(card, [card, smooth], darcy(400.0, mode="surrogate", tolerance=None))
+    assert p.card.ref == "default@2" and p.fallback and "no published model covers" in p.routed

@@ -174,3 +174,21 @@ def test_the_sdk_speaks_binary_by_default_and_json_on_request(service):
     assert a.error_estimate == pytest.approx(b.error_estimate, rel=1e-5)
     with pytest.raises(ValueError, match="encoding"):
         Client(service, encoding="npz")
+
+
+def test_the_sdk_naming_no_model_is_routed_on_both_encodings(service):
+    request = darcy("smooth", 5.0)
+    f, a = field(request["source"]), field(request["coefficients"]["conductivity"])
+    results = []
+    for encoding in ("binary", "json"):
+        with Client(service, api_key=API_KEY, encoding=encoding) as c:
+            results.append(c.solve("poisson", f, eigenvalue=2.0, angle=0.3, conductivity=a))
+            # a named model is kept
+            named = c.solve(
+                "poisson", f, eigenvalue=2.0, angle=0.3, conductivity=a, model="default"
+            )
+            assert named.model == "default@1" and named.routed is None
+    binary, plain = results
+    assert binary.model == plain.model == "banded@1"  # the only card measuring the band
+    assert binary.routed == plain.routed and "lowest measured error" in binary.routed
+    assert np.allclose(binary.solution, plain.solution, atol=1e-6)

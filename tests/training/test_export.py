@@ -4,7 +4,7 @@ import onnx
 import pytest
 import torch
 
-from service.registry import Registry
+from service.registry import Registry, RegistryError
 from training.checkpoint import save_model
 from training.export import (
     ParityError,
@@ -244,3 +244,17 @@ def test_float16_export_halves_the_graphs_and_keeps_parity(tmp_path):
         assert {n.op_type for n in graph.graph.node[: len(halves)]} == {"Cast"}
         assert len(files_half[name]) < 0.7 * len(files_full[name])
     assert "float16" in half.notes and not full.notes
+
+
+def test_a_specialist_ships_its_fields_graph_alone(checkpoint, tmp_path, capsys):
+    where = str(tmp_path / "registry")
+    args = ["--checkpoint", str(checkpoint), "--name", "spec", "--registry", where]
+    assert main([*args, "--graphs", "fields", "--no-weights"]) == 0
+    card, files = Registry(where).read_files("spec")
+    assert card.graphs == {"fields": "model-fields.onnx"} and set(files) == {"model-fields.onnx"}
+    assert "fields batch" in capsys.readouterr().out  # checked against torch all the same
+    from training.finetune import FinetuneConfig, materialize_base
+
+    config = FinetuneConfig(base="spec", registry=where, train="t", val="v", test="t", n_examples=0)
+    with pytest.raises(RegistryError, match="spec@1 was published without weights"):
+        materialize_base(config, tmp_path / "base")
