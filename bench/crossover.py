@@ -58,6 +58,7 @@ from common import REPEAT, RESULTS, finish, goal, krylov_solve, timed  # noqa: E
 from fields import diffusion_problems, helmholtz_problems, pyamg_curve  # noqa: E402
 from merit import GRIDS as MERIT_GRIDS  # noqa: E402
 from merit import measure as measure_merit  # noqa: E402
+from merit import plot as plot_merit  # noqa: E402
 
 CONTRASTS = (4, 10, 100, 1000)
 CONSTANT_SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
@@ -290,6 +291,7 @@ def main() -> int:
         print("the figure of merit: worth in solver iterations over iterations bought")
         results["merit"], merit_goals = measure_merit(args.registry, args.merit_grids, b)
         goals.update(merit_goals)
+        plot_merit(results["merit"], RESULTS / "merit.png")
     results.update(
         model=runner.card.ref if runner.card.name else str(args.model),
         model_resolution=runner.card.resolution,
