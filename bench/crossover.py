@@ -51,7 +51,8 @@ from datagen.generate import generate_block  # noqa: E402
 from datagen.media import FIELD_KINDS  # noqa: E402
 from datagen.solver import relative_l2, solve  # noqa: E402
 from datagen.spec import SplitSpec  # noqa: E402
-from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
+from modelstore.registry import DEFAULT_REGISTRY  # noqa: E402
+from modelstore.runner import OnnxSurrogate  # noqa: E402
 
 sys.path.append(str(_BENCH))
 from common import REPEAT, RESULTS, finish, goal, krylov_solve, timed  # noqa: E402

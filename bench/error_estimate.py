@@ -29,7 +29,8 @@ from datagen.dataset import open_dataset  # noqa: E402
 from datagen.pipeline import write_split  # noqa: E402
 from datagen.solver import error_estimate, relative_l2  # noqa: E402
 from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from service.runner import DEFAULT_REGISTRY, OnnxSurrogate  # noqa: E402
+from modelstore.registry import DEFAULT_REGISTRY  # noqa: E402
+from modelstore.runner import OnnxSurrogate  # noqa: E402
 
 sys.path.append(str(_BENCH))
 from common import RESULTS, finish, goal  # noqa: E402

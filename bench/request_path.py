@@ -38,7 +38,7 @@ from service.client import Client, coefficient_rows  # noqa: E402
 from service.costs import CostModel, calibration_problem  # noqa: E402
 from service.edge import SOLVE_REQUEST  # noqa: E402
 from service.plan import Answer, plan_request  # noqa: E402
-from service.registry import BUNDLED_REGISTRY, Registry  # noqa: E402
+from modelstore.registry import BUNDLED_REGISTRY, Registry  # noqa: E402
 from service.schema import SolveResponse, encode_like  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 from service.wire import encode_array  # noqa: E402

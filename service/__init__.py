@@ -1,7 +1,8 @@
-"""Serving: the request schema, the model registry, ONNX Runtime, and the Ray Serve app.
+"""Serving: the request schema, the planner, routing, and the Ray Serve application.
 
-``schema`` is the public contract of ``POST /solve``; ``registry`` stores versioned
-models with their cards; ``runner`` runs a model's ONNX graph; ``app`` is the Serve
-application (``plan`` decides what runs per request, ``batching`` groups problems for
-the surrogate); ``client`` is the SDK and ``cli`` the ``pdeserve`` commands.
+``schema`` is the public contract of ``POST /solve``; ``app`` builds the Serve
+application (``ingress`` the routes, ``plan`` decides what runs per request, ``routing``
+which published model answers a request that names none, ``surrogate`` and ``exact``
+the two solver deployments); ``client`` is the SDK and ``cli`` the ``pdeserve``
+commands of the service. Published models are read and run through ``modelstore``.
 """

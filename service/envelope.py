@@ -3,7 +3,7 @@
 The envelope holds, per system, the ranges of the diffusion anisotropy (the
 paper's eigenvalue ratio e), of Psi (advection over diffusion) and of the
 Helmholtz w seen in training, and, for models trained on coefficient fields,
-the field statistics (:class:`~service.registry.FieldEnvelope`): the laws, the
+the field statistics (:class:`~modelstore.registry.FieldEnvelope`): the laws, the
 contrast of K, the relative variation of w and the correlation length. A
 field request is checked on its reference coefficients (the log-Euclidean mean
 of K, the mean of v and w: how the card records field examples) and on its
@@ -19,7 +19,7 @@ import numpy as np
 from datagen.coefficients import K11, K12, K22, W, reference, variation, varying
 from datagen.sampling import advection_psi
 from datagen.systems import anisotropy
-from service.registry import ModelCard
+from modelstore.registry import ModelCard
 
 #: Relative slack on the trained ranges: the training data sample the open interval.
 SLACK = 0.01

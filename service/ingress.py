@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from datagen.resample import sample_coefficients
 from datagen.solver import error_estimate
+from modelstore.registry import ModelCard, Registry, RegistryError
 from service import infer, v2
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.costs import GRIDS, SCALED, CostModel, calibrate_estimate
@@ -26,7 +27,6 @@ from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
 from service.errors import http_error
 from service.exact import ExactAnswer
 from service.plan import Answer, Plan, carry_out, plan_request, solver_key
-from service.registry import ModelCard, Registry, RegistryError
 from service.schema import (
     BatchRequest,
     BatchResponse,

@@ -14,7 +14,7 @@ mode is a function and an entry there.
 - ``auto`` (``tolerance``: the relative L2 error allowed): constant coefficients take
   the FFT solve (exact, and cheaper than the model). For fields the plan predicts, before
   anything runs, each candidate's error and cost (:func:`decide`): the surrogate's error
-  from the model card's measured error on the problem's band (:mod:`service.bands`),
+  from the model card's measured error on the problem's band (:mod:`modelstore.bands`),
   the costs from what this service measured (:mod:`service.costs`). It tries the
   surrogate only where its predicted error is within the tolerance and the attempt pays
   on average (its cost, plus the exact solve it may still need, below the exact solve's
@@ -40,11 +40,11 @@ from datagen.coefficients import reference
 from datagen.preconditioners import SCALED_COST, isotropic_scale, predicted_iterations, roughness
 from datagen.solver import MEAN_TOLERANCE
 from datagen.systems import get_system
-from service.bands import Band, band_for
+from modelstore.bands import Band, band_for
+from modelstore.registry import ModelCard
 from service.costs import SCALED, CostModel, kappa
 from service.envelope import envelope_reasons, field_statistics
 from service.errors import http_error
-from service.registry import ModelCard
 from service.routing import route
 from service.schema import (
     DEFAULT_AUTO_TOLERANCE,

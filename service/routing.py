@@ -6,7 +6,7 @@ of each name) that
 
 1. covers it: inside the card's envelope, with a graph for its kind of coefficients
    (:func:`service.envelope.envelope_reasons` finds nothing), and
-2. has the lowest measured error on the request's band (:func:`service.bands.band_for`:
+2. has the lowest measured error on the request's band (:func:`modelstore.bands.band_for`:
    the card's mean relative L2 on held-out problems of the same system, field law and
    contrast or variation band) - the number auto's planner predicts from too.
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.bands import band_for
+from modelstore.bands import band_for
+from modelstore.registry import ModelCard
 from service.envelope import envelope_reasons
-from service.registry import ModelCard
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.runner import DEFAULT_MODEL, DEFAULT_REGISTRY
+from modelstore.registry import DEFAULT_MODEL, DEFAULT_REGISTRY
 
 
 def keys_from_env() -> list[str]:

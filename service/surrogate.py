@@ -1,7 +1,7 @@
 """The surrogate deployment: ONNX Runtime sessions of published models, several per replica
 (``@serve.multiplexed``); the samples of every call join one queue per graph that the
 ORT streams work through. The ONNX graph is built for the model's grid, so requests at
-other grids are resampled spectrally to it and back (:mod:`service.runner`)."""
+other grids are resampled spectrally to it and back (:mod:`modelstore.runner`)."""
 
 import asyncio
 import time
@@ -9,9 +9,9 @@ import time
 import numpy as np
 from ray import serve
 
+from modelstore.registry import ModelCard, Registry
+from modelstore.runner import OnnxSurrogate
 from service.costs import calibration_problem
-from service.registry import ModelCard, Registry
-from service.runner import OnnxSurrogate
 from service.settings import ServiceSettings
 
 

@@ -19,13 +19,14 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from service.registry import (
+from modelstore.registry import (
     CARD,
     WEIGHTS,
     Architecture,
     Envelope,
     ModelCard,
     Normalization,
+    checked_files,
     sha256_bytes,
 )
 from training.models.base import ModelBase, build_model
@@ -116,9 +117,8 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model from its card and load its weights (checked; no pickle involved)."""
     directory = Path(directory)
     card = read_card(directory)
-    data = (directory / WEIGHTS).read_bytes()
-    if WEIGHTS in card.files and sha256_bytes(data) != card.files[WEIGHTS]:
-        raise ValueError(f"{directory / WEIGHTS} does not match its checksum in the card")
+    files = checked_files(card, lambda name: (directory / name).read_bytes(), str(directory))
+    data = files[WEIGHTS] if WEIGHTS in files else (directory / WEIGHTS).read_bytes()
     model = build_model(card.model.model_dump(by_alias=True))
     model.load_state_dict(load(data))
     return model.to(device)

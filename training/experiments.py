@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from datagen.ray_instance import ray_instance, stops_cleanly
 from datagen.spec import DEFAULT_EIG, DEFAULT_OMEGA, DEFAULT_RATIO
-from service.registry import Registry, RegistryError
+from modelstore.registry import Registry, RegistryError
 from training.config import (
     DataConfig,
     DataSource,

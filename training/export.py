@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import torch
 
-from service.registry import (
+from modelstore.registry import (
     DEFAULT_REGISTRY,
     ONNX,
     ONNX_FIELDS,
@@ -212,7 +212,7 @@ def card_from_checkpoint(directory: Path, parent: str | None) -> ModelCard:
 
 def onnx_runner(model: PDESurrogate, card: ModelCard, *, fields: bool, threads: int | None = None):
     """The model's exported graph in ONNX Runtime, as served (constant or fields input)."""
-    from service.runner import OnnxSurrogate
+    from modelstore.runner import OnnxSurrogate
 
     graph = export_onnx(model, card.resolution, {}, fields=fields)
     return OnnxSurrogate(card, graph, threads=threads, fields=fields)
@@ -223,7 +223,7 @@ def test_metrics(
 ) -> dict[str, float]:
     """Mean relative L2 of the exported graphs on test files (each file through the graph
     for its kind of coefficients): per system (and field law) and overall."""
-    from service.cli import evaluate, has_fields
+    from modelstore.evaluate import evaluate, has_fields
 
     runners = {}
     per_system, total, count = {}, 0.0, 0

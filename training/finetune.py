@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from datagen.dataset import open_dataset
 from datagen.ray_instance import ray_instance, stops_cleanly
-from service.registry import WEIGHTS, ModelCard, Registry, RegistryError
+from modelstore.registry import DEFAULT_REGISTRY, WEIGHTS, ModelCard, Registry, RegistryError
 from training.checkpoint import load_model
 from training.config import (
     DataConfig,
@@ -43,7 +43,7 @@ from training.config import (
     TrainConfig,
 )
 from training.context import LocalContext, default_device
-from training.export import DEFAULT_REGISTRY, export, test_metrics
+from training.export import export, test_metrics
 from training.normalization import NormalizationStats
 from training.prepare import PreparedData, prepare_data
 from training.trainer import train

@@ -7,7 +7,7 @@ import pytest
 from service_helpers import API_KEY, publish_tiny, wait_ready
 
 from service.embedded import free_port
-from service.registry import Registry
+from modelstore.registry import Registry
 
 
 @pytest.fixture(scope="package")

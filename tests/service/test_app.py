@@ -11,7 +11,7 @@ from service_helpers import API_KEY, RESOLUTION, publish_tiny
 
 from datagen.resample import resample
 from datagen.solver import solve
-from service.runner import OnnxSurrogate
+from modelstore.runner import OnnxSurrogate
 from service.schema import EncodedArray
 
 COEFFICIENTS = {

@@ -9,8 +9,9 @@ import pytest
 from datagen.generate import generate_block
 from datagen.solver import relative_l2
 from datagen.spec import FieldLaw, SplitSpec
-from service.registry import BUNDLED_REGISTRY, Registry
-from service.runner import DEFAULT_MODEL, OnnxSurrogate
+from modelstore.registry import BUNDLED_REGISTRY, Registry
+from modelstore.registry import DEFAULT_MODEL
+from modelstore.runner import OnnxSurrogate
 
 SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
 BUDGET_BYTES = 30 * 2**20

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from service.bands import Band, band_for, band_key, bands
+from modelstore.bands import Band, band_for, band_key, bands
 from service.costs import CostModel, iterations_formula
 from service.edge import SOLVE_REQUEST
 from service.plan import carry_out, plan_request
-from service.registry import BUNDLED_REGISTRY, Registry
+from modelstore.registry import BUNDLED_REGISTRY, Registry
 
 N = 64
 

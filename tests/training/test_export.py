@@ -4,7 +4,7 @@ import onnx
 import pytest
 import torch
 
-from service.registry import Registry, RegistryError
+from modelstore.registry import Registry, RegistryError
 from training.checkpoint import save_model
 from training.export import (
     ParityError,
@@ -94,7 +94,7 @@ def test_the_fields_graph_gives_the_constant_graph_on_constant_fields(checkpoint
     import numpy as np
 
     from datagen.coefficients import broadcast_fields
-    from service.runner import OnnxSurrogate
+    from modelstore.runner import OnnxSurrogate
     from training.checkpoint import load_model, read_card
     from training.export import example_inputs
 

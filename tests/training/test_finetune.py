@@ -6,7 +6,7 @@ import pytest
 
 from datagen.pipeline import write_split
 from datagen.spec import SplitSpec
-from service.registry import Registry
+from modelstore.registry import Registry
 from training.finetune import FinetuneConfig, main, run
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ray_helpers import BIN, clean_env, ray_head, short_tmp
 
-from service.registry import BUNDLED_REGISTRY, Registry
+from modelstore.registry import BUNDLED_REGISTRY, Registry
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- journey: finetune"

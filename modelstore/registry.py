@@ -39,6 +39,8 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]*$"
 BUNDLED_REGISTRY = Path(__file__).resolve().parents[1] / "models"
 #: Where models are looked up by name and published to, unless told otherwise.
 DEFAULT_REGISTRY = os.environ.get("PDESERVE_REGISTRY", str(BUNDLED_REGISTRY))
+#: The name served by default.
+DEFAULT_MODEL = os.environ.get("PDESERVE_MODEL", "default")
 
 FileMaker = Callable[["ModelCard"], dict[str, bytes]]
 
@@ -141,6 +143,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def checked_files(card: ModelCard, read: Callable[[str], bytes], where: str) -> dict[str, bytes]:
+    """Every file ``card`` lists, read by name with ``read`` and checked against its SHA-256
+    (``where``: the model's place, for the error): the one check of published files."""
+    files = {}
+    for filename, digest in card.files.items():
+        data = read(filename)
+        if sha256_bytes(data) != digest:
+            raise RegistryError(
+                f"{where}/{filename} does not match its checksum in the card: the file was "
+                "changed after publishing; refusing to load it"
+            )
+        files[filename] = data
+    return files
+
+
 def parse_ref(ref: str) -> tuple[str, str]:
     """``name``, ``name@latest`` or ``name@3`` -> (name, version or 'latest')."""
     name, _, version = ref.partition("@")
@@ -208,16 +225,8 @@ class Registry:
         """The card and every file it lists, each checked against its SHA-256."""
         name, version = self.resolve(ref)
         card = self._read_card(name, version)
-        files = {}
-        for filename, digest in card.files.items():
-            data = self.fs.cat_file(self._join(name, version, filename))
-            if sha256_bytes(data) != digest:
-                raise RegistryError(
-                    f"{name}@{version}/{filename} does not match its checksum in the card: "
-                    "the file was changed after publishing; refusing to load it"
-                )
-            files[filename] = data
-        return card, files
+        read = lambda filename: self.fs.cat_file(self._join(name, version, filename))  # noqa: E731
+        return card, checked_files(card, read, f"{name}@{version}")
 
     # -- writing -------------------------------------------------------------------------
 

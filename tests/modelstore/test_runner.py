@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from datagen.systems import unified_coefficients
-from service.registry import BUNDLED_REGISTRY
-from service.runner import OnnxSurrogate
+from modelstore.registry import BUNDLED_REGISTRY
+from modelstore.runner import OnnxSurrogate
 
 N = 64
 

@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from service.registry import (
+from modelstore.registry import (
     Architecture,
     ModelCard,
     Normalization,
@@ -99,7 +99,7 @@ def test_a_publish_killed_midway_leaves_no_version(tmp_path):
     code = f"""
 import time
 from pathlib import Path
-from service.registry import Registry
+from modelstore.registry import Registry
 import tests_registry_card as t
 def stall(self, staging, target):
     Path({str(tmp_path / "ready")!r}).write_text(staging)
@@ -109,7 +109,7 @@ Registry({str(tmp_path / "reg")!r}).publish("m", t.card(), {{"model.onnx": b"x" 
 """
     helper = tmp_path / "tests_registry_card.py"
     helper.write_text(
-        "from service.registry import Architecture, ModelCard, Normalization\n"
+        "from modelstore.registry import Architecture, ModelCard, Normalization\n"
         "def card():\n"
         "    return ModelCard(model=Architecture.model_validate("
         "{'class': 'X', 'args': {}, 'n_parameters': 1}), normalization=Normalization("

@@ -12,30 +12,22 @@ from pathlib import Path
 import numpy as np
 
 from datagen.resample import resample, sample_coefficients
-from service.registry import (
+from modelstore.registry import (
     CARD,
+    DEFAULT_MODEL,
     DEFAULT_REGISTRY,
     ONNX,
     ModelCard,
     Registry,
     RegistryError,
-    sha256_bytes,
+    checked_files,
 )
-
-#: The name served by default.
-DEFAULT_MODEL = os.environ.get("PDESERVE_MODEL", "default")
 
 
 def read_model_dir(directory: Path) -> tuple[ModelCard, dict[str, bytes]]:
     """A published version copied to a folder: the card and its files, checksums verified."""
     card = ModelCard.model_validate_json((directory / CARD).read_bytes())
-    files = {}
-    for name, digest in card.files.items():
-        data = (directory / name).read_bytes()
-        if sha256_bytes(data) != digest:
-            raise RegistryError(f"{directory / name} does not match its checksum in the card")
-        files[name] = data
-    return card, files
+    return card, checked_files(card, lambda name: (directory / name).read_bytes(), str(directory))
 
 
 def locate(

@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from service.registry import ModelCard
+from modelstore.registry import ModelCard
 
 PREFIX = "test_rel_l2/"
 _KEY = re.compile(r"^(?P<system>[a-z_]+)(?:-(?P<law>[a-z-]+)\((?P<low>[^,]+),(?P<high>[^)]+)\))?$")
