@@ -84,6 +84,14 @@ def test_dockerfile_copies_what_exists_and_runs_pdeserve_serve():
         for source in line.split()[2:-1]:
             assert (ROOT / source.rstrip("/")).exists(), line
     assert "rayproject/ray:2.60.0" in dockerfile
+    # every package the project installs is in the image
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(
+        r"^\[tool\.setuptools\.packages\.find\]\ninclude = \[(.*)\]", pyproject, re.M
+    )
+    for package in re.findall(r'"([^"]+)"', include.group(1)):
+        name = package.rstrip("*")
+        assert f"COPY --chown=ray:users {name}/ {name}/" in dockerfile, name
     cmd = re.search(r"^CMD \[(.*)\]$", dockerfile, flags=re.M).group(1)
     assert cmd.replace('"', "").split(", ")[:2] == ["pdeserve", "serve"]
     assert (DEPLOY / "README.md").exists()
