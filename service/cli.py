@@ -1,4 +1,6 @@
-"""``pdeserve models list|show`` and ``pdeserve eval``: the registry and ONNX models, no torch."""
+"""``pdeserve models list|show``, ``pdeserve eval`` and ``pdeserve serve``: the published
+models (through :mod:`modelstore`), their error on a dataset, and the service on a private
+Ray instance (or a cluster); no torch."""
 
 from __future__ import annotations
 
