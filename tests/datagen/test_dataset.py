@@ -4,8 +4,9 @@ and the same data whatever runs the generation (one process, worker processes, R
 import h5py
 import numpy as np
 import pytest
+from authors_layout import write_authors_file
 
-from datagen.dataset import DatasetWriter, open_dataset, write_authors_file
+from datagen.dataset import DatasetWriter, open_dataset
 from datagen.pipeline import write_split, write_splits
 from datagen.spec import SplitSpec
 

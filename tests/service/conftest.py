@@ -6,8 +6,8 @@ import httpx
 import pytest
 from service_helpers import API_KEY, publish_tiny, wait_ready
 
-from service.embedded import free_port
 from modelstore.registry import Registry
+from service.embedded import free_port
 
 
 @pytest.fixture(scope="package")

@@ -9,8 +9,7 @@ import pytest
 from datagen.generate import generate_block
 from datagen.solver import relative_l2
 from datagen.spec import FieldLaw, SplitSpec
-from modelstore.registry import BUNDLED_REGISTRY, Registry
-from modelstore.registry import DEFAULT_MODEL
+from modelstore.registry import BUNDLED_REGISTRY, DEFAULT_MODEL, Registry
 from modelstore.runner import OnnxSurrogate
 
 SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from modelstore.bands import Band, band_for, band_key, bands
+from modelstore.registry import BUNDLED_REGISTRY, Registry
 from service.costs import CostModel, iterations_formula
 from service.edge import SOLVE_REQUEST
 from service.plan import carry_out, plan_request
-from modelstore.registry import BUNDLED_REGISTRY, Registry
 
 N = 64
 

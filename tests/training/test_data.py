@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from authors_layout import write_authors_file
 
-from datagen.dataset import open_dataset, write_authors_file
+from datagen.dataset import open_dataset
 from datagen.pipeline import write_split
 from datagen.spec import SplitSpec
 from datagen.systems import anisotropy

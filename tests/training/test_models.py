@@ -81,8 +81,7 @@ def test_card_rebuilds_the_architecture():
 
 
 def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
-    model = _model(source_ref=0.5, coefficient_ref=[0.01] * 3 + [0.3, 0.3, 5.0], solution_ref=2.0)
-    model.set_normalization(0.25, [0.02] * 3 + [0.1, 0.1, 3.0], 4.0)
+    model = _model(source_ref=0.25, coefficient_ref=[0.02] * 3 + [0.1, 0.1, 3.0], solution_ref=4.0)
     path = save_model(model, tmp_path / "m", metadata={"metrics": {"val": 0.1}})
     assert sorted(p.name for p in path.iterdir()) == ["card.json", "weights.safetensors"]
     card = read_card(path)

@@ -52,19 +52,6 @@ class PDESurrogate(ModelBase):
     def set_spectral_path(self, path: str) -> None:
         self.fno.set_spectral_path(path)
 
-    def set_normalization(
-        self, source_ref: float, coefficient_ref: list[float], solution_ref: float
-    ) -> None:
-        """Install statistics computed from the training set (recorded in the card)."""
-        self.normalize = InputNormalization(source_ref, coefficient_ref, solution_ref).to(
-            self.normalize.source_ref.device
-        )
-        self._init_args.update(
-            source_ref=float(source_ref),
-            coefficient_ref=[float(c) for c in coefficient_ref],
-            solution_ref=float(solution_ref),
-        )
-
     def forward(self, source: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """source (B, n, n), coefficients (B, 6) or (B, 6, n, n) in the unified layout ->
         solution (B, n, n)."""
