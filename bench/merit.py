@@ -42,11 +42,10 @@ from datagen.coefficients import reference as reference_coefficients  # noqa: E4
 from datagen.generate import generate_block  # noqa: E402
 from datagen.solver import relative_l2  # noqa: E402
 from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from service.envelope import field_statistics  # noqa: E402
-from modelstore.registry import Registry  # noqa: E402
-from service.routing import route  # noqa: E402
-from modelstore.registry import DEFAULT_REGISTRY  # noqa: E402
+from modelstore.registry import DEFAULT_REGISTRY, Registry  # noqa: E402
 from modelstore.runner import OnnxSurrogate  # noqa: E402
+from service.envelope import field_statistics  # noqa: E402
+from service.routing import route  # noqa: E402
 
 sys.path.append(str(_BENCH))
 from common import RESULTS, finish, goal, krylov_solve, timed  # noqa: E402

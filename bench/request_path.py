@@ -33,12 +33,12 @@ import numpy as np
 _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
+from modelstore.registry import BUNDLED_REGISTRY, Registry  # noqa: E402
 from service import embedded, infer, v2  # noqa: E402
 from service.client import Client, coefficient_rows  # noqa: E402
 from service.costs import CostModel, calibration_problem  # noqa: E402
 from service.edge import SOLVE_REQUEST  # noqa: E402
 from service.plan import Answer, plan_request  # noqa: E402
-from modelstore.registry import BUNDLED_REGISTRY, Registry  # noqa: E402
 from service.schema import SolveResponse, encode_like  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 from service.wire import encode_array  # noqa: E402

@@ -52,10 +52,10 @@ _BENCH = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from datagen.media import conductivity, gaussian_random_fields  # noqa: E402
-from service import embedded  # noqa: E402
-from service.embedded import Embedded, free_port, replica_pids  # noqa: E402
 from modelstore.registry import Registry  # noqa: E402
 from modelstore.runner import OnnxSurrogate  # noqa: E402
+from service import embedded  # noqa: E402
+from service.embedded import Embedded, free_port, replica_pids  # noqa: E402
 from service.schema import EncodedArray, HelmholtzRequest, PoissonRequest  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 from training.checkpoint import save_model  # noqa: E402

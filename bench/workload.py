@@ -38,10 +38,10 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 
 from datagen import media, sources  # noqa: E402
 from datagen.solver import relative_l2, solve  # noqa: E402
+from modelstore.registry import BUNDLED_REGISTRY  # noqa: E402
 from service import embedded  # noqa: E402
 from service.client import Client  # noqa: E402
 from service.plan import AUTO_MAX_RESIDUAL, AUTO_RESIDUAL_FRACTION  # noqa: E402
-from modelstore.registry import BUNDLED_REGISTRY  # noqa: E402
 from service.schema import MAX_TOLERANCE, MIN_TOLERANCE  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from datagen.field_solver import divergence_free_velocity
+from datagen.solver import relative_l2 as datagen_relative_l2
 from datagen.systems import (
     DIFFUSION_SCALE,
     CoefficientError,
@@ -438,10 +439,10 @@ class BatchResponse(BaseModel):
 
 
 def relative_l2(prediction: np.ndarray, reference: np.ndarray) -> float | None:
-    """As datagen's metric, but defined when the reference is zero (0 if both are)."""
-    ref = float(np.linalg.norm(reference))
-    diff = float(np.linalg.norm(np.asarray(prediction) - reference))
-    if ref == 0.0:
-        return 0.0 if diff == 0.0 else None
-    value = diff / ref
+    """datagen's metric for one (n, n) answer, defined where the reference is zero too (0 if
+    both are, None if only the reference is); None where it is not finite."""
+    if not np.any(reference):
+        return 0.0 if not np.any(prediction) else None
+    with np.errstate(over="ignore", invalid="ignore"):
+        value = float(datagen_relative_l2(prediction, reference))
     return value if math.isfinite(value) else None
