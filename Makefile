@@ -46,7 +46,7 @@ pretrained: $(STAMP)
 	PY=$(PY) bash training/pretrained.sh
 
 bench: $(STAMP)
-	$(PY) bench/datagen.py
+	$(PY) -m bench.datagen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

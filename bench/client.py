@@ -1,6 +1,6 @@
 """Client throughput: the SDK's ``solve_batch`` against a naive loop of single JSON-list requests.
 
-    .venv/bin/python bench/client.py [--quick] [--examples 4096] [--naive 256]
+    .venv/bin/python -m bench.client [--quick] [--examples 4096] [--naive 256]
 
 Writes bench/results/client.json. One local service (the model of bench/serve.py: an
 untrained fno-1m at 128^2, Ray + Serve in this process, default ServiceSettings) answers
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,29 +33,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.dataset import open_dataset  # noqa: E402
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.spec import SplitSpec  # noqa: E402
-from service.client import Client  # noqa: E402
-from service.settings import ServiceSettings  # noqa: E402
-from service.wire import decode_array, encode_array  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import goal, write_results  # noqa: E402
-from serve import (  # noqa: E402
+from bench.common import (
     API_KEY,
     MODEL,
     RESOLUTION,
     ForeignCPU,
+    goal,
     publish,
     start_service,
     stop_service,
     wait_quiet,
+    write_results,
 )
+from datagen.dataset import open_dataset
+from datagen.pipeline import write_split
+from datagen.spec import SplitSpec
+from service.client import Client
+from service.settings import ServiceSettings
+from service.wire import decode_array, encode_array
 
 TARGET = 5.0
 TOLERANCE = 1e-5

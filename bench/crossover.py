@@ -1,7 +1,7 @@
 """When does the surrogate pay? Darcy media per contrast: the surrogate's error and cost
 against the exact solvers' cost at that same error, and refine against a cold start.
 
-    .venv/bin/python bench/crossover.py --model NAME[@VERSION] [--registry DIR] [--quick]
+    .venv/bin/python -m bench.crossover --model NAME[@VERSION] [--registry DIR] [--quick]
 
 For each law (smooth, two-phase) and contrast (4, 10, 100, 1000), on B problems at 128^2
 (K = a(x) 0.01 I, the paper's Gaussian sources; the reference solved to 1e-11):
@@ -36,30 +36,23 @@ the served surrogate one request at a time.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.coefficients import contrast as contrast_of  # noqa: E402
-from datagen.generate import generate_block  # noqa: E402
-from datagen.media import FIELD_KINDS  # noqa: E402
-from datagen.solver import relative_l2, solve  # noqa: E402
-from datagen.spec import SplitSpec  # noqa: E402
-from modelstore.registry import DEFAULT_REGISTRY  # noqa: E402
-from modelstore.runner import OnnxSurrogate  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import REPEAT, RESULTS, finish, goal, krylov_solve, timed  # noqa: E402
-from fields import diffusion_problems, helmholtz_problems, pyamg_curve  # noqa: E402
-from merit import GRIDS as MERIT_GRIDS  # noqa: E402
-from merit import measure as measure_merit  # noqa: E402
-from merit import plot as plot_merit  # noqa: E402
+from bench.common import REPEAT, RESULTS, finish, goal, krylov_solve, timed
+from bench.fields import diffusion_problems, helmholtz_problems, pyamg_curve
+from bench.merit import GRIDS as MERIT_GRIDS
+from bench.merit import measure as measure_merit
+from bench.merit import plot as plot_merit
+from datagen.coefficients import contrast as contrast_of
+from datagen.generate import generate_block
+from datagen.media import FIELD_KINDS
+from datagen.solver import relative_l2, solve
+from datagen.spec import SplitSpec
+from modelstore.registry import DEFAULT_REGISTRY
+from modelstore.runner import OnnxSurrogate
 
 CONTRASTS = (4, 10, 100, 1000)
 CONSTANT_SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")

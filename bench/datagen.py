@@ -4,7 +4,7 @@ Baseline measured in the same run (the "floor"): a batched float64 rfft2 +
 irfft2 per sample, on the same worker processes, nothing else. pdeserve builds
 the source spectrum without a forward FFT, so it can beat the floor.
 
-    .venv/bin/python bench/datagen.py [--quick] [--examples N] [--workers K]
+    .venv/bin/python -m bench.datagen [--quick] [--examples N] [--workers K]
 
 Writes bench/results/datagen.json. Goals: >= 3,000 samples/s for every system
 and >= 0.5 of the floor.
@@ -24,17 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import finish, goal
+
 # This file is named like the package it measures: take its folder off the path
 # before importing the package, and load the shared helpers by file.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.memory import keep_freed_memory  # noqa: E402
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.spec import SplitSpec  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import finish, goal  # noqa: E402
+from datagen.memory import keep_freed_memory
+from datagen.pipeline import write_split
+from datagen.spec import SplitSpec
 
 SYSTEMS = ("poisson", "advection_diffusion", "helmholtz")
 _fields: dict[tuple[int, int], np.ndarray] = {}

@@ -1,6 +1,6 @@
 """How well the service's error estimate tracks the surrogate's true error, per system.
 
-    .venv/bin/python bench/error_estimate.py [--constant-model default]
+    .venv/bin/python -m bench.error_estimate [--constant-model default]
         [--field-model NAME[@VERSION] --registry DIR] [--n 128] [--examples 256]
 
 Held-out problems (a seed no training run uses, 2027) at ``--n``: the constant-coefficient
@@ -16,24 +16,18 @@ Goal: within a factor of 3 for >= 90% of the examples, per system.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.dataset import open_dataset  # noqa: E402
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.solver import error_estimate, relative_l2  # noqa: E402
-from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from modelstore.registry import DEFAULT_REGISTRY  # noqa: E402
-from modelstore.runner import OnnxSurrogate  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import RESULTS, finish, goal  # noqa: E402
+from bench.common import RESULTS, finish, goal
+from datagen.dataset import open_dataset
+from datagen.pipeline import write_split
+from datagen.solver import error_estimate, relative_l2
+from datagen.spec import FieldLaw, SplitSpec
+from modelstore.registry import DEFAULT_REGISTRY
+from modelstore.runner import OnnxSurrogate
 
 SEED = 2027
 FACTOR = 3.0

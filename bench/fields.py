@@ -2,7 +2,7 @@
 how they compare with scipy (same operator, one sample at a time) and with pyamg (the
 strongest exact method a user could pick instead), at 128^2 on this machine.
 
-    .venv/bin/python bench/fields.py [--quick]
+    .venv/bin/python -m bench.fields [--quick]
 
 Sections, all in one run, one process, one thread (FFTs, BLAS and pyamg alike):
 - iteration cost: a CG (and GMRES) iteration per sample against the floor, a batched
@@ -46,21 +46,15 @@ import numpy as np
 import scipy.fft as sfft
 from threadpoolctl import threadpool_limits
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen import krylov, media, preconditioners, sources  # noqa: E402
-from datagen.coefficients import broadcast_fields  # noqa: E402
-from datagen.field_operator import FieldOperator  # noqa: E402
-from datagen.memory import keep_freed_memory  # noqa: E402
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.solver import KRYLOV_BATCH, ConvergenceError, relative_l2, solve_detailed  # noqa: E402
-from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from datagen.systems import unified_coefficients  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import RESULTS, finish, goal  # noqa: E402
+from bench.common import RESULTS, finish, goal
+from datagen import krylov, media, preconditioners, sources
+from datagen.coefficients import broadcast_fields
+from datagen.field_operator import FieldOperator
+from datagen.memory import keep_freed_memory
+from datagen.pipeline import write_split
+from datagen.solver import KRYLOV_BATCH, ConvergenceError, relative_l2, solve_detailed
+from datagen.spec import FieldLaw, SplitSpec
+from datagen.systems import unified_coefficients
 
 N = 128
 LENGTH = 0.1

@@ -15,7 +15,7 @@ source "$(dirname "$0")/gpu_env.sh"
 gpu_facts "$OUT/gpu.txt"
 spectral=auto
 if [ "$BENCH" = 1 ]; then
-  $PY bench/train.py --device "$DEVICE" --name train-gpu 2>&1 | tee "$OUT/bench.log"
+  $PY -m bench.train --device "$DEVICE" --name train-gpu 2>&1 | tee "$OUT/bench.log"
   cp bench/results/train-gpu.json "$OUT/"
   spectral=$($PY -c "import json; r = json.load(open('bench/results/train-gpu.json'))['results']; print(r['fno-16m']['best'].split('-')[1])" 2>/dev/null || echo auto)
 fi

@@ -3,7 +3,7 @@ the exact solver, at batch 1, 8 and 32 on a 128^2 grid, for constant coefficient
 FFT solve) and for coefficient fields (Poisson with smooth conductivity fields of contrast
 1..100: the fields graph, and the Krylov solver to 1e-8).
 
-    .venv/bin/python bench/inference.py [--quick] [--model fno-1m] [--threads 2]
+    .venv/bin/python -m bench.inference [--quick] [--model fno-1m] [--threads 2]
         [--baseline-graph OLD.onnx]
 
 Writes bench/results/inference.json. Goal: ONNX Runtime >= 2x torch eager on CPU, for
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,18 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.solver import solve  # noqa: E402
-from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from training.export import export_onnx  # noqa: E402
-from training.models import PDESurrogate, preset  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import goal, write_results  # noqa: E402
+from bench.common import goal, write_results
+from datagen.pipeline import write_split
+from datagen.solver import solve
+from datagen.spec import FieldLaw, SplitSpec
+from training.export import export_onnx
+from training.models import PDESurrogate, preset
 
 BATCHES = (1, 8, 32)
 RESOLUTION = 128

@@ -1,7 +1,7 @@
 """Physics-aware inputs, in short paired runs: does the FNO learn Darcy flow better from
 log a and the reference solution u_ref than from the coefficient values?
 
-    .venv/bin/python bench/inputs.py [--examples 2048] [--epochs 10] [--kind smooth]
+    .venv/bin/python -m bench.inputs [--examples 2048] [--epochs 10] [--kind smooth]
 
 Three encodings of the same problems (Poisson, K = a(x) K_SYS-1, contrast 1..100 at 64^2,
 the served model's grid), each trained from the same seed, on the same examples, for the
@@ -23,26 +23,19 @@ encoding (the issue-31 lever 1).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.coefficients import K11, K12, K22, reference  # noqa: E402
-from datagen.generate import generate_block  # noqa: E402
-from datagen.solver import relative_l2 as numpy_relative_l2  # noqa: E402
-from datagen.solver import solve  # noqa: E402
-from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from training.metrics import relative_l2  # noqa: E402
-from training.models.fno import FNO2d  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import finish  # noqa: E402
+from bench.common import finish
+from datagen.coefficients import K11, K12, K22, reference
+from datagen.generate import generate_block
+from datagen.solver import relative_l2 as numpy_relative_l2
+from datagen.solver import solve
+from datagen.spec import FieldLaw, SplitSpec
+from training.metrics import relative_l2
+from training.models.fno import FNO2d
 
 N = 64
 ENCODINGS = ("values", "log", "log+uref")

@@ -1,6 +1,6 @@
 """HTTP load generator for ``bench/serve.py``, run as a process of its own.
 
-    python bench/loadgen.py --url URL/solve --body FILE --concurrency 8 --seconds 15
+    python -m bench.loadgen --url URL/solve --body FILE --concurrency 8 --seconds 15
         [--tries 1] [--timeout 60] [--header NAME:VALUE]...
 
 ``concurrency`` workers post the same body back to back over kept-alive HTTP/1.1

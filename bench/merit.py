@@ -1,7 +1,7 @@
 """The surrogate's figure of merit: how many exact-solver iterations its answer is worth,
 over how many iterations its cost buys, per medium, contrast band and grid.
 
-    .venv/bin/python bench/merit.py [--registry models] [--grids 128 256 512]
+    .venv/bin/python -m bench.merit [--registry models] [--grids 128 256 512]
         [--problems 32] [--no-served] [--quick]
 
 (Also run by ``bench/crossover.py``, whose JSON keeps the result under ``merit``.)
@@ -29,26 +29,28 @@ both 2..10 bands. Writes bench/results/merit.json and merit.png.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.coefficients import reference as reference_coefficients  # noqa: E402
-from datagen.generate import generate_block  # noqa: E402
-from datagen.solver import relative_l2  # noqa: E402
-from datagen.spec import FieldLaw, SplitSpec  # noqa: E402
-from modelstore.registry import DEFAULT_REGISTRY, Registry  # noqa: E402
-from modelstore.runner import OnnxSurrogate  # noqa: E402
-from service.envelope import field_statistics  # noqa: E402
-from service.routing import route  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import RESULTS, finish, goal, krylov_solve, timed  # noqa: E402
+from bench.common import (
+    RESULTS,
+    finish,
+    goal,
+    krylov_solve,
+    start_service,
+    stop_service,
+    timed,
+)
+from datagen.coefficients import reference as reference_coefficients
+from datagen.generate import generate_block
+from datagen.solver import relative_l2
+from datagen.spec import FieldLaw, SplitSpec
+from modelstore.registry import DEFAULT_REGISTRY, Registry
+from modelstore.runner import OnnxSurrogate
+from service.envelope import field_statistics
+from service.routing import route
 
 BANDS = {"2..10": (2.0, 10.0), "10..100": (10.0, 100.0)}
 KINDS = ("smooth", "two-phase")
@@ -171,25 +173,20 @@ def model_entry(runner: OnnxSurrogate, f, fields, reference, iteration: dict) ->
 
 
 class Service:
-    """The service on the registry (an embedded Ray instance) and an SDK client to it."""
+    """The service on the registry (:func:`bench.common.start_service`) and an SDK client."""
 
     def __init__(self, registry: str):
-        from service import embedded
         from service.client import Client
         from service.settings import ServiceSettings
 
         settings = ServiceSettings(registry=registry, default_model="default")
-        self.app = embedded.start(
-            settings, port=embedded.free_port(), num_cpus=2, log_to_driver=False
-        )
+        self.app = start_service(settings)
         self.client = Client(self.app.url, timeout=600, dtype="float32")
         self.cap = settings.max_body_bytes
 
     def close(self) -> None:
-        from service import embedded
-
         self.client.close()
-        embedded.stop()
+        stop_service()
 
 
 def measure(registry: str, grids, b: int, served: bool = True) -> tuple[dict, dict]:

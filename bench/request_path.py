@@ -1,6 +1,6 @@
 """The path around the model: what a single request costs beside the model, per grid.
 
-    .venv/bin/python bench/request_path.py [--model NAME[@VERSION]] [--quick]
+    .venv/bin/python -m bench.request_path [--model NAME[@VERSION]] [--quick]
 
 On Darcy problems (a smooth conductivity of contrast 5 times 0.01 I, a Gaussian source)
 at 64^2..512^2, single requests over HTTP to the service on a private Ray instance:
@@ -26,25 +26,19 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from modelstore.registry import BUNDLED_REGISTRY, Registry  # noqa: E402
-from service import embedded, infer, v2  # noqa: E402
-from service.client import Client, coefficient_rows  # noqa: E402
-from service.costs import CostModel, calibration_problem  # noqa: E402
-from service.edge import SOLVE_REQUEST  # noqa: E402
-from service.plan import Answer, plan_request  # noqa: E402
-from service.schema import SolveResponse, encode_like  # noqa: E402
-from service.settings import ServiceSettings  # noqa: E402
-from service.wire import encode_array  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import finish, goal  # noqa: E402
+from bench.common import finish, goal
+from modelstore.registry import BUNDLED_REGISTRY, Registry
+from service import embedded, infer, v2
+from service.client import Client, coefficient_rows
+from service.costs import CostModel, calibration_problem
+from service.edge import SOLVE_REQUEST
+from service.plan import Answer, plan_request
+from service.schema import SolveResponse, encode_like
+from service.settings import ServiceSettings
+from service.wire import encode_array
 
 GRIDS = (64, 128, 256, 512)
 

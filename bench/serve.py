@@ -1,10 +1,10 @@
 """Served throughput and latency of POST /solve against raw ONNX Runtime, same model, same run.
 
-    .venv/bin/python bench/serve.py [--quick] [--max-batch-size 32] [--surrogate-calls-in-flight 2]
+    .venv/bin/python -m bench.serve [--quick] [--max-batch-size 32] [--surrogate-calls-in-flight 2]
         [--call-hold-s 0.004] [--ort-threads N] [--surrogate-cpus 1.0] [--ingress-cpus 0.25]
         [--max-ongoing-requests 128]
-    .venv/bin/python bench/serve.py --fault [--quick]
-    .venv/bin/python bench/serve.py --fields [--quick]
+    .venv/bin/python -m bench.serve --fault [--quick]
+    .venv/bin/python -m bench.serve --fields [--quick]
 
 Normal mode writes bench/results/serve.json: requests/s, p50/p99 latency and errors of single
 base64 Helmholtz solves (omega = 4, inside the envelope, so the surrogate answers) on a 128^2
@@ -45,30 +45,27 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
+from bench.common import (
+    API_KEY,
+    MODEL,
+    RESOLUTION,
+    ForeignCPU,
+    goal,
+    publish,
+    start_service,
+    wait_quiet,
+    write_results,
+)
+from datagen.media import conductivity, gaussian_random_fields
+from modelstore.registry import Registry
+from modelstore.runner import OnnxSurrogate
+from service import embedded
+from service.embedded import replica_pids
+from service.schema import EncodedArray, HelmholtzRequest, PoissonRequest
+from service.settings import ServiceSettings
 
-from datagen.media import conductivity, gaussian_random_fields  # noqa: E402
-from modelstore.registry import Registry  # noqa: E402
-from modelstore.runner import OnnxSurrogate  # noqa: E402
-from service import embedded  # noqa: E402
-from service.embedded import Embedded, free_port, replica_pids  # noqa: E402
-from service.schema import EncodedArray, HelmholtzRequest, PoissonRequest  # noqa: E402
-from service.settings import ServiceSettings  # noqa: E402
-from training.checkpoint import save_model  # noqa: E402
-from training.export import export  # noqa: E402
-from training.models import PDESurrogate, preset  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import goal, write_results  # noqa: E402
-
-MODEL = "fno-1m"
-RESOLUTION = 128
 OMEGA = 4.0
-API_KEY = "bench-key-0123"
 CONCURRENCY = (1, 8, 32)
 RAW_BATCHES = (1, 8, 32)
 THROUGHPUT_RATIO = 0.7
@@ -77,85 +74,7 @@ SURROGATE = "Surrogate"
 
 
 # ---------------------------------------------------------------------------------------
-# Other people's CPU use: the machine is shared, and 2 cores leave no slack
-
-
-def _busy_and_ours() -> tuple[float, float]:
-    """CPU seconds: the whole machine's busy time, and that of this process tree."""
-    tick = os.sysconf("SC_CLK_TCK")
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    values = [int(v) for v in fields]
-    busy = sum(values) - values[3] - values[4]  # minus idle and iowait
-    parents, times = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        rest = stat.rsplit(")", 1)[1].split()
-        parents[int(d)] = int(rest[1])
-        times[int(d)] = int(rest[11]) + int(rest[12])
-    ours, me = 0, os.getpid()
-    for pid, t in times.items():
-        p = pid
-        while p > 1 and p != me:
-            p = parents.get(p, 0)
-        if p == me:
-            ours += t
-    return busy / tick, ours / tick
-
-
-class ForeignCPU:
-    """Cores used by processes outside this one's tree between ``start()`` and ``stop()``."""
-
-    def start(self):
-        self.t0, (self.busy0, self.ours0) = time.perf_counter(), _busy_and_ours()
-        return self
-
-    def stop(self) -> float:
-        busy, ours = _busy_and_ours()
-        dt = time.perf_counter() - self.t0
-        return max(0.0, (busy - self.busy0) - (ours - self.ours0)) / dt
-
-
-def wait_quiet(limit: float = 0.15, patience: float = 30.0) -> float:
-    """Wait (up to ``patience`` s) until others use under ``limit`` cores for 3 s; returns it."""
-    deadline = time.perf_counter() + patience
-    while True:
-        probe = ForeignCPU().start()
-        time.sleep(3.0)
-        used = probe.stop()
-        if used < limit or time.perf_counter() > deadline:
-            if used >= limit:
-                print(f"warning: other processes use {used:.2f} cores; measuring anyway")
-            return used
-        print(f"waiting: other processes use {used:.2f} cores", flush=True)
-
-
-# ---------------------------------------------------------------------------------------
 # Model, request and raw ONNX Runtime
-
-
-#: The envelope of the benchmark's model: the requests below are inside it.
-ENVELOPE = {
-    "helmholtz": {"n_examples": 1, "omega": [1, 10]},
-    "poisson": {
-        "n_examples": 1,
-        "eig": [1, 5],
-        "field": {"n_examples": 1, "laws": ["smooth"], "contrast": [1, 100], "length": [0.05, 0.3]},
-    },
-}
-
-
-def publish(root: Path) -> str:
-    """fno-1m (untrained weights: throughput does not care) at 128^2; returns its ref."""
-    torch.manual_seed(0)
-    model = PDESurrogate(**preset(MODEL), source_ref=1.0, solution_ref=0.05)
-    meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}}
-    ckpt = save_model(model, root / ".ckpt", meta)
-    return export(ckpt, "bench", str(root / "registry")).ref
 
 
 def request_body(ref: str, fields: bool = False) -> tuple[bytes, np.ndarray, np.ndarray]:
@@ -239,23 +158,6 @@ def raw_onnxruntime(
 # The service
 
 
-def start_service(settings: ServiceSettings) -> Embedded:
-    """The application as ``pdeserve serve`` runs it (direct ingress), once ready."""
-    app = embedded.start(
-        settings, port=free_port(), num_cpus=2, include_dashboard=False, log_to_driver=False
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{app.url}/readyz", timeout=10).status_code == 200:
-                return app
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the service did not become ready in 120 s")
-        time.sleep(0.5)
-
-
 def check_answer(url: str, body: bytes) -> dict:
     """One solve, decoded: the surrogate must answer, at the request's grid."""
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
@@ -277,7 +179,8 @@ class Load:
     def __init__(self, url: str, body_file: Path, concurrency: int, seconds: float, tries: int = 1):
         cmd = [
             sys.executable,
-            str(_BENCH / "loadgen.py"),
+            "-m",
+            "bench.loadgen",
             f"--url={url}/solve",
             f"--body={body_file}",
             f"--concurrency={concurrency}",

@@ -10,7 +10,7 @@ tensor (on the GPU when there is one), bf16 autocast on GPU.
 
 Each measurement runs in its own process so its peak memory is its own.
 
-    .venv/bin/python bench/train.py [--quick] [--device cpu|cuda] [--name train]
+    .venv/bin/python -m bench.train [--quick] [--device cpu|cuda] [--name train]
 
 Writes bench/results/NAME.json. Goal: pdeserve >= 1.5x the baseline's
 training samples/s for fno-1m and fno-16m at 128^2.
@@ -31,18 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-# bench/datagen.py is named like the package: take this folder off the path first.
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen.pipeline import write_split  # noqa: E402
-from datagen.spec import SplitSpec  # noqa: E402
-from training.data import BatchLoader, FieldData  # noqa: E402
-from training.models import PDESurrogate, preset  # noqa: E402
-from training.normalization import compute_stats  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import goal, write_results  # noqa: E402
+from bench.common import goal, write_results
+from datagen.pipeline import write_split
+from datagen.spec import SplitSpec
+from training.data import BatchLoader, FieldData
+from training.models import PDESurrogate, preset
+from training.normalization import compute_stats
 
 MODELS = ("fno-1m", "fno-16m")
 RESOLUTION = 128

@@ -1,6 +1,6 @@
 """auto against the fixed strategies a user has, on a mixed workload over HTTP.
 
-    .venv/bin/python bench/workload.py [--model NAME[@VERSION]] [--quick] [--encoding json|binary]
+    .venv/bin/python -m bench.workload [--model NAME[@VERSION]] [--quick] [--encoding json|binary]
 
 A seeded mix of single requests (concurrency 1, the SDK over HTTP to the service on a
 private Ray instance): constant coefficients (the three systems) and Darcy media (smooth
@@ -33,20 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-_BENCH = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
-
-from datagen import media, sources  # noqa: E402
-from datagen.solver import relative_l2, solve  # noqa: E402
-from modelstore.registry import BUNDLED_REGISTRY  # noqa: E402
-from service import embedded  # noqa: E402
-from service.client import Client  # noqa: E402
-from service.plan import AUTO_MAX_RESIDUAL, AUTO_RESIDUAL_FRACTION  # noqa: E402
-from service.schema import MAX_TOLERANCE, MIN_TOLERANCE  # noqa: E402
-from service.settings import ServiceSettings  # noqa: E402
-
-sys.path.append(str(_BENCH))
-from common import RESULTS, finish, goal  # noqa: E402
+from bench.common import RESULTS, finish, goal
+from datagen import media, sources
+from datagen.solver import relative_l2, solve
+from modelstore.registry import BUNDLED_REGISTRY
+from service import embedded
+from service.client import Client
+from service.plan import AUTO_MAX_RESIDUAL, AUTO_RESIDUAL_FRACTION
+from service.schema import MAX_TOLERANCE, MIN_TOLERANCE
+from service.settings import ServiceSettings
 
 KINDS = ("constant", "smooth", "two-phase")
 BANDS = ((1.0, 10.0), (10.0, 100.0), (100.0, 1000.0))
