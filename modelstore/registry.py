@@ -260,6 +260,17 @@ class Registry:
             if self.fs.exists(staging):
                 self.fs.rm(staging, recursive=True)
 
+    def write_readme(self, name: str, text: str) -> None:
+        """``NAME/README.md``: the model card for people (see :mod:`modelstore.modelcard`),
+        written beside the versions, replaced whole."""
+        target = self._join(name, "README.md")
+        if isinstance(self.fs, LocalFileSystem):
+            tmp = f"{target}.{uuid.uuid4().hex[:8]}.tmp"
+            Path(tmp).write_text(text)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, text.encode())
+
     def _claim(self, staging: str, target: str) -> bool:
         """Rename staging to target unless another publish took that version first."""
         if self.fs.exists(target):

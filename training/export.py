@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import torch
 
+from modelstore.modelcard import render as render_readme
 from modelstore.registry import (
     DEFAULT_REGISTRY,
     ONNX,
@@ -334,7 +335,9 @@ def export(
             out[filename] = graph
         return out
 
-    published = Registry(registry).publish(name, card, files)
+    store = Registry(registry)
+    published = store.publish(name, card, files)
+    store.write_readme(name, render_readme(published))
     print(
         f"published {published.ref} to {registry}; parity (relative L2): "
         + ", ".join(f"{what}: {e:.1e}" for what, e in checked.items())

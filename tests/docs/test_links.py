@@ -30,9 +30,8 @@ def test_every_link_resolves(page):
             continue
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page
-        if not file.exists():
-            broken.append(target)
-        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+        found = file.exists() and not (anchor and file.suffix == ".md")
+        if not found and not (file.exists() and anchor in anchors(file)):
             broken.append(target)
     assert not broken, f"{page.name}: {broken}"
 

@@ -252,6 +252,8 @@ def test_a_specialist_ships_its_fields_graph_alone(checkpoint, tmp_path, capsys)
     assert main([*args, "--graphs", "fields", "--no-weights"]) == 0
     card, files = Registry(where).read_files("spec")
     assert card.graphs == {"fields": "model-fields.onnx"} and set(files) == {"model-fields.onnx"}
+    readme = (tmp_path / "registry" / "spec" / "README.md").read_text()
+    assert readme.startswith("# spec\n") and "Graphs: fields coefficients" in readme
     assert "fields batch" in capsys.readouterr().out  # checked against torch all the same
     from training.finetune import FinetuneConfig, materialize_base
 
