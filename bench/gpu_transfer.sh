@@ -19,7 +19,7 @@ gpu_facts "$OUT/gpu.txt"
 [ -f resume/points.tgz ] && tar xzf resume/points.tgz -C "$RUN"
 [ -f resume/registry.tgz ] && tar xzf resume/registry.tgz -C "$RUN"
 SECONDS=0
-timeout "$LIMIT" $PY -m training.experiments "$EXPERIMENT" --out "$RUN" --scale "$SCALE" \
+timeout "$LIMIT" $PY -m experiments "$EXPERIMENT" --out "$RUN" --scale "$SCALE" \
   --no-ray $GPU --jobs "$JOBS" > "$OUT/experiment.log" 2>&1
 echo "experiment: exit $? after ${SECONDS}s" | tee -a "$OUT/experiment.log"
 tail -40 "$OUT/experiment.log"

@@ -117,8 +117,13 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     """Rebuild the model from its card and load its weights (checked; no pickle involved)."""
     directory = Path(directory)
     card = read_card(directory)
-    files = checked_files(card, lambda name: (directory / name).read_bytes(), str(directory))
-    data = files[WEIGHTS] if WEIGHTS in files else (directory / WEIGHTS).read_bytes()
+    # the weights alone: a published card also lists graphs this folder need not hold
+    if WEIGHTS in card.files:
+        weights = card.model_copy(update={"files": {WEIGHTS: card.files[WEIGHTS]}})
+        read = lambda name: (directory / name).read_bytes()  # noqa: E731
+        data = checked_files(weights, read, str(directory))[WEIGHTS]
+    else:
+        data = (directory / WEIGHTS).read_bytes()
     model = build_model(card.model.model_dump(by_alias=True))
     model.load_state_dict(load(data))
     return model.to(device)

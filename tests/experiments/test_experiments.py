@@ -5,21 +5,23 @@ import math
 
 import pytest
 
-from training import experiments
-from training.experiments import (
+from experiments import runner as experiments
+from experiments.__main__ import main
+from experiments.analysis import savings, scratch_equivalent
+from experiments.catalogue import (
     EXPERIMENTS,
     MIXED,
-    SCALES,
     SHIFTS,
+    Panel,
     darcy,
-    main,
+    data_scaling,
     scratch,
-    scratch_equivalent,
     sys1,
     sys2,
     sys3,
     tl,
 )
+from experiments.scales import SCALES
 
 
 def test_tasks_are_named_as_in_the_paper():
@@ -156,7 +158,7 @@ def test_jobs_do_not_mix_with_ray(tmp_path, capsys):
 def test_widening_a_sweep_trains_only_the_added_rates(tmp_path, monkeypatch):
     smoke = SCALES["smoke"]
     narrow = smoke.model_copy(update={"lrs": [1e-3]})
-    panel = experiments.data_scaling(smoke)[0]
+    panel = data_scaling(smoke)[0]
     out = tmp_path / "exp"
     first = experiments.Runner(out, narrow, use_ray=False).run("narrow", [panel])
 
@@ -214,7 +216,7 @@ def test_savings_say_where_tl_beats_every_scratch_run():
             curve("scratch", [(8, 0.4), (32, 0.2), (128, 0.05)]),
         ]
     }
-    rows = {r["n"]: r for r in experiments.savings(panel)}
+    rows = {r["n"]: r for r in savings(panel)}
     assert rows[0]["scratch_equivalent"] is None and not rows[0]["beats_scratch"]
     assert rows[8]["scratch_equivalent"] == pytest.approx(scratch_equivalent(
         [(8, 0.4), (32, 0.2), (128, 0.05)], 0.1))  # fmt: skip
@@ -224,9 +226,7 @@ def test_savings_say_where_tl_beats_every_scratch_run():
 def test_a_failing_job_stops_a_parallel_run_with_its_error(tmp_path):
     """The worker's exception reaches the caller; the pool does not run on to the end."""
     smoke = SCALES["smoke"].model_copy(update={"train_pool": 16})  # N=32 cannot be drawn
-    panel = experiments.Panel(
-        title="scratch only", downstream=sys1(5, 10), curves=[experiments.scratch("fno-64k")]
-    )
+    panel = Panel(title="scratch only", downstream=sys1(5, 10), curves=[scratch("fno-64k")])
     runner = experiments.Runner(tmp_path / "exp", smoke, use_ray=False, jobs=2)
     with pytest.raises(ValueError, match="--n-examples 32"):
         runner.run("failing", [panel])
