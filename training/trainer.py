@@ -152,8 +152,6 @@ def train(
     device, rank, world = context.device, context.rank, context.world_size
     check_world(config, data, world)
     local_batch = config.optim.batch_size // world
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # tiny activations early in training: ~10% on CPU
     model = build_model(config, data, device)
     train_loader = BatchLoader(
         data.train.shard(rank, world, config.data.chunk_size),
@@ -186,9 +184,14 @@ def train(
     with context.latest_checkpoint() as ckpt:
         if ckpt is not None:
             run.resume(ckpt, device, best_dir)
+    # Tiny activations early in training: ~10% on CPU. Only while training: the flag is the
+    # process's (the FPU's), and whatever runs next in it expects IEEE subnormals.
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
         return _epochs(config, data, context, run, train_loader, val_loader, best_dir, progress)
     finally:
+        if flush:
+            torch.set_flush_denormal(False)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
