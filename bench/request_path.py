@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from bench.common import finish, goal
+from bench.common import finish, goal, timed
 from modelstore.registry import BUNDLED_REGISTRY, Registry
 from service import embedded, infer, v2
 from service.client import Client, coefficient_rows
@@ -84,16 +84,7 @@ def path_here(n: int, card, repeats: int) -> dict[str, float]:
             pde="poisson", n=n, solution=encode_like(u, request.source), mode="surrogate"
         ).model_dump_json(exclude_none=True)
 
-    out = {}
-    for name, fn in (("binary", binary), ("json", plain)):
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-        out[name] = statistics.median(times)
-    return out
+    return {name: 1e3 * timed(fn, repeats)[1] for name, fn in (("binary", binary), ("json", plain))}
 
 
 def main() -> int:
