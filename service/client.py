@@ -361,9 +361,13 @@ class _Base:
             raise ServiceUnavailable(f"HTTP {response.status_code}: {_message(detail)}")
         return response.json()
 
-    def _batch_result(self, answers: list[dict | SolveResult]) -> BatchResult:
+    def _batch_result(self, answers: list[dict | SolveResult], mode: str) -> BatchResult:
+        """The answers of one or more server batches as one result. In validate mode (or
+        where any answer was validated) every row has ``relative_l2`` and an exact
+        solution: a problem answered exactly (out of the envelope) has NaN and its own
+        solution, whichever server batch carried it."""
         results = [a if isinstance(a, SolveResult) else SolveResult.from_json(a) for a in answers]
-        validate = any(r.exact_solution is not None for r in results)
+        validate = mode == "validate" or any(r.exact_solution is not None for r in results)
         return BatchResult(
             solutions=np.stack([r.solution for r in results]),
             modes=[r.mode for r in results],
@@ -372,9 +376,18 @@ class _Base:
                 if validate
                 else None
             ),
-            exact_solutions=(np.stack([r.exact_solution for r in results]) if validate else None),
+            exact_solutions=np.stack([_exact(r) for r in results]) if validate else None,
             results=results,
         )
+
+
+def _exact(result: SolveResult) -> np.ndarray:
+    """The exact solution of a problem in validate mode: NaN where the server had none."""
+    if result.exact_solution is not None:
+        return result.exact_solution
+    if result.mode == "exact":
+        return result.solution
+    return np.full_like(result.solution, np.nan)
 
 
 def _options(
@@ -564,7 +577,7 @@ class Client(_Base):
                 part, got = future.result()
                 answers[part] = got
                 if on_chunk is not None:
-                    on_chunk(part, self._batch_result(got))
+                    on_chunk(part, self._batch_result(got, mode))
                 if bar is not None:
                     bar.update(part.stop - part.start)
         except BaseException:
@@ -577,7 +590,7 @@ class Client(_Base):
         finally:
             if bar is not None:
                 bar.close()
-        return self._batch_result(answers)
+        return self._batch_result(answers, mode)
 
 
 class AsyncClient(_Base):
@@ -712,7 +725,7 @@ class AsyncClient(_Base):
         finally:
             if bar is not None:
                 bar.close()
-        return self._batch_result(answers)
+        return self._batch_result(answers, mode)
 
 
 __all__: Sequence[str] = (

@@ -15,8 +15,8 @@ from service_helpers import API_KEY
 
 from datagen.pipeline import write_split
 from datagen.solver import solve
-from datagen.spec import SplitSpec
-from datagen.systems import unified_coefficients
+from datagen.spec import SamplingRanges, SplitSpec
+from datagen.systems import diffusion_tensor, unified_coefficients
 from service.client import AsyncClient, Client, RequestError, ServiceUnavailable
 from service.emulate import EmulationError, emulate, partial_path
 
@@ -102,6 +102,48 @@ def test_validate_batch_returns_errors_per_example(sdk):
     )
     diff = np.linalg.norm(got.solutions - got.exact_solutions, axis=(1, 2))
     assert np.allclose(got.relative_l2, diff / np.linalg.norm(got.exact_solutions, axis=(1, 2)))
+
+
+@pytest.mark.parametrize("encoding", ["binary", "json"])
+def test_a_validate_batch_whose_server_batches_differ_in_fallbacks(service, encoding):
+    """The first server batch lies outside the model's envelope (eigenvalue 7: answered
+    exactly), the second inside it (validated): one result, every row with its exact
+    solution and NaN where no surrogate answered."""
+    sources = np.stack([smooth(seed=i) for i in range(8)])
+    eig = np.where(np.arange(8) < 4, 7.0, 2.0)
+    with Client(service, api_key=API_KEY, encoding=encoding) as client:
+        chunks = []
+        got = client.solve_batch(
+            "poisson",
+            sources,
+            eigenvalue=eig,
+            angle=0.3,
+            mode="validate",
+            batch_size=4,
+            progress=False,
+            on_chunk=lambda part, result: chunks.append((part.start, result)),
+        )
+    assert got.modes == ["exact"] * 4 + ["validate"] * 4
+    assert np.isnan(got.relative_l2[:4]).all() and (got.relative_l2[4:] > 0).all()
+    assert np.array_equal(got.exact_solutions[:4], got.solutions[:4])
+    k = 0.01 * diffusion_tensor(eig, 0.3)  # K = 0.01 R(-t) diag(1, e) R(t), rows k11 k22 k12
+    want = solve("poisson", sources, unified_coefficients(k[:, 0], k[:, 1], k[:, 2]))
+    assert np.allclose(got.exact_solutions, want, atol=1e-5 * np.abs(want).max())
+    first = dict(chunks)[0]  # a server batch of fallbacks alone, as on_chunk sees it
+    assert first.modes == ["exact"] * 4 and np.isnan(first.relative_l2).all()
+
+
+def test_emulate_validate_with_a_batch_of_fallbacks(service, tmp_path):
+    ranges = SamplingRanges(eig=(6.0, 8.0))  # outside the test model's (1, 5)
+    spec = SplitSpec(system="poisson", n_examples=8, resolution=32, seed=3, ranges=ranges)
+    data = write_split(spec, tmp_path / "outside.h5", progress=False)
+    with Client(service, api_key=API_KEY) as client:
+        out = emulate(client, data, tmp_path / "pred.h5", mode="validate", batch_size=4,
+                      progress=False)  # fmt: skip
+    assert not partial_path(out).exists()
+    with h5py.File(out, "r") as f:
+        assert f["done"][()].all() and np.isnan(f["relative_l2"][()]).all()
+        assert np.isnan(f["error_estimate"][()]).all()
 
 
 def test_async_client(service):
