@@ -37,6 +37,7 @@ import functools
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -51,6 +52,12 @@ JOB_MARKER = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 #: How long the processes of a private instance get to end after ``ray.shutdown``.
 EXIT_GRACE_S = 3.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The nice value (added to the command's) of a private instance's workers: Serve replicas,
+#: Train and Tune workers. Ray's default, 15, left replicas a few percent of a core beside
+#: a CPU-bound neighbour at 0 (see ``WORKER_NICENESS`` in the README's serving notes); a
+#: private instance is the command's own work, at the command's priority. ``nice`` the
+#: command to put all of it below other work.
+WORKER_NICENESS = 0
 #: The logger of Ray's notice that token authentication is on.
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -72,6 +79,8 @@ class _Changes:
     environ: dict[str, str | None] = field(default_factory=dict)
     cluster_switch: Any = None
     handlers: dict[int, Any] = field(default_factory=dict)
+    watchdog: tuple[int, Any] | None = None  # the pipe's writing end, the process
+    session: str | None = None  # a private instance's session folder
 
 
 _STATE = _Changes()
@@ -101,6 +110,15 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
 
     init.setdefault("include_dashboard", False)
     if private:
+        from ray._common.utils import get_default_ray_temp_dir
+
+        from datagen import ray_reaper
+
+        temp_root = init.get("_temp_dir") or get_default_ray_temp_dir()
+        ray_reaper.reap_orphans(temp_root)  # what a killed command (and its watchdog) left
+        _STATE.watchdog = ray_reaper.start_watchdog(temp_root)
+        system = init["_system_config"] = dict(init.get("_system_config") or {})
+        system.setdefault("worker_niceness", WORKER_NICENESS)
         for name in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"):
             if name not in os.environ:
                 _set_env(name, str(free_port()))
@@ -120,7 +138,11 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
         ports = _own_agent_port() if private else contextlib.nullcontext()
         with contextlib.nullcontext() if verbose else quiet, ports:
             ray.init(address=target, **init)
+        if private:
+            _own_session()
     except BaseException:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
         _restore()
         raise
     _STATE.private = private
@@ -264,7 +286,40 @@ def _set_env(key: str, value: str) -> None:
     os.environ[key] = value
 
 
+def _own_session() -> None:
+    """Name this process the owner of its private instance's session, to the watchdog and
+    in the session folder (:mod:`datagen.ray_reaper`)."""
+    from ray._private import worker
+
+    from datagen import ray_reaper
+
+    session = worker._global_node.get_session_dir_path()
+    ray_reaper.claim(session)
+    _STATE.session = session
+    ray_reaper.announce(_STATE.watchdog[0], session)
+
+
+def _release_watchdog() -> None:
+    """The instance is stopped: its owner file goes, and the watchdog, told by the end of
+    its pipe, ends whatever is left and exits."""
+    if _STATE.session is not None:
+        from datagen.ray_reaper import OWNER_FILE
+
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(_STATE.session, OWNER_FILE))
+        _STATE.session = None
+    if _STATE.watchdog is not None:
+        write, process = _STATE.watchdog
+        _STATE.watchdog = None
+        os.close(write)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # never hold a stop up for it
+            process.kill()
+
+
 def _restore() -> None:
+    _release_watchdog()
     for key, value in _STATE.environ.items():
         if value is None:
             os.environ.pop(key, None)

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from service.tasks import detached
+
 #: A model ref, source(s) and unified coefficients: one problem, (n, n) and (6,) or
 #: (6, n, n) fields, in the ingress; k problems at one grid, (k, n, n) and (k, 6) or
 #: (k, 6, n, n) float32, sent to the Surrogate.
@@ -85,7 +87,8 @@ class CallWindow:
             if not items:
                 return
             self._free -= 1
-            call = asyncio.create_task(self._call(items))
+            # Not the call of the request that happens to start it: it carries others'.
+            call = detached(self._call(items))
             self._calls.add(call)
             call.add_done_callback(self._calls.discard)
 
@@ -99,10 +102,16 @@ class CallWindow:
             for (_, answer), result in zip(items, results, strict=True):
                 if not answer.done():  # a caller that timed out has cancelled its own
                     answer.set_result(result)
-        except Exception as e:
+        except BaseException as e:  # cancelled too: no caller is left waiting for ever
             for _, answer in items:
-                if not answer.done():
+                if answer.done():
+                    continue
+                if isinstance(e, asyncio.CancelledError):
+                    answer.cancel()
+                else:
                     answer.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
         finally:
             self._free += 1
             self._start_calls()

@@ -2,6 +2,7 @@
 routes that answer valid JSON bodies without FastAPI's machinery."""
 
 import hmac
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -150,3 +151,30 @@ async def _validation_error(request: Request, exc: RequestValidationError):
         for e in exc.errors()
     ]
     return JSONResponse(status_code=422, content={"detail": errors})
+
+
+def reuse_freed_port() -> None:
+    """The ingress replica's own HTTP server (Serve's direct ingress) binds its port with
+    SO_REUSEADDR, as servers do. Without it, the connections that server closed (in
+    TIME-WAIT for about a minute after a stop) kept a restarted service off its port
+    ("Address already in use"): an address is reused only where the new socket and every
+    socket still holding it allow it. Serve binds that socket itself, after the ingress's
+    constructor (which calls this) and without the option; this turns it on, without
+    SO_REUSEPORT (which would let a second service share the port)."""
+    from ray.serve._private import http_util, replica
+
+    start = getattr(replica, "start_asgi_http_server", None)
+    if start is None or getattr(start, "reuses_address", False):
+        return
+
+    async def start_reusing(app, http_options, *, event_loop, enable_so_reuseport=False):
+        return await start(app, http_options, event_loop=event_loop, enable_so_reuseport=True)
+
+    start_reusing.reuses_address = True  # type: ignore[attr-defined]
+    http_util.set_socket_reuse_port = _reuse_address
+    replica.start_asgi_http_server = start_reusing
+
+
+def _reuse_address(sock: socket.socket) -> bool:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return True

@@ -23,7 +23,7 @@ from modelstore.registry import ModelCard, Registry, RegistryError
 from service import infer, v2
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.costs import GRIDS, SCALED, CostModel, calibrate_estimate
-from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api
+from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api, reuse_freed_port
 from service.errors import http_error
 from service.exact import ExactAnswer
 from service.plan import Answer, Plan, carry_out, plan_request, solver_key
@@ -37,6 +37,12 @@ from service.schema import (
     encode_like,
 )
 from service.settings import ServiceSettings, activate
+from service.tasks import Shared
+
+#: How long ``/readyz`` waits for readiness before it answers 503 with what it waits for.
+READY_WAIT_S = 0.5
+#: The key of the solvers' calibration among the ingress's shared tasks.
+CALIBRATION = ("calibrate", "")
 
 
 class _Metrics:
@@ -135,6 +141,7 @@ class Ingress:
     def __init__(
         self, surrogate: DeploymentHandle, exact: DeploymentHandle, settings: ServiceSettings
     ):
+        reuse_freed_port()  # before Serve binds this replica's HTTP port
         self.surrogate = surrogate
         self.exact = exact
         self.settings = settings
@@ -143,7 +150,7 @@ class Ingress:
         self._published: tuple[float, list[ModelCard]] | None = None
         self.metrics = _Metrics()
         self.costs = CostModel()
-        self._calibrations: dict[str, asyncio.Future] = {}
+        self._shared = Shared()  # readiness and calibrations: see service/tasks.py
         # Concurrent requests reach the Surrogate together: one call per batch, not each.
         # Awaited with one problem (ref, source (n, n), coefficients (6,)).
         self._to_surrogate = CallWindow(
@@ -196,29 +203,54 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self) -> dict[str, str]:
-        """Ready once the default model answers in a surrogate replica."""
+        """200 once the default model answers in a surrogate replica and auto's cost model
+        is measured; until then, within about ``READY_WAIT_S``, 503 saying what it waits
+        for. That work runs detached (``service/tasks.py``): a client that gives up stops
+        none of it, and what failed is tried again at the next check."""
         try:
             card = self.card(None, ["default_model"])
-            providers = await self._call(
-                self.surrogate.options(multiplexed_model_id=card.ref).ready.remote(card.ref)
-            )
-            await self._call(self.calibrated(None))
         except HTTPException as e:
             raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
+        key = ("ready", card.ref)
+        ready = self._shared.run(key, lambda: self._ready(card.ref), keep=False)
+        try:
+            providers, _ = await asyncio.wait_for(
+                asyncio.gather(ready, self.calibrated(None)), READY_WAIT_S
+            )
+        except asyncio.TimeoutError:
+            waiting = [
+                what
+                for done, what in (
+                    (self._shared.succeeded(key), f"loading the default model {card.ref}"),
+                    (self._shared.succeeded(CALIBRATION), "measuring the solvers' costs"),
+                )
+                if not done
+            ]
+            raise http_error(
+                503, ["default_model"], f"not ready: {' and '.join(waiting) or 'starting'}"
+            ) from None
+        except HTTPException as e:
+            raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
+        except Exception as e:  # a replica's error: its type, never its text (server paths)
+            msg = f"not ready: {card.ref} did not answer ({type(e).__name__}); trying again"
+            raise http_error(503, ["default_model"], msg) from None
         return {"status": "ready", "model": card.ref, "providers": providers}
+
+    async def _ready(self, ref: str) -> str:
+        """The default model loaded in a surrogate replica: its execution providers."""
+        call = self.surrogate.options(multiplexed_model_id=ref).ready.remote(ref)
+        return await asyncio.wait_for(call, self.settings.request_timeout_s)
 
     def calibrated(self, card: ModelCard | None) -> Awaitable[None]:
         """auto's cost model, measured on this service's replicas once: the exact solver
         and the error estimate (``card`` None: at the first readiness check), a model's
         call (at the first auto request on fields that names it: it loads the model's
         fields graph, whose idle threads would slow a service that never needs it).
-        Later answers refine both."""
-        key = "" if card is None else card.ref
-        done = self._calibrations.get(key)
-        if done is None or (done.done() and done.exception() is not None):
-            work = self._calibrate_solver() if card is None else self._calibrate_model(card)
-            done = self._calibrations[key] = asyncio.ensure_future(work)
-        return asyncio.shield(done)
+        Later answers refine both. Detached from the request that asks; a calibration
+        that failed or was cancelled is started again by the next."""
+        if card is None:
+            return self._shared.run(CALIBRATION, self._calibrate_solver)
+        return self._shared.run(("calibrate", card.ref), lambda: self._calibrate_model(card))
 
     async def _calibrate_solver(self) -> None:
         exact = self.exact.calibrate.remote(GRIDS)

@@ -1,16 +1,22 @@
 """`pdeserve serve` as a user runs it: a process of its own, on a Ray instance of its own
-whatever the machine holds, listening on loopback only, and gone within 10 s of SIGTERM or
-SIGINT, every process it started with it."""
+whatever the machine holds, listening on loopback only, ready however its clients poll,
+gone within 10 s of SIGTERM or SIGINT and at once after SIGKILL, every process it started
+with it, its port free for the next start at once."""
 
 import json
+import os
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 from ray_helpers import (
     Command,
     clean_env,
+    end_group,
     free_port,
     listening,
     loopback,
@@ -18,7 +24,6 @@ from ray_helpers import (
     short_tmp,
     still_running,
 )
-from service_helpers import wait_ready
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "helmholtz.json"
 #: The issue's bound, with room for a loaded 2-core machine.
@@ -41,9 +46,39 @@ def check_stopped(service: Command, tree: list, signum: int, seconds: float) -> 
     assert not still_running(tree), "processes of the service outlived it"
 
 
+def poll_ready(url: str, service: Command, seconds: float = 240) -> list[str]:
+    """GET /readyz from the first second on with a 0.5 s timeout (clients that give up on
+    the way), until 200; what each answer was."""
+    deadline, seen = time.monotonic() + seconds, []
+    while True:
+        assert service.process.poll() is None, service.output[-3000:]
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=0.5)
+            seen.append(f"{r.status_code} {r.text[:200]}")
+            if r.status_code == 200:
+                return seen
+        except httpx.TransportError as e:  # not listening yet, or slower than 0.5 s
+            seen.append(type(e).__name__)
+        assert time.monotonic() < deadline, f"not ready in {seconds:g} s: {seen[-5:]}"
+        time.sleep(0.5)
+
+
+def gone(processes: list, seconds: float) -> list[str]:
+    """Waits up to ``seconds`` for ``processes`` to end; those left (then killed)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            break
+        time.sleep(0.5)
+    return still_running(processes)
+
+
 def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
     """A dead cluster named by RAY_ADDRESS and by a stale ray_current_cluster (what a
-    stopped `ray start` leaves): the service starts its own Ray all the same."""
+    stopped `ray start` leaves): the service starts its own Ray all the same. Readiness
+    polled with short timeouts from the first second never sticks; a restart takes the
+    port back at once; a SIGKILL leaves no process behind."""
     root = short_tmp("pds")
     env = clean_env(root)
     (root / "ray").mkdir()
@@ -54,8 +89,11 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
     service = serve(registry_root, port, env)
     url = f"http://127.0.0.1:{port}"
     try:
+        seen = poll_ready(url, service)
+        answers = [a for a in seen if a[0].isdigit()]
+        assert all(a.startswith("503") and "not ready: " in a for a in answers[:-1]), seen
         service.wait_for("Ctrl-C stops it", 180)
-        wait_ready(url, 120, alive=lambda: service.process.poll() is None)
+        assert "warning: not ready" not in service.output
         r = httpx.post(f"{url}/solve", json=json.loads(EXAMPLE.read_text()), timeout=60)
         assert r.status_code == 200, r.text
         out = r.json()
@@ -69,6 +107,11 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
         # Ray's fixed ports stay free for a `ray start` (the dashboard agent's taken, a
         # head's job agent could not start).
         assert not {p for _, p, _ in sockets} & {6379, 8265, 10001, 44217, 44227, 52365}
+        # Its replicas run at the command's priority, not Ray's nice 15 (README, serving).
+        replicas = [p for p in tree if p.name().startswith("ray::ServeReplica")]
+        assert len(replicas) == 3 and {p.nice() for p in replicas} == {os.nice(0)}
+        for _ in range(3):  # the server closes these: its side waits in TIME-WAIT
+            httpx.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=30)
     finally:
         seconds = service.stop(signal.SIGTERM)
     check_stopped(service, tree, signal.SIGTERM, seconds)
@@ -78,6 +121,28 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
     assert output.count("http") == output[output.index("pdeserve is serving") :].count("http")
     after = output[output.index("pdeserve is serving") :].split("Ctrl-C stops it")[1]
     assert "pid=" not in after and "INFO" not in after, after[:1000]
+
+    # At once on the same port, its closed connections still in TIME-WAIT, then SIGKILL.
+    waiting = [
+        c
+        for c in psutil.net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_TIME_WAIT
+    ]
+    assert waiting, "no connection of the first run in TIME-WAIT: the restart proves nothing"
+    again = serve(registry_root, port, env)
+    try:
+        again.wait_for("Ctrl-C stops it", 240)
+        assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+        tree = again.tree()
+        assert any(p.name().startswith("ray::ServeReplica") for p in tree)
+        again.process.kill()  # what an OOM killer or a supervisor's timeout does
+        again.process.wait()
+        assert not gone(tree, 30), "processes of the killed service outlived it"
+    finally:
+        end_group(again.process)
+    with socket.socket() as s:  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
 
 
 def test_serve_beside_a_running_cluster_uses_its_own_and_stops_on_sigint(registry_root):
