@@ -380,9 +380,11 @@ def _own_agent_port() -> Iterator[None]:
 
 
 def _descendants() -> list:
+    """This process's descendants but the watchdog (which ends once the pipe closes)."""
     import psutil
 
-    return psutil.Process().children(recursive=True)
+    watchdog = _STATE.watchdog[1].pid if _STATE.watchdog else None
+    return [p for p in psutil.Process().children(recursive=True) if p.pid != watchdog]
 
 
 def _end(processes: list) -> None:
