@@ -90,11 +90,24 @@ def serve_main(argv: Sequence[str]) -> int:
         help="a Ray cluster to deploy on ('auto': the running one, or HOST:PORT); default: a "
         "private Ray instance here, listening on 127.0.0.1 only",
     )
+    p.add_argument(
+        "--app-name",
+        help="with --address: the application's name on the cluster (default: pdeserve); "
+        "an application of that name or route that this command did not start is left "
+        "alone and refused",
+    )
+    p.add_argument(
+        "--route-prefix", help="with --address: its route (default: / for pdeserve, else /NAME)"
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of the private Ray (default: all)")
     p.add_argument(
         "--verbose", action="store_true", help="print the Ray processes' log lines here too"
     )
     args = p.parse_args(argv)
+    if (args.app_name or args.route_prefix) and not args.address:
+        p.error("--app-name and --route-prefix need --address (a cluster)")
+    app_name = args.app_name or "pdeserve"
+    route_prefix = args.route_prefix or ("/" if app_name == "pdeserve" else f"/{app_name}")
 
     from service import embedded
     from service.settings import ServiceSettings
@@ -110,16 +123,19 @@ def serve_main(argv: Sequence[str]) -> int:
         published = False
         print(f"warning: {e}; surrogate requests fail until it is published", file=sys.stderr)
     try:
-        url = embedded.start(
+        app = embedded.start(
             settings,
             args.host,
             args.port,
             address=args.address,
             verbose=args.verbose,
+            app_name=app_name,
+            route_prefix=route_prefix,
             num_cpus=args.num_cpus,
             configure_logging=args.verbose,
             log_to_driver=args.verbose,
-        ).url
+        )
+        url = app.url
         # The banner last, once the default model answers: nothing of the start-up
         # pushes it off the screen.
         not_ready = embedded.wait_ready(url) if published else None
@@ -127,7 +143,7 @@ def serve_main(argv: Sequence[str]) -> int:
             print(f"warning: not ready yet ({not_ready})", file=sys.stderr)
         print(
             f"pdeserve is serving {args.model} from {registry}\n"
-            f"  URL:  {url}\n"
+            f"  URL:  {url}{_listening(app)}\n"
             f"  docs: {url}/docs\n"
             f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
             f"-d @examples/helmholtz.json\n"
@@ -138,7 +154,7 @@ def serve_main(argv: Sequence[str]) -> int:
             time.sleep(3600)  # until SIGINT or SIGTERM raises Stopped
     except KeyboardInterrupt as e:  # Stopped, or Ctrl-C before Ray was up
         why = signal.Signals(stop_signal(e)).name
-    except OSError as e:  # the port is taken
+    except (OSError, embedded.ApplicationTaken) as e:  # the port or the name is taken
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -146,3 +162,10 @@ def serve_main(argv: Sequence[str]) -> int:
         embedded.stop()
     print(f"pdeserve serve: stopped ({why}) in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
+
+
+def _listening(app) -> str:
+    """Where the servers bind, where the URL does not say it (a cluster's proxies on every
+    interface of every node)."""
+    host = app.listen.rpartition(":")[0]
+    return "" if f"//{host}:" in app.url else f"  (Serve's proxies listen on {app.listen})"

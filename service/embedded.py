@@ -18,6 +18,7 @@ an address is given, whatever ``RAY_ADDRESS`` or ``/tmp/ray`` hold.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -79,8 +80,18 @@ def direct_ingress_environment(port: int) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Embedded:
-    url: str  # the application, answered by its ingress replica
+    url: str  # the application, answered by its ingress replica (a cluster: its proxies)
     proxy_url: str  # Serve's proxy: every application, by route prefix
+    listen: str = ""  # HOST:PORT the answering servers bind (a cluster: on every node)
+
+
+class ApplicationTaken(RuntimeError):
+    """The cluster already runs an application of that name or at that route prefix, one
+    this command did not create: it is left as it is."""
+
+
+#: The applications this process deployed (and so may delete).
+_CREATED: list[str] = []
 
 
 def start(
@@ -90,16 +101,25 @@ def start(
     *,
     address: str | None = None,
     verbose: bool = False,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
     **ray_init: Any,
 ) -> Embedded:
     """Start Ray (:func:`datagen.ray_instance.start`: ``address``, ``verbose`` and
     ``ray.init``'s arguments), Serve and the application. ``verbose=False`` keeps Ray's and
-    Serve's start-up lines off the terminal (they name Serve's internal proxy URL)."""
+    Serve's start-up lines off the terminal (they name Serve's internal proxy URL).
+
+    On a cluster (``address``) the application is ``app_name`` at ``route_prefix`` beside
+    whatever runs there: :class:`ApplicationTaken` if either is in use, and Serve's HTTP
+    options stay the cluster's (``host``/``port`` only where this starts Serve)."""
     from ray import serve
 
     from service.app import build_app
 
-    if ray_instance.is_private(address):
+    private = ray_instance.is_private(address)
+    if private:
+        if (app_name, route_prefix) != (APP_NAME, "/"):
+            raise ValueError("a private instance serves one application: name and route are set")
         try:  # taken, the ingress would quietly take the next port of its range
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
@@ -110,15 +130,64 @@ def start(
             if "_PORT" in key or key not in os.environ:  # a switch the user set stays as set
                 _SET[key] = os.environ.get(key)
                 os.environ[key] = value
-        proxy_port = free_port(host)
-    else:  # a cluster's Serve: its proxy answers on every node, on ``port``
-        proxy_port = port
     ray_instance.start(address, verbose=verbose, **ray_init)
     _QUIET[:] = [] if verbose else [True]
     with _quiet_serve():
-        serve.start(http_options={"host": host, "port": proxy_port})
-        serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
-    return Embedded(url=f"http://{host}:{port}", proxy_url=f"http://{host}:{proxy_port}")
+        if private:
+            proxy = (host, free_port(host))
+            serve.start(http_options={"host": host, "port": proxy[1]})
+        else:
+            proxy = _cluster_proxies(host, port, app_name, route_prefix)
+        serve.run(build_app(settings), name=app_name, route_prefix=route_prefix)
+        _CREATED.append(app_name)
+    if private:
+        return Embedded(f"http://{host}:{port}", f"http://{host}:{proxy[1]}", f"{host}:{port}")
+    shown = f"http://{_reachable(proxy[0])}:{proxy[1]}"
+    path = "" if route_prefix == "/" else route_prefix
+    return Embedded(f"{shown}{path}", shown, f"{proxy[0]}:{proxy[1]}")
+
+
+def _cluster_proxies(host: str, port: int, app_name: str, route_prefix: str) -> tuple[str, int]:
+    """The host and port the cluster's Serve proxies bind (Serve started here with
+    ``host``/``port`` where it is not running), once ``app_name`` and ``route_prefix``
+    are known to be free."""
+    from ray import serve
+
+    details = _serve_details()
+    if details is None:
+        serve.start(http_options={"host": host, "port": port})
+        details = _serve_details() or {}
+    http = details.get("http_options") or {}
+    listen = (http.get("host", host), int(http.get("port", port)))
+    for name, app in (details.get("applications") or {}).items():
+        prefix = app.get("route_prefix")
+        if name == app_name or prefix == route_prefix:
+            url = f"http://{_reachable(listen[0])}:{listen[1]}{'' if prefix == '/' else prefix}"
+            raise ApplicationTaken(
+                f"the cluster already runs the application {name!r} at route {prefix} "
+                f"(answering at {url}), which this command did not start and leaves as it "
+                "is; to serve another beside it, pass --app-name NAME and --route-prefix "
+                "/PREFIX"
+            )
+    return listen
+
+
+def _serve_details() -> dict | None:
+    """Serve's view of the cluster (applications, HTTP options); None if Serve is off."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.get_serve_details()
+
+
+def _reachable(listen_host: str) -> str:
+    """A host to reach servers binding ``listen_host`` at: on every interface, the
+    cluster's own address (the GCS's host)."""
+    if listen_host not in ("0.0.0.0", "::", "[::]", ""):
+        return listen_host
+    import ray
+
+    return ray.get_runtime_context().gcs_address.rpartition(":")[0] or "127.0.0.1"
 
 
 def _quiet_serve() -> contextlib.AbstractContextManager:
@@ -172,17 +241,20 @@ def replica_pids(deployment: str = "") -> list[int]:
 
 
 def stop(grace_s: float = STOP_GRACE_S) -> None:
-    """Stop the application, then Ray (every process of a private instance), and take
-    back the environment ``start`` set. The application's replicas get ``grace_s`` to
-    finish their requests (deleting it waits for them); past that Ray ends them."""
+    """Stop the applications ``start`` deployed (none other), then Ray (every process of a
+    private instance), and take back the environment ``start`` set. The applications'
+    replicas get ``grace_s`` to finish their requests (deleting one waits for them); past
+    that Ray ends them."""
     import ray
     from ray import serve
 
+    created, _CREATED[:] = list(_CREATED), []
     try:
         if ray.is_initialized():
             try:
                 with _quiet_serve():
-                    _within(grace_s, lambda: serve.delete(APP_NAME))
+                    for name in created:
+                        _within(grace_s, functools.partial(serve.delete, name))
             finally:
                 ray_instance.stop()
     finally:

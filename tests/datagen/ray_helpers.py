@@ -54,7 +54,7 @@ class Head:
 
 
 @contextlib.contextmanager
-def ray_head(root: Path, env: dict[str, str]) -> Iterator[Head]:
+def ray_head(root: Path, env: dict[str, str], num_cpus: int = 2) -> Iterator[Head]:
     """``ray start --head --block`` in a process group of its own, with free ports and
     ``root/ray`` as its temporary folder; ended with its group."""
     env = env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -70,7 +70,7 @@ def ray_head(root: Path, env: dict[str, str]) -> Iterator[Head]:
             "ray-client-server-port",
         )
     ]
-    command = [RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
+    command = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}"]
     command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}"]
     command += [f"--temp-dir={root / 'ray'}", "--disable-usage-stats", *ports]
     head = subprocess.Popen(

@@ -7,13 +7,16 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 from ray_helpers import (
+    BIN,
     Command,
     clean_env,
     end_group,
@@ -24,8 +27,10 @@ from ray_helpers import (
     short_tmp,
     still_running,
 )
+from service_helpers import wait_ready
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "helmholtz.json"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 #: The issue's bound, with room for a loaded 2-core machine.
 STOP_S = 10
 
@@ -165,3 +170,54 @@ def test_serve_beside_a_running_cluster_uses_its_own_and_stops_on_sigint(registr
             seconds = service.stop(signal.SIGINT)
         check_stopped(service, tree, signal.SIGINT, seconds)
         assert head.process.poll() is None, "stopping the service stopped the cluster"
+
+
+def test_serve_on_a_cluster_leaves_the_application_it_did_not_start_alone(registry_root):
+    """A cluster running the application from deploy/serve_config.yaml (`serve deploy`):
+    `pdeserve serve --address` refuses to take it over, naming it and where it answers;
+    with --app-name it serves beside it at the URL the proxies answer, and its stop
+    deletes its own application only."""
+    root = short_tmp("pdc")
+    env = clean_env(root)
+    with ray_head(root, env, num_cpus=4) as head:  # logical CPUs for two applications
+        config = yaml.safe_load(CONFIG.read_text())
+        port = free_port()
+        config["http_options"] = {"host": "127.0.0.1", "port": port}  # loopback, free
+        config["applications"][0]["args"]["registry"] = str(registry_root)
+        path = root / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        deploy = [str(BIN / "serve"), "deploy", str(path), "--address", head.dashboard]
+        run = subprocess.run(deploy, env=head.env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        theirs = f"http://127.0.0.1:{port}"
+        wait_ready(theirs, 240)
+
+        command = [sys.executable, "-m", "pdeserve.cli", "serve", "--address", head.gcs]
+        command += ["--registry", str(registry_root)]
+        refused = subprocess.run(command, env=head.env, capture_output=True, text=True, timeout=180)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "already runs the application 'pdeserve' at route /" in refused.stderr
+        assert f"(answering at {theirs})" in refused.stderr and "--app-name" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert httpx.get(f"{theirs}/readyz", timeout=30).status_code == 200  # untouched
+
+        beside = Command.start([*command, "--app-name", "beside"], head.env)
+        try:
+            beside.wait_for("Ctrl-C stops it", 240)
+            assert f"URL:  {theirs}/beside\n" in beside.output, beside.output[-2000:]
+            assert httpx.get(f"{theirs}/beside/readyz", timeout=30).status_code == 200
+        finally:
+            beside.stop(signal.SIGTERM)
+        assert beside.process.returncode == 0, beside.output[-2000:]
+        assert httpx.get(f"{theirs}/readyz", timeout=30).status_code == 200
+        assert httpx.get(f"{theirs}/beside/readyz", timeout=30).status_code == 404
+
+
+def test_the_banner_names_where_a_clusters_proxies_listen():
+    from service.cli import _listening
+    from service.embedded import Embedded
+
+    private = Embedded("http://127.0.0.1:8000", "http://127.0.0.1:5001", "127.0.0.1:8000")
+    assert _listening(private) == ""
+    cluster = Embedded("http://10.0.0.5:8000/beside", "http://10.0.0.5:8000", "0.0.0.0:8000")
+    assert _listening(cluster) == "  (Serve's proxies listen on 0.0.0.0:8000)"
