@@ -217,23 +217,19 @@ class Ingress:
             providers, _ = await asyncio.wait_for(
                 asyncio.gather(ready, self.calibrated(None)), READY_WAIT_S
             )
-        except asyncio.TimeoutError:
-            waiting = [
-                what
-                for done, what in (
-                    (self._shared.succeeded(key), f"loading the default model {card.ref}"),
-                    (self._shared.succeeded(CALIBRATION), "measuring the solvers' costs"),
-                )
-                if not done
-            ]
-            raise http_error(
-                503, ["default_model"], f"not ready: {' and '.join(waiting) or 'starting'}"
-            ) from None
         except HTTPException as e:
             raise http_error(503, ["default_model"], f"not ready: {e.detail[0]['msg']}") from None
-        except Exception as e:  # a replica's error: its type, never its text (server paths)
-            msg = f"not ready: {card.ref} did not answer ({type(e).__name__}); trying again"
-            raise http_error(503, ["default_model"], msg) from None
+        except Exception as e:  # a time-out, or a replica's error: its type, never its text
+            steps = {key: f"loading the default model {card.ref}"}
+            steps[CALIBRATION] = "measuring the solvers' costs"
+            if isinstance(e, asyncio.TimeoutError):
+                pending = [w for k, w in steps.items() if not self._shared.succeeded(k)]
+                what = " and ".join(pending) or "starting"
+            else:
+                failed = [w for k, w in steps.items() if self._shared.failed(k)]
+                what = f"{' and '.join(failed) or 'starting'} failed ({type(e).__name__}); "
+                what += "trying again"
+            raise http_error(503, ["default_model"], f"not ready: {what}") from None
         return {"status": "ready", "model": card.ref, "providers": providers}
 
     async def _ready(self, ref: str) -> str:

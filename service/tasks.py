@@ -49,3 +49,8 @@ class Shared:
     def succeeded(self, key: Any) -> bool:
         task = self._tasks.get(key)
         return task is not None and task.done() and not failed(task)
+
+    def failed(self, key: Any) -> bool:
+        """Whether the last task under ``key`` failed or was cancelled (until started again)."""
+        task = self._tasks.get(key)
+        return task is not None and task.done() and failed(task)

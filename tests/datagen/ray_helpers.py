@@ -20,11 +20,23 @@ from pathlib import Path
 import httpx
 import psutil
 
-from datagen.ray_instance import free_port
+from datagen.ray_instance import WORKER_NICENESS, free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 #: The commands' own Python (a project venv's ``bin``).
 BIN = Path(sys.executable).parent
+
+
+def init_ray(**kwargs) -> object:
+    """A test's own Ray instance (``ray.init``): 2 CPUs, no dashboard, its workers at this
+    process's priority as a pdeserve command's are (at Ray's nice 15 they starve beside
+    CPU-bound work: a Ray Train test stalled for minutes beside two CPU hogs)."""
+    import ray
+
+    system = {"worker_niceness": WORKER_NICENESS}
+    return ray.init(
+        address="local", num_cpus=2, include_dashboard=False, _system_config=system, **kwargs
+    )
 
 
 def short_tmp(prefix: str) -> Path:
@@ -58,6 +70,7 @@ def ray_head(root: Path, env: dict[str, str], num_cpus: int = 2) -> Iterator[Hea
     """``ray start --head --block`` in a process group of its own, with free ports and
     ``root/ray`` as its temporary folder; ended with its group."""
     env = env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env["RAY_worker_niceness"] = str(WORKER_NICENESS)  # as init_ray's workers
     port, dashboard = free_port(), free_port()
     # Every port of our own: another Ray instance on the machine may hold the defaults.
     ports = [

@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 from authors_layout import write_authors_file
+from ray_helpers import init_ray
 
 from datagen.dataset import DatasetWriter, open_dataset
 from datagen.pipeline import write_split, write_splits
@@ -170,7 +171,7 @@ def test_ray_shards_make_the_same_dataset(tmp_path):
     )
     local = write_split(spec, tmp_path / "local.h5", progress=False)
     local_fields = write_split(fields, tmp_path / "local-fields.h5", progress=False)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    init_ray()
     try:
         sharded = write_split(spec, tmp_path / "ray.h5", ray_address="auto", progress=False)
         sharded_fields = write_split(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from ray_helpers import init_ray
 
 from datagen.pipeline import write_split
 from datagen.spec import SplitSpec
@@ -105,7 +106,7 @@ def test_a_pde_the_base_never_saw(base, tmp_path):
 def test_the_sweep_on_ray_tune(base, shifted, tmp_path):
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(log_to_driver=False)
     try:
         results = run(_config(base, shifted, tmp_path, use_ray=True, epochs=2))
     finally:

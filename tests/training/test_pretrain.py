@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from ray_helpers import init_ray
 
 from training.checkpoint import load_model, read_card
 from training.config import ConfigError, load_config
@@ -156,7 +157,7 @@ def test_the_bundled_models_cpu_and_gpu_variants_train_the_same_mix():
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray(log_to_driver=False)
     yield ray
     ray.shutdown()
 
