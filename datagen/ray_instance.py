@@ -109,6 +109,7 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
     from ray._private import ray_constants
 
     init.setdefault("include_dashboard", False)
+    temp_root = ""
     if private:
         from ray._common.utils import get_default_ray_temp_dir
 
@@ -137,7 +138,7 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
         quiet = quieter(TOKEN_NOTICE_LOGGER, logging.ERROR)
         ports = _own_agent_port() if private else contextlib.nullcontext()
         with contextlib.nullcontext() if verbose else quiet, ports:
-            ray.init(address=target, **init)
+            _init(ray, target, init, private, temp_root)
         if private:
             _own_session()
     except BaseException:
@@ -284,6 +285,33 @@ def _signals_ignored() -> Iterator[None]:
 def _set_env(key: str, value: str) -> None:
     _STATE.environ.setdefault(key, os.environ.get(key))
     os.environ[key] = value
+
+
+def _init(ray: Any, target: str | None, init: dict, private: bool, temp_root: str) -> None:
+    """``ray.init``; a private instance whose start-up timed out is started once more.
+
+    Ray gives its raylet 30 s to register (a constant of ``ray._private.node``), and on a
+    2-core machine beside two CPU-bound processes, with another Ray instance running, a
+    start took longer about one time in three (the raylet waits for Ray's agents, Python
+    processes that import much of Ray). What the first try started is ended first."""
+    since = time.time()
+    try:
+        ray.init(address=target, **init)
+    except Exception as e:
+        if not private or "timed out during startup" not in str(e):
+            raise
+        from datagen import ray_reaper
+
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        for session in ray_reaper.started_sessions(temp_root, os.getpid(), since):
+            ray_reaper.end_session(session)
+        print(
+            "Ray's start-up timed out (a busy machine?): trying once more",
+            file=sys.stderr,
+            flush=True,
+        )
+        ray.init(address=target, **init)
 
 
 def _own_session() -> None:

@@ -148,14 +148,17 @@ def watch(read: int, owner_pid: int, temp_root: str) -> None:
         while chunk := pipe.read(4096):
             data += chunk
     sessions = [line for line in data.decode().splitlines() if line]
-    if not sessions:  # the owner died inside ray.init: Ray names sessions after its pid
-        sessions = [
-            str(p)
-            for p in Path(temp_root).glob(f"session_*_{owner_pid}")
-            if p.stat().st_mtime >= started - 1
-        ]
-    for session in sessions:
+    for session in sessions or started_sessions(temp_root, owner_pid, started):
         end_session(session)
+
+
+def started_sessions(temp_root: str | Path, pid: int, since: float) -> list[str]:
+    """The session folders that the process ``pid`` started since ``since`` (a time):
+    Ray names a session after the process that starts it. (For an owner that died, or
+    gave up, inside ``ray.init``, before it could name its session.)"""
+    return [
+        str(p) for p in Path(temp_root).glob(f"session_*_{pid}") if p.stat().st_mtime >= since - 1
+    ]
 
 
 if __name__ == "__main__":

@@ -83,3 +83,29 @@ def test_a_watchdog_told_nothing_ends_the_sessions_named_after_its_owner(tmp_pat
     os.close(write)
     assert ended(watchdog) and ended(ours)
     assert not_ours.poll() is None
+
+
+def test_a_private_start_that_timed_out_is_ended_and_tried_once_more(tmp_path, processes, capsys):
+    from datagen import ray_instance
+
+    class Ray:
+        """ray.init times out once, after starting a session's processes (as Ray does)."""
+
+        calls = 0
+
+        def init(self, address, **init):
+            self.calls += 1
+            if self.calls == 1:
+                session = tmp_path / f"session_2026-12-07_{os.getpid()}"
+                processes.append(hold(session / "logs" / "raylet.out"))
+                raise Exception("The current node timed out during startup. ...")
+
+        def shutdown(self):
+            pass
+
+    ray = Ray()
+    ray_instance._init(ray, "local", {}, True, str(tmp_path))
+    assert ray.calls == 2 and ended(processes[0])
+    assert "trying once more" in capsys.readouterr().err
+    with pytest.raises(Exception, match="timed out"):  # a cluster's is not retried
+        ray_instance._init(Ray(), "10.0.0.1:6379", {}, False, "")
