@@ -71,7 +71,7 @@ def test_a_signal_ends_a_ray_backed_command_and_all_it_started(signum):
         seconds = run.stop(signum)
     name = signal.Signals(signum).name
     assert run.process.returncode == 128 + signum, run.output[-2000:]
-    assert seconds < 10, f"{name} took {seconds:.1f} s"
+    assert seconds < 30, f"{name} took {seconds:.1f} s"  # a hang bound (quiet: ~3 s)
     assert run.output.rstrip().splitlines()[-1] == f"pdeserve datagen: stopped by {name}"
     assert "received at time" not in run.output and "Traceback" not in run.output
     assert not still_running(tree)
