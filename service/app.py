@@ -1,6 +1,7 @@
 """The Ray Serve application: an HTTP ingress (``service/ingress.py``, its edge in
-``service/edge.py``), a surrogate deployment (``service/surrogate.py``) and an exact
-solver (``service/exact.py``).
+``service/edge.py``) that runs the models itself (``service/models.py``), an exact solver
+(``service/exact.py``), and where ``surrogate_deployment`` says so a surrogate deployment
+for the models (``service/surrogate.py``).
 
 ``build_app(settings)`` returns the application; ``app_builder(args)`` is the same for
 ``serve run`` / ``serve deploy`` config files.
@@ -26,11 +27,15 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
         "graceful_shutdown_timeout_s": s.drain_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,
     }
-    surrogate = Surrogate.options(
-        num_replicas=s.surrogate_replicas,
-        ray_actor_options={"num_cpus": s.surrogate_cpus},
-        **common,
-    ).bind(s)
+    surrogate = None
+    ingress_cpus = s.ingress_cpus + s.surrogate_cpus  # the models run in the ingress
+    if s.surrogate_deployment:
+        surrogate = Surrogate.options(
+            num_replicas=s.surrogate_replicas,
+            ray_actor_options={"num_cpus": s.surrogate_cpus},
+            **common,
+        ).bind(s)
+        ingress_cpus = s.ingress_cpus
     scaling = (
         {"num_replicas": s.exact_replicas}
         if s.exact_autoscaling is None
@@ -39,7 +44,7 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     exact = ExactSolver.options(
         ray_actor_options={"num_cpus": s.exact_cpus}, **scaling, **common
     ).bind(s)
-    return Ingress.options(ray_actor_options={"num_cpus": s.ingress_cpus}, **common).bind(
+    return Ingress.options(ray_actor_options={"num_cpus": ingress_cpus}, **common).bind(
         surrogate, exact, s
     )
 

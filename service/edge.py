@@ -44,7 +44,7 @@ class _Guard:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
             return await _reject(413, ["body"], _too_large(settings), scope, receive, send)
-        path = request.url.path
+        path = _route(scope)
         needs_key = path.startswith("/admin/") or (
             bool(settings.api_keys) and path not in OPEN_ROUTES
         )
@@ -81,6 +81,15 @@ class _Guard:
             return replay.pop() if replay else await receive()
 
         return await self.app(scope, replayed, send)
+
+
+def _route(scope) -> str:
+    """The request's path within the application: under a route prefix (an application
+    beside others on a cluster's proxy) the prefix is the scope's ``root_path``."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _json(request: Request) -> bool:

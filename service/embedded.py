@@ -217,12 +217,12 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> str | None:
         time.sleep(0.5)
 
 
-def replica_pids(deployment: str = "") -> list[int]:
-    """PIDs of this instance's replica processes of ``deployment`` (all when empty), from
-    ``ps``: Ray titles a worker process after its actor. (``ray.util.state`` needs the
-    dashboard, off here.) Only descendants of this process count: another Ray instance on
-    the machine may serve a "pdeserve" too."""
-    title = f"ray::ServeReplica:{APP_NAME}:{deployment}"
+def replica_pids(deployment: str = "", app: str = APP_NAME) -> list[int]:
+    """PIDs of this instance's replica processes of ``deployment`` of application ``app``
+    (all when empty), from ``ps``: Ray titles a worker process after its actor.
+    (``ray.util.state`` needs the dashboard, off here.) Only descendants of this process
+    count: another Ray instance on the machine may serve a "pdeserve" too."""
+    title = f"ray::ServeReplica:{app}:{deployment}"
     out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
     parents, found = {}, []
     for line in out.splitlines()[1:]:

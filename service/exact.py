@@ -1,6 +1,8 @@
-"""The exact-solver deployment: datagen's solvers behind Serve. Constant coefficients take
-the FFT solve at once; field problems are batched Krylov solves in threads below the
-surrogate's CPU priority, each stopped at its request's deadline."""
+"""datagen's exact solvers for the service (:class:`Solves`), in the ingress for short
+solves and behind Serve in the exact-solver deployment (:class:`ExactSolver`) for the
+rest. Constant coefficients take the FFT solve at once; field problems are batched Krylov
+solves in threads a little below the surrogate's CPU priority, each stopped at its
+request's deadline."""
 
 import asyncio
 import contextlib
@@ -33,6 +35,7 @@ class ExactAnswer:
     converged: bool = True
     message: str | None = None
     preconditioner: str | None = None  # Krylov: "reference" or "scaled"
+    solved_in: str = "exact replica"  # or "ingress"
 
     def report(self, started_from_surrogate: bool) -> SolverReport:
         return SolverReport(
@@ -41,6 +44,7 @@ class ExactAnswer:
             relative_residual=self.relative_residual,
             initial_guess="surrogate" if started_from_surrogate else "zero",
             preconditioner=self.preconditioner,
+            solved_in=self.solved_in,
         )
 
 
@@ -77,20 +81,16 @@ def _below_the_surrogate() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
-@serve.deployment(name="ExactSolver")
-class ExactSolver:
-    """datagen's solver. Constant coefficients: the FFT solve, at once. Fields: batched
-    Krylov in at most ``exact_concurrency`` threads below the surrogate's CPU priority;
-    problems that arrive while those are busy are solved together (up to ``exact_batch``
-    per solve), and each solve stops at its requests' deadline."""
+class Solves:
+    """datagen's solvers in this process. Constant coefficients: the FFT solve, at once.
+    Fields: batched Krylov in at most ``concurrency`` threads a little below the process's
+    CPU priority; problems that arrive while those are busy are solved together (up to
+    ``batch`` per solve), and each solve stops at its requests' deadline."""
 
-    def __init__(self, settings: ServiceSettings):
-        self._threads = ThreadPoolExecutor(
-            settings.exact_concurrency, "krylov", initializer=_below_the_surrogate
-        )
-        self._window = CallWindow(
-            self._solve_together, settings.exact_concurrency, settings.exact_batch
-        )
+    def __init__(self, concurrency: int, batch: int):
+        self._threads = ThreadPoolExecutor(concurrency, "krylov", initializer=_below_the_surrogate)
+        self._window = CallWindow(self._solve_together, concurrency, batch)
+        self.field_solves = 0  # field problems here now, queued or solving
 
     async def solve(
         self,
@@ -107,7 +107,11 @@ class ExactSolver:
         problem = FieldProblem(
             pde, source, coefficients, tolerance, max_iterations, initial_guess, deadline
         )
-        return await self._window(problem)
+        self.field_solves += 1
+        try:
+            return await self._window(problem)
+        finally:
+            self.field_solves -= 1
 
     async def calibrate(self, grids: tuple[int, ...]) -> dict[str, dict]:
         """ms of one Krylov iteration and of a solve's fixed cost, per grid and method, for
@@ -131,6 +135,21 @@ class ExactSolver:
             for i, answer in zip(index, answers, strict=True):
                 out[i] = answer
         return out
+
+
+@serve.deployment(name="ExactSolver")
+class ExactSolver:
+    """:class:`Solves` behind Serve: the field solves the ingress does not keep (long ones,
+    and those that arrive while its own thread is busy), scaled out by Serve."""
+
+    def __init__(self, settings: ServiceSettings):
+        self._solves = Solves(settings.exact_concurrency, settings.exact_batch)
+
+    async def solve(self, *args, **kwargs) -> ExactAnswer:
+        return await self._solves.solve(*args, **kwargs)
+
+    async def calibrate(self, grids: tuple[int, ...]) -> dict[str, dict]:
+        return await self._solves.calibrate(grids)
 
 
 def time_krylov(grids: tuple[int, ...]) -> dict[str, dict]:

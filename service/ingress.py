@@ -25,7 +25,8 @@ from service.batching import CallWindow, Problems, by_model_and_grid
 from service.costs import GRIDS, SCALED, CostModel, calibrate_estimate
 from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api, reuse_freed_port
 from service.errors import http_error
-from service.exact import ExactAnswer
+from service.exact import ExactAnswer, Solves
+from service.models import ModelHost, ModelReplicas
 from service.plan import Answer, Plan, carry_out, plan_request, solver_key
 from service.schema import (
     BatchRequest,
@@ -102,7 +103,8 @@ class _Solvers:
         return self._timed("surrogate", self.ingress._to_surrogate(problem))
 
     async def exact(self, plan: Plan, initial_guess: np.ndarray | None = None) -> ExactAnswer:
-        call = self.ingress.exact.solve.remote(
+        solve = self.ingress.solves.solve if self.ingress.solve_here(plan) else None
+        args = (
             plan.pde,
             plan.source,
             plan.coefficients,
@@ -111,7 +113,10 @@ class _Solvers:
             initial_guess,
             plan.deadline,
         )
+        call = solve(*args) if solve else self.ingress.exact.solve.remote(*args)
         answer = await self._timed("refine" if initial_guess is not None else "exact", call)
+        if solve:
+            answer.solved_in = "ingress"
         if not answer.converged:
             raise http_error(422, [*plan.loc, "tolerance"], answer.message)
         return answer
@@ -139,25 +144,40 @@ class _Solvers:
 @serve.ingress(api)
 class Ingress:
     def __init__(
-        self, surrogate: DeploymentHandle, exact: DeploymentHandle, settings: ServiceSettings
+        self,
+        surrogate: DeploymentHandle | None,
+        exact: DeploymentHandle,
+        settings: ServiceSettings,
     ):
         reuse_freed_port()  # before Serve binds this replica's HTTP port
-        self.surrogate = surrogate
         self.exact = exact
         self.settings = settings
         self.registry = Registry(settings.registry)
+        # The models run here unless they live in a deployment of their own.
+        self.models: ModelHost | ModelReplicas = (
+            ModelHost(self.registry, settings.ort_threads)
+            if surrogate is None
+            else ModelReplicas(surrogate)
+        )
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self._published: tuple[float, list[ModelCard]] | None = None
         self.metrics = _Metrics()
         self.costs = CostModel()
         self._shared = Shared()  # readiness and calibrations: see service/tasks.py
-        # Concurrent requests reach the Surrogate together: one call per batch, not each.
-        # Awaited with one problem (ref, source (n, n), coefficients (6,)).
-        self._to_surrogate = CallWindow(
-            self._surrogate_calls,
-            settings.surrogate_calls_in_flight * settings.surrogate_replicas,
-            settings.max_batch_size,
-            settings.call_hold_s,
+        # Short solves run here (one Krylov thread); the exact deployment takes the rest.
+        self.solves = Solves(1, settings.exact_batch)
+        # Awaited with one problem (ref, source (n, n), coefficients (6,)). Here, each joins
+        # the model's streams at once; on the Surrogate deployment's replicas, concurrent
+        # problems travel together: one call per batch, not each.
+        self._to_surrogate = (
+            self._surrogate_here
+            if surrogate is None
+            else CallWindow(
+                self._surrogate_calls,
+                settings.surrogate_calls_in_flight * settings.surrogate_replicas,
+                settings.max_batch_size,
+                settings.call_hold_s,
+            )
         )
         activate(
             settings,
@@ -166,6 +186,25 @@ class Ingress:
                 "/solve/batch": Direct(BATCH_REQUEST, self._solve_batch),
             },
         )
+
+    def solve_here(self, plan: Plan) -> bool:
+        """Whether this process solves the plan's exact problem itself, sparing the call to
+        the exact deployment: an FFT solve always; a field solve predicted to take at most
+        ``local_solve_ms`` while this process's Krylov thread is free."""
+        if not plan.fields:
+            return True
+        limit = self.settings.local_solve_ms
+        if limit <= 0 or self.solves.field_solves:
+            return False
+        ms = plan.decision.exact.ms if plan.decision is not None else None
+        if ms is None:
+            stats = plan.stats or {}
+            key = solver_key(plan)
+            its = self.costs.iterations(
+                key, stats.get("law"), plan.kappa, plan.tolerance, plan.roughness
+            )
+            ms = self.costs.krylov_ms(plan.n, key, its)
+        return ms is not None and ms <= limit
 
     # -- models --------------------------------------------------------------------------
 
@@ -233,9 +272,8 @@ class Ingress:
         return {"status": "ready", "model": card.ref, "providers": providers}
 
     async def _ready(self, ref: str) -> str:
-        """The default model loaded in a surrogate replica: its execution providers."""
-        call = self.surrogate.options(multiplexed_model_id=ref).ready.remote(ref)
-        return await asyncio.wait_for(call, self.settings.request_timeout_s)
+        """The default model loaded where it runs: its execution providers."""
+        return await asyncio.wait_for(self.models.ready(ref), self.settings.request_timeout_s)
 
     def calibrated(self, card: ModelCard | None) -> Awaitable[None]:
         """auto's cost model, measured on this service's replicas once: the exact solver
@@ -255,8 +293,7 @@ class Ingress:
 
     async def _calibrate_model(self, card: ModelCard) -> None:
         if "fields" in card.graphs:
-            handle = self.surrogate.options(multiplexed_model_id=card.ref)
-            self.costs.load({"surrogate": await handle.calibrate.remote(card.ref, GRIDS)})
+            self.costs.load({"surrogate": await self.models.calibrate(card.ref, GRIDS)})
 
     @api.get("/models")
     async def models(self) -> list[ModelCard]:
@@ -443,11 +480,15 @@ class Ingress:
         if chosen.ms is not None and sum(timings.values()) > 2 * chosen.ms + 5:
             self.metrics.mispredictions.inc(tags={"pde": pde, "kind": "cost"})
 
+    async def _surrogate_here(self, problem: Problems) -> np.ndarray:
+        ref, source, coefficients = problem
+        return (await self.models.predict(ref, source[None], coefficients[None]))[0]
+
     async def _surrogate_calls(self, problems: list[Problems]) -> list[np.ndarray]:
         """One Surrogate call per (model, grid) for problems that travel together."""
         groups = by_model_and_grid(problems)
         calls = [
-            self.surrogate.options(multiplexed_model_id=ref).predict.remote(
+            self.models.predict(
                 ref,
                 np.stack([problems[i][1] for i in index]),
                 np.stack([problems[i][2] for i in index]),

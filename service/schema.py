@@ -406,6 +406,11 @@ class SolverReport(BaseModel):
         description="CG and GMRES: the FFT inverse of the reference operator, or the scaled "
         "Green operator (chosen per problem on smooth media); null for the FFT solve",
     )
+    solved_in: Literal["ingress", "exact replica"] = Field(
+        default="exact replica",
+        description="where it was solved: in the ingress (FFT solves, and field solves "
+        "predicted to be short: no call to another replica) or an exact-solver replica",
+    )
 
 
 class SolveResponse(BaseModel):

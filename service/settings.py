@@ -54,6 +54,12 @@ class ServiceSettings(BaseModel):
     ingress_cpus: float = Field(default=0.25, gt=0)
     surrogate_cpus: float = Field(default=1.0, gt=0)
     exact_cpus: float = Field(default=0.5, gt=0)
+    surrogate_deployment: bool = Field(
+        default=False,
+        description="run the models in a Surrogate deployment of their own (surrogate_replicas "
+        "of surrogate_cpus each: scaled apart from the ingress, on GPU nodes) instead of in "
+        "the ingress (the default: no call to another replica, ~12 ms on 2 cores)",
+    )
     surrogate_replicas: int = Field(default=1, ge=1)
     exact_replicas: int = Field(default=1, ge=1)
     exact_autoscaling: ExactAutoscaling | None = Field(
@@ -63,6 +69,12 @@ class ServiceSettings(BaseModel):
     # Per exact replica: Krylov solves at once (threads, each one core and below the
     # surrogate in CPU priority), and field problems batched into one solve.
     exact_concurrency: int = Field(default=1, ge=1)
+    local_solve_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description="field solves predicted to take at most this long run in the ingress "
+        "(one Krylov thread, when free) instead of the exact deployment; 0: never",
+    )
     exact_batch: int = Field(default=8, ge=1)
     max_ongoing_requests: int = Field(default=128, ge=1)
     # Serve finds a dead replica at its next health check (default every 10 s): two

@@ -46,6 +46,10 @@ class Shared:
             task = self._tasks[key] = detached(work())
         return asyncio.shield(task)
 
+    def forget(self, key: Any) -> None:
+        """Drop what is kept under ``key`` (the next :meth:`run` starts it again)."""
+        self._tasks.pop(key, None)
+
     def succeeded(self, key: Any) -> bool:
         task = self._tasks.get(key)
         return task is not None and task.done() and not failed(task)

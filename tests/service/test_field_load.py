@@ -67,6 +67,17 @@ def test_surrogate_answers_do_not_wait_for_field_solves_saturating_their_replica
     assert surrogate_done < max(t for t, _ in answers), (surrogate_done, answers)
 
 
+def test_short_field_solves_stay_in_the_ingress_and_long_ones_go_to_an_exact_replica(client):
+    """The ingress solves what the cost model predicts to take at most local_solve_ms
+    (100 ms) itself; a solve predicted longer goes to the exact deployment."""
+    short = client.post("/solve", json=darcy("smooth", mode="exact", tolerance=1e-6))
+    assert short.status_code == 200, short.text[:300]
+    assert short.json()["solver"]["solved_in"] == "ingress"
+    long = client.post("/solve", json=hard_darcy(128, tolerance=1e-3))  # contrast 1e4
+    assert long.status_code == 200, long.text[:300]
+    assert long.json()["solver"]["solved_in"] == "exact replica"
+
+
 def test_a_time_budget_ends_in_504_and_stops_its_solve(embedded_app, registry_root):
     """A second application with a 2 s budget: the hard solve is cut at it, so the exact
     replica (one Krylov thread) answers the next field request at once."""
@@ -104,9 +115,10 @@ def test_a_time_budget_ends_in_504_and_stops_its_solve(embedded_app, registry_ro
 def test_a_killed_exact_replica_mid_solve_is_a_503_to_retry_and_later_requests_wait(
     embedded_app,
 ):
-    """The request in flight gets a 503 with Retry-After; requests sent while Serve replaces
-    the replica wait for the new one and are answered (or get a 504 at their deadline,
-    20 s here: never a hang). docs/serving.md, "When a replica dies"."""
+    """The request in flight gets a 503 with Retry-After; short solves go on in the ingress;
+    long ones sent while Serve replaces the replica wait for the new one and are answered
+    (or get a 504 at their deadline, 20 s here: never a hang). docs/serving.md, "When a
+    replica dies"."""
     (old,) = embedded.replica_pids("ExactSolver")
     answer: list[httpx.Response] = []
     request = threading.Thread(
@@ -122,19 +134,18 @@ def test_a_killed_exact_replica_mid_solve_is_a_503_to_retry_and_later_requests_w
     request.join(timeout=60)
     (r,) = answer
     assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text[:300]
+    url = f"{embedded_app.url}/solve"
+    short = httpx.post(url, json=darcy("smooth", mode="exact"), headers=HEADERS, timeout=60)
+    assert short.status_code == 200 and short.json()["solver"]["solved_in"] == "ingress"
     statuses = []
     for _ in range(6):  # each within its 20 s deadline and the answer's way back
-        again = httpx.post(
-            f"{embedded_app.url}/solve",
-            json=darcy("smooth", mode="exact"),
-            headers=HEADERS,
-            timeout=20 + 30,
-        )
+        again = httpx.post(url, json=hard_darcy(128, tolerance=1e-3), headers=HEADERS, timeout=50)
         statuses.append(again.status_code)
         if again.status_code == 200:
             break
         assert again.status_code == 504 and "20 s" in again.text, again.text[:300]
     assert statuses[-1] == 200, statuses
+    assert again.json()["solver"]["solved_in"] == "exact replica"
     assert embedded.replica_pids("ExactSolver") != [old]
 
 

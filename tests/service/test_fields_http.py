@@ -118,7 +118,12 @@ def test_auto_takes_the_fft_solve_for_constant_coefficients(client):
     out = client.post("/solve", json=body("poisson", 32, mode="auto")).json()
     assert out["mode"] == "exact" and "constant coefficients" in out["reason"]
     # no residual for the FFT solve (exact to rounding): the field is left out
-    assert out["solver"] == {"method": "fft", "iterations": 0, "initial_guess": "zero"}
+    assert out["solver"] == {
+        "method": "fft",
+        "iterations": 0,
+        "initial_guess": "zero",
+        "solved_in": "ingress",  # an FFT solve: never worth a call to another replica
+    }
 
 
 def test_every_surrogate_answer_carries_an_error_estimate(client):
