@@ -192,12 +192,10 @@ class FieldOperator:
         self.n = n = fields.shape[-1]
         self.zero_mean = zero_mean
         self.reference = ref = reference(fields) if reference_ is None else reference_
-        var = varying(fields)
+        var = _varying(fields, scalar)
         self.symbol = symbol(ref, n)  # (B, n, n//2 + 1), real or complex
-        inverse = np.zeros_like(self.symbol)
         solvable = ~singular_modes(ref, n)
-        inverse[solvable] = 1.0 / self.symbol[solvable]
-        self.inverse = inverse
+        self.inverse = np.divide(1.0, self.symbol, out=np.zeros_like(self.symbol), where=solvable)
         r = ref[:, :, None, None]
         b, kk = fields.shape[0], [K11, K22, K12]
         g = np.broadcast_to(np.eye(2), (b, 2, 2))
@@ -383,6 +381,19 @@ class FieldOperator:
     def apply_grid(self, u: np.ndarray) -> np.ndarray:
         """L u for grid fields (B, n, n)."""
         return self.to_grid(self.apply(self.to_spectral(u)))
+
+
+def _varying(fields: np.ndarray, scalar: np.ndarray | None) -> np.ndarray:
+    """:func:`~datagen.coefficients.varying`; where the caller knows K = a(x) K0
+    (``scalar``: a / a_ref), K's three columns vary with it, and only v and w are looked
+    at (one pass over a field instead of three)."""
+    if scalar is None:
+        return varying(fields)
+    var = np.zeros(fields.shape[:2], dtype=bool)
+    flat = np.asarray(scalar).reshape(len(fields), -1)
+    var[:, [K11, K22, K12]] = (flat.max(axis=1) != flat.min(axis=1))[:, None]
+    var[:, [V1, V2, W]] = varying(fields[:, [V1, V2, W]])
+    return var
 
 
 def _odd_diffusion_symbol(ref: np.ndarray, n: int) -> np.ndarray:

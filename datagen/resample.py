@@ -10,11 +10,14 @@ band-limited below both Nyquist frequencies is resampled exactly, and
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft as sfft
 
 
 def resample(fields: np.ndarray, m: int) -> np.ndarray:
-    """(..., n, n) periodic fields -> (..., m, m), float64; the same array if n == m."""
-    f = np.asarray(fields, dtype=np.float64)
+    """(..., n, n) periodic fields -> (..., m, m), float64 (float32 for float32 fields, in
+    single precision throughout: a model's inputs and answers); the same array if n == m."""
+    single = np.asarray(fields).dtype == np.float32
+    f = np.asarray(fields, dtype=np.float32 if single else np.float64)
     n = f.shape[-1]
     if f.shape[-2] != n:
         raise ValueError(f"expected square fields (..., n, n), got {f.shape}")
@@ -23,11 +26,12 @@ def resample(fields: np.ndarray, m: int) -> np.ndarray:
     if m == n:
         return f
     keep = min(n, m) // 2  # wavenumbers 0..keep-1 of either sign; the Nyquist mode goes
-    f_hat = np.fft.rfft2(f)
-    out = np.zeros((*f.shape[:-2], m, m // 2 + 1), dtype=complex)
+    f_hat = sfft.rfft2(f)
+    out = np.zeros((*f.shape[:-2], m, m // 2 + 1), dtype=f_hat.dtype)
     out[..., :keep, :keep] = f_hat[..., :keep, :keep]
     out[..., m - keep + 1 :, :keep] = f_hat[..., n - keep + 1 :, :keep]
-    return np.fft.irfft2(out, s=(m, m)) * (m / n) ** 2
+    out *= (m / n) ** 2
+    return sfft.irfft2(out, s=(m, m), overwrite_x=True)
 
 
 def sample_coefficients(fields: np.ndarray, m: int) -> np.ndarray:

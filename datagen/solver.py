@@ -384,7 +384,12 @@ def error_estimate(
         raise FieldError(f"sources {f.shape} and solutions {u.shape} must have one shape")
     b, n = u.shape[0], u.shape[-1]
     out = np.empty(b)
-    constant = np.arange(b) if c.ndim == 2 else np.flatnonzero(constant_examples(c))
+    if c.ndim == 2:
+        constant = np.arange(b)
+    elif scalar is not None:  # K = a(x) K0 with a varying: no FFT shortcut
+        constant = np.arange(b)[:0]
+    else:
+        constant = np.flatnonzero(constant_examples(c))
     if constant.size:
         scalars = c[constant] if c.ndim == 2 else scalars_of(c[constant])
         # L_ref = L: u + e is the exact solution (zero on the modes where L vanishes), so

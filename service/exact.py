@@ -66,6 +66,13 @@ class FieldProblem:
         return (self.pde, n, self.tolerance, self.max_iterations, self.initial_guess is None)
 
 
+#: Grid points of the problems one batched Krylov solve takes at most. A field problem
+#: needs about 100 MiB at 512^2 and 390 MiB at 1024^2 (peak, Python's allocations, CG to
+#: 1e-2; 8x the coefficient fields), so a solve holds at most ~800 MiB: 8 problems at
+#: 512^2, 2 at 1024^2; the rest of a window's problems go in further solves, in the
+#: replica's Krylov threads (one by default) one after another.
+MAX_CELLS_PER_SOLVE = 8 * 512 * 512
+
 #: How much nicer than their replica Krylov threads run (Linux sets it per thread): a
 #: little below the surrogate, not starved beside other work (bench/neighbours.py, 2
 #: cores: +10 made a field solve 7.8x slower beside two CPU hogs, +2 2.3x, +0 1.9x; the
@@ -122,7 +129,12 @@ class Solves:
     async def _solve_together(self, problems: list[FieldProblem]) -> list[ExactAnswer]:
         groups: dict[tuple, list[int]] = {}
         for i, problem in enumerate(problems):
-            groups.setdefault(problem.group(), []).append(i)
+            group = groups.setdefault(problem.group(), [])
+            n = problem.source.shape[-1]
+            if (len(group) + 1) * n * n > MAX_CELLS_PER_SOLVE and group:
+                groups[(*problem.group(), i)] = groups.pop(problem.group())  # full: set apart
+                group = groups.setdefault(problem.group(), [])
+            group.append(i)
         loop = asyncio.get_running_loop()
         solved = await asyncio.gather(
             *(

@@ -10,7 +10,7 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 
 from service.edge import SOLVE_REQUEST
-from service.schema import EncodedArray, SolveRequest
+from service.schema import MAX_N_BINARY, EncodedArray, SolveRequest
 
 
 def solve_request(item: dict, ref: str | None, wire: np.dtype, index: int) -> SolveRequest:
@@ -23,6 +23,7 @@ def solve_request(item: dict, ref: str | None, wire: np.dtype, index: int) -> So
             dtype="float32" if wire == np.float32 else "float64", shape=a.shape, data=""
         )
         encoded._array = a
+        encoded._max_n = MAX_N_BINARY
         return encoded
 
     coefficients = {

@@ -35,6 +35,9 @@ from datagen.systems import diffusion_tensor as _diffusion_tensor
 from service.wire import decode_array, encode_array
 
 MIN_N, MAX_N = 32, 512
+#: The largest grid of the binary protocol (KServe v2, raw tensors): a 1024^2 problem is
+#: 8 MB there, 11 MB of base64 in JSON, which keeps MAX_N.
+MAX_N_BINARY = 1024
 #: Largest magnitude of a source value or a coefficient: beyond it float32 and the
 #: solver's symbols overflow long before a physical problem needs it.
 MAX_VALUE = 1e12
@@ -68,6 +71,7 @@ class EncodedArray(BaseModel):
     data: str
     _array: np.ndarray | None = PrivateAttr(default=None)
     _checked: bool = PrivateAttr(default=False)  # by check_grid, through decode_field
+    _max_n: int = PrivateAttr(default=MAX_N)  # MAX_N_BINARY for a binary tensor
 
     @classmethod
     def encode(cls, array: np.ndarray, dtype: str = "float32") -> EncodedArray:
@@ -91,13 +95,20 @@ def _where(index: int, n: int) -> str:
     return f"grid point [{y}, {x}] (x = {x / n:.4g}, y = {y / n:.4g})"
 
 
-def check_grid(a: np.ndarray, what: str = "source") -> np.ndarray:
-    """Shape n x n with n even in [MIN_N, MAX_N], finite, within MAX_VALUE; float64."""
+def check_grid(a: np.ndarray, what: str = "source", max_n: int = MAX_N) -> np.ndarray:
+    """Shape n x n with n even in [MIN_N, max_n], finite, within MAX_VALUE; float64."""
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{what} must be a square n x n grid, got shape {list(a.shape)}")
     n = a.shape[0]
-    if n % 2 or not MIN_N <= n <= MAX_N:
-        raise ValueError(f"{what}: n must be even and between {MIN_N} and {MAX_N}, got n = {n}")
+    if n % 2 or not MIN_N <= n <= max_n:
+        more = (
+            f" (up to {MAX_N_BINARY} with the binary protocol, POST /v2/...infer)"
+            if max_n < MAX_N_BINARY and n <= MAX_N_BINARY and n % 2 == 0
+            else ""
+        )
+        raise ValueError(
+            f"{what}: n must be even and between {MIN_N} and {max_n}, got n = {n}{more}"
+        )
     # min and max are NaN when any value is (two passes, no temporaries)
     lo, hi = float(a.min()), float(a.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -119,7 +130,7 @@ def decode_field(value: FieldValue, what: str = "source") -> np.ndarray:
                 array = value.decode()
             except ValueError as e:
                 raise ValueError(f"{what}: {e}") from None
-            check_grid(array, what)
+            check_grid(array, what, value._max_n)
             value._checked = True
         return value.decode()
     if not value or any(len(row) != len(value[0]) for row in value):
@@ -274,7 +285,10 @@ class HelmholtzCoefficients(_Coefficients):
 
 class _Solve(BaseModel):
     model_config = _STRICT
-    source: FieldValue = Field(description="n x n, n even in [32, 512]; base64 form preferred")
+    source: FieldValue = Field(
+        description="n x n, n even in [32, 512] (1024 in the binary protocol); base64 form "
+        "preferred"
+    )
     mode: Mode = Field(
         default="surrogate",
         description="surrogate: the model, with an error estimate; exact: the exact solver "

@@ -160,3 +160,27 @@ def test_krylov_threads_run_a_little_below_their_replica():
     with ThreadPoolExecutor(1, initializer=_below_the_surrogate) as pool:
         krylov = pool.submit(nice).result()
     assert krylov == min(19, os.getpriority(os.PRIO_PROCESS, 0) + KRYLOV_NICE) > nice()
+
+
+def test_problems_solved_together_stay_within_the_memory_budget(monkeypatch):
+    """A window of three 1024^2 problems (about 390 MiB each in the solver) goes in two
+    solves: at most MAX_CELLS_PER_SOLVE grid points (two of them) in one."""
+    import asyncio
+
+    from service import exact
+
+    sizes = []
+
+    def solve_fields(problems):
+        sizes.append([p.source.shape[-1] for p in problems])
+        return [exact.ExactAnswer(p.source, "cg", 1, 0.0) for p in problems]
+
+    monkeypatch.setattr(exact, "solve_fields", solve_fields)
+    problems = [
+        exact.FieldProblem("poisson", np.zeros((n, n)), np.zeros((6, n, n)), 1e-6, 10, None, None)
+        for n in (1024, 1024, 1024, 64)
+    ]
+    answers = asyncio.run(exact.Solves(1, 8)._solve_together(problems))
+    assert len(answers) == 4 and all(a is not None for a in answers)
+    assert sorted(map(len, sizes)) == [1, 1, 2] and [64] in sizes
+    assert all(sum(k * k for k in s) <= exact.MAX_CELLS_PER_SOLVE for s in sizes)

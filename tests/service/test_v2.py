@@ -192,3 +192,50 @@ def test_the_sdk_naming_no_model_is_routed_on_both_encodings(service):
     assert binary.model == plain.model == "banded@1"  # the only card measuring the band
     assert binary.routed == plain.routed and "lowest measured error" in binary.routed
     assert np.allclose(binary.solution, plain.solution, atol=1e-6)
+
+
+def test_grids_up_to_1024_on_the_binary_protocol_and_512_in_json(embedded_app, registry_root):
+    """An application with the default body cap (64 MiB; the package's is 4 MiB): a 1024^2
+    surrogate answer validated by the FFT solve, a 1024^2 field problem solved exactly; JSON
+    stops at 512 and says where to go; past 1024 a clear 422."""
+    from ray import serve
+
+    from datagen.solver import relative_l2, solve_detailed
+    from datagen.systems import unified_field
+    from service.app import build_app
+    from service.client import RequestError
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(
+        registry=str(registry_root),
+        api_keys=[API_KEY],
+        ingress_cpus=0.05,
+        surrogate_cpus=0.05,
+        exact_cpus=0.05,
+    )
+    serve.run(build_app(settings), name="large", route_prefix="/large")
+    url = f"{embedded_app.proxy_url}/large"
+    n = 1024
+    x = np.arange(n) / n
+    f = np.sin(2 * np.pi * x)[None, :] * np.cos(4 * np.pi * x)[:, None]
+    a = np.exp(0.5 * np.log(5.0) * np.sin(2 * np.pi * x)[None, :] * np.sin(2 * np.pi * x)[:, None])
+    try:
+        with Client(url, api_key=API_KEY, dtype="float64") as c:
+            r = c.solve("poisson", f, k11=0.02, k22=0.01, k12=0.002, mode="validate")
+            assert r.solution.shape == (n, n) and r.mode == "validate"
+            assert r.error_estimate == pytest.approx(r.relative_l2, rel=1e-3)
+            e = c.solve("poisson", f, k11=0.01, k22=0.01, k12=0.0, conductivity=a,
+                        mode="exact", tolerance=1e-8)  # fmt: skip
+            k = 0.01 * a
+            want = solve_detailed("poisson", f[None], unified_field(k, k, 0 * k)[None],
+                                  mean="project", tolerance=1e-8).solutions  # fmt: skip
+            assert relative_l2(e.solution[None], want)[0] < 1e-6
+            assert e.solver["method"] == "cg"
+        with Client(url, api_key=API_KEY, encoding="json") as c, pytest.raises(RequestError) as j:
+            c.solve("poisson", f, k11=0.02, k22=0.01, k12=0.002)
+        assert j.value.status == 422 and "up to 1024 with the binary protocol" in str(j.value)
+        with Client(url, api_key=API_KEY) as c, pytest.raises(RequestError) as big:
+            c.solve("poisson", np.zeros((1026, 1026)), k11=0.02, k22=0.01, k12=0.002)
+        assert big.value.status == 422 and "between 32 and 1024" in str(big.value)
+    finally:
+        serve.delete("large")
