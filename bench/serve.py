@@ -14,8 +14,8 @@ batch-1 latency and the best samples/s over batches 1, 8 and 32 ("raw throughput
 The application runs as ``pdeserve serve`` runs it (``service.embedded``: the ingress
 replica answers HTTP itself); each level is also measured through Serve's proxy, the
 default path of Ray Serve, for comparison.
-Goals (2 cores): served req/s at concurrency 32 >= 0.7 x raw throughput; p50 at
-concurrency 1 <= raw batch-1 p50 + 15 ms.
+Goals (2 cores): served req/s at concurrency 32 >= 0.7 x raw throughput (0.85 with
+``--fields``); p50 at concurrency 1 <= raw batch-1 p50 + 15 ms.
 
 ``--fields`` does the same for Darcy requests (poisson, K = a(x) K0 with a smooth
 conductivity field of contrast 10 sent as base64 float32 beside the source) through the
@@ -69,6 +69,7 @@ OMEGA = 4.0
 CONCURRENCY = (1, 8, 32)
 RAW_BATCHES = (1, 8, 32)
 THROUGHPUT_RATIO = 0.7
+FIELDS_THROUGHPUT_RATIO = 0.85
 LATENCY_MARGIN_MS = 15.0
 SURROGATE = "Surrogate"
 
@@ -247,6 +248,8 @@ def settings_from(args, registry: str, ref: str) -> ServiceSettings:
         surrogate_cpus=args.surrogate_cpus,
         max_ongoing_requests=args.max_ongoing_requests,
         request_timeout_s=60.0,
+        # --fault kills a model replica under load: the models in a deployment of their own
+        surrogate_deployment=args.fault,
     )
 
 
@@ -301,10 +304,9 @@ def bench(args, registry: str, ref: str, body_file: Path, source, coefficients) 
         "served_through_serve_proxy": proxied,
         "served_vs_raw_throughput_at_32": ratio,
     }
+    wanted = FIELDS_THROUGHPUT_RATIO if args.fields else THROUGHPUT_RATIO
     goals = {
-        f"served req/s at concurrency 32 >= {THROUGHPUT_RATIO} x raw ORT samples/s": goal(
-            THROUGHPUT_RATIO, ratio
-        ),
+        f"served req/s at concurrency 32 >= {wanted} x raw ORT samples/s": goal(wanted, ratio),
         f"p50 at concurrency 1 <= raw ORT batch-1 p50 + {LATENCY_MARGIN_MS:g} ms": goal(
             raw["latency_p50_ms"] + LATENCY_MARGIN_MS, one["p50_ms"], higher_is_better=False
         ),

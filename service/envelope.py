@@ -45,7 +45,8 @@ def _phases(a: np.ndarray) -> int:
     scale = max(abs(lo), abs(hi), 1e-300)
     if hi - lo <= PHASE_RTOL * scale:
         return 1
-    near = (np.abs(a - lo) <= PHASE_RTOL * scale) | (np.abs(a - hi) <= PHASE_RTOL * scale)
+    # near lo or near hi, in one distance from the midpoint
+    near = np.abs(a - (lo + hi) / 2) >= (hi - lo) / 2 - PHASE_RTOL * scale
     return 2 if near.all() else 3
 
 
