@@ -249,7 +249,7 @@ def settings_from(args, registry: str, ref: str) -> ServiceSettings:
         max_ongoing_requests=args.max_ongoing_requests,
         request_timeout_s=60.0,
         # --fault kills a model replica under load: the models in a deployment of their own
-        surrogate_deployment=args.fault,
+        surrogate_deployment=args.fault or args.surrogate_deployment,
     )
 
 
@@ -490,6 +490,10 @@ def main() -> None:
     p.add_argument("--ingress-cpus", type=float, default=d["ingress_cpus"].default)
     p.add_argument("--surrogate-cpus", type=float, default=d["surrogate_cpus"].default)
     p.add_argument("--max-ongoing-requests", type=int, default=d["max_ongoing_requests"].default)
+    p.add_argument(
+        "--surrogate-deployment", action="store_true",
+        help="the models in a deployment of their own (default: in the ingress)",
+    )  # fmt: skip
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="pdeserve-bench-serve-") as tmp:
         work = Path(tmp)

@@ -117,6 +117,7 @@ class Plan:
     roughness: float | None = None  # CG: how fast the medium varies (the scaled's law)
     decision: Decision | None = None  # auto on fields
     routed: str | None = None  # why this model, where the request named none
+    planned_ms: float = 0.0  # how long checking and planning took (the answer's timings)
 
     @property
     def fields(self) -> bool:

@@ -93,7 +93,7 @@ def test_every_mode_of_every_pde(client, local_default, pde, mode):
         assert np.allclose(reference, exact, atol=1e-12 * np.abs(exact).max())
         error = np.linalg.norm(solution - reference) / np.linalg.norm(reference)
         assert out["validation"]["relative_l2"] == pytest.approx(error, rel=1e-9)
-        assert set(out["timings_ms"]) == {"surrogate", "exact", "error_estimate"}
+        assert set(out["timings_ms"]) == {"plan", "surrogate", "exact", "error_estimate"}
         assert out["reason"].startswith("validate: solution is the surrogate's (default@1)")
 
 
