@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from modelstore.evaluate import evaluate, has_fields
 from modelstore.registry import DEFAULT_REGISTRY, Registry, RegistryError
@@ -145,8 +146,7 @@ def serve_main(argv: Sequence[str]) -> int:
             f"pdeserve is serving {args.model} from {registry}\n"
             f"  URL:  {url}{_listening(app)}\n"
             f"  docs: {url}/docs\n"
-            f"  try:  curl -s {url}/solve -H 'Content-Type: application/json' "
-            f"-d @examples/helmholtz.json\n"
+            f"  try:  {try_line(url, registry, args.model)}\n"
             "Ctrl-C stops it." + ("" if args.verbose else " (--verbose shows Ray's log lines)"),
             flush=True,
         )
@@ -162,6 +162,37 @@ def serve_main(argv: Sequence[str]) -> int:
         embedded.stop()
     print(f"pdeserve serve: stopped ({why}) in {time.monotonic() - t0:.1f} s", flush=True)
     return 0
+
+
+#: Example requests (``-d @examples/NAME.json`` from the repository's root).
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def try_line(url: str, registry: str, model: str) -> str:
+    """The banner's suggestion: a curl of the first bundled example the served model
+    answers itself (inside its envelope); where none is, the one to try and why it will
+    be answered by the exact solver (a fine-tuned model covers a narrow regime)."""
+    from service.edge import SOLVE_REQUEST
+    from service.envelope import envelope_reasons
+    from service.schema import decode_field
+
+    examples = sorted(EXAMPLES.glob("*.json"))
+    if not examples:
+        return f"POST {url}/solve (docs/serving.md)"
+    curl = f"curl -s {url}/solve -H 'Content-Type: application/json' -d @examples/{{}}"
+    try:
+        card = Registry(registry).card(model)
+    except RegistryError:
+        return curl.format(examples[0].name)
+    why = []
+    for path in examples:
+        request = SOLVE_REQUEST.validate_json(path.read_bytes())
+        source = decode_field(request.source, "source")
+        reasons = envelope_reasons(card, request.pde, source, request.unified())
+        if not reasons:
+            return curl.format(path.name)
+        why.append(reasons[0])
+    return f"{curl.format(examples[0].name)}  (answered exactly: {why[0]})"
 
 
 def _listening(app) -> str:

@@ -135,7 +135,7 @@ def plot_solve(source: np.ndarray, result, title: str, path: Path) -> None:
 
 
 def emulate_main(argv: Sequence[str]) -> int:
-    from service.emulate import EmulationError, emulate
+    from service.emulate import EmulationError, emulate, summary
 
     p = argparse.ArgumentParser(
         prog="pdeserve emulate",
@@ -181,5 +181,5 @@ def emulate_main(argv: Sequence[str]) -> int:
     except (PdeserveError, EmulationError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {out}")
+    print(f"wrote {out}: {summary(out)}")
     return 0

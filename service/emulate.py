@@ -3,8 +3,10 @@
 The output is pdeserve's dataset layout: ``fields`` (N, 2, n, n) = [source, predicted
 solution], the input's coefficients (``coefficients`` unified, ``tensor``, for
 advection-diffusion ``other``, and for field datasets ``coefficient_fields``), every
-surrogate answer's ``error_estimate`` (N,) (NaN for exact ones), and with ``validate`` a
-``relative_l2`` (N,) dataset.
+surrogate answer's ``error_estimate`` (N,) (NaN for exact ones), with ``validate`` a
+``relative_l2`` (N,) dataset, and ``answered`` (N,): the mode that answered each example
+(an example outside the model's envelope falls back to ``exact``; :func:`summary` counts
+them and says why, in the service's words).
 While it runs the file is ``OUTPUT.partial`` with a ``done`` flag per example, set once
 the server batch that carried it (``batch_size`` examples) is on disk: an interrupt loses
 at most the batches in flight. A restart continues with the examples not yet done, with
@@ -117,8 +119,35 @@ def _create(path: Path, reader, settings: dict, url: str) -> None:
         f.create_dataset("error_estimate", (n,), dtype="f8", fillvalue=np.nan)
         if settings["emulate_mode"] == "validate":
             f.create_dataset("relative_l2", (n,), dtype="f8", fillvalue=np.nan)
+        _answered(f, n)
         f.create_dataset("done", (n,), dtype="u1")  # per example
     os.replace(tmp, path)
+
+
+def _answered(f: h5py.File, n: int) -> h5py.Dataset:
+    """The per-example record of the mode that answered (created where a partial file
+    from before it has none)."""
+    if "answered" not in f:
+        f.create_dataset("answered", (n,), dtype=h5py.string_dtype())
+    return f["answered"]
+
+
+def summary(path: str | os.PathLike) -> str:
+    """What answered an emulation's examples, and why where it is not the mode asked:
+    '256 examples: exact 254, surrogate 2; 254 not by the surrogate asked: e.g. ...'."""
+    with h5py.File(path, "r") as f:
+        asked = str(f.attrs["emulate_mode"])
+        answered = [a.decode() if isinstance(a, bytes) else str(a) for a in f["answered"][()]]
+        reason = str(f.attrs.get("emulate_reason", ""))
+    counts: dict[str, int] = {}
+    for mode in answered:
+        counts[mode] = counts.get(mode, 0) + 1
+    shown = ", ".join(f"{m} {c}" for m, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+    line = f"{len(answered)} examples answered: {shown}"
+    other = len(answered) - counts.get(asked, 0)
+    if asked != "auto" and other:
+        line += f"; {other} not by the {asked} mode asked" + (f", e.g.: {reason}" if reason else "")
+    return line
 
 
 def emulate(
@@ -213,6 +242,11 @@ def _write(f: h5py.File, part, batch: slice, result: BatchResult, start: int, mo
         f["coefficient_fields"][rows] = part.coefficient_fields[batch]
     if mode == "validate":
         f["relative_l2"][rows] = result.relative_l2
+    _answered(f, len(f["done"]))[rows] = result.modes
+    if "emulate_reason" not in f.attrs:
+        why = next((r.reason for r in result.results if r.mode != mode and r.reason), None)
+        if why:
+            f.attrs["emulate_reason"] = why
     models = {r.model for r in result.results if r.model}
     if models:
         known = set(filter(None, str(f.attrs.get("emulate_models", "")).split(",")))

@@ -428,9 +428,11 @@ class SolverReport(BaseModel):
 
 
 class SolveResponse(BaseModel):
+    """One answer. The fields come in this order on the wire: what answered and how well
+    first, the arrays last, so the head of a long answer (curl, a log) says what it is."""
+
     pde: str
     n: int
-    solution: FieldValue
     mode: Answered = Field(
         description="what answered: surrogate, exact or refine (for auto, the one it chose; "
         "an out-of-envelope fallback is exact), or validate (solution: the surrogate's)"
@@ -448,9 +450,10 @@ class SolveResponse(BaseModel):
         "from the preconditioned residual (exact for constant coefficients)",
     )
     solver: SolverReport | None = None
-    validation: Validation | None = None
     warnings: list[str] = []
     timings_ms: dict[str, float] = {}
+    solution: FieldValue
+    validation: Validation | None = None
 
 
 class BatchResponse(BaseModel):

@@ -18,7 +18,7 @@ from datagen.solver import solve
 from datagen.spec import SamplingRanges, SplitSpec
 from datagen.systems import diffusion_tensor, unified_coefficients
 from service.client import AsyncClient, Client, RequestError, ServiceUnavailable
-from service.emulate import EmulationError, emulate, partial_path
+from service.emulate import EmulationError, emulate, partial_path, summary
 
 
 def smooth(n=32, seed=0, zero_mean=True):
@@ -144,6 +144,10 @@ def test_emulate_validate_with_a_batch_of_fallbacks(service, tmp_path):
     with h5py.File(out, "r") as f:
         assert f["done"][()].all() and np.isnan(f["relative_l2"][()]).all()
         assert np.isnan(f["error_estimate"][()]).all()
+        assert [a.decode() for a in f["answered"][()]] == ["exact"] * 8
+    said = summary(out)  # what `pdeserve emulate` prints at the end
+    assert said.startswith("8 examples answered: exact 8; 8 not by the validate mode asked")
+    assert "outside the model's training range" in said, said
 
 
 def test_async_client(service):
