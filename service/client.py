@@ -353,8 +353,9 @@ class _Base:
     def _check(response: httpx.Response) -> Any:
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
+                content = response.json()  # /v2 routes answer {"error": "..."}
+                detail = content.get("detail", content.get("error", response.text))
+            except (ValueError, AttributeError):
                 detail = response.text
             if response.status_code < 500:
                 raise RequestError(response.status_code, detail)

@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from service.docs_assets import DOCS_ROUTES, add_docs
 from service.schema import BatchRequest, SolveRequest
 from service.settings import ServiceSettings, active, direct_route
 
-HEALTH_ROUTES = {"/healthz", "/readyz"}
-OPEN_ROUTES = HEALTH_ROUTES | {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+HEALTH_ROUTES = {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+OPEN_ROUTES = HEALTH_ROUTES | DOCS_ROUTES
 SOLVE_REQUEST = TypeAdapter(SolveRequest)
 BATCH_REQUEST = TypeAdapter(BatchRequest)
 
@@ -25,7 +26,10 @@ api = FastAPI(
     version="0.1.0",
     description="Surrogate PDE solver: a pre-trained Fourier Neural Operator in ONNX Runtime, "
     "checked on request against an exact spectral solver.",
+    docs_url=None,  # Swagger UI from the service's own files: service/docs_assets.py
+    redoc_url=None,
 )
+add_docs(api)
 
 
 class _Guard:

@@ -143,6 +143,9 @@ def start(
             if "_PORT" in key or key not in os.environ:  # a switch the user set stays as set
                 _SET[key] = os.environ.get(key)
                 os.environ[key] = value
+        # Where Ray's metrics agent serves the node's metrics (the ingress's GET /metrics
+        # asks it, service/metrics.py): a free port, on loopback as the instance.
+        ray_init.setdefault("_metrics_export_port", free_port())
     ray_instance.start(address, verbose=verbose, **ray_init)
     _QUIET[:] = [] if verbose else [True]
     with _quiet_serve():

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, HTTPException, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -20,12 +20,13 @@ from ray.serve.handle import DeploymentHandle
 from datagen.resample import sample_coefficients
 from datagen.solver import error_estimate
 from modelstore.registry import ModelCard, Registry, RegistryError
-from service import infer, v2
+from service import infer, v2, v2_routes
 from service.batching import CallWindow, Problems, by_model_and_grid
 from service.costs import GRIDS, SCALED, CostModel, calibrate_estimate
 from service.edge import BATCH_REQUEST, SOLVE_REQUEST, Direct, api, reuse_freed_port
 from service.errors import http_error
 from service.exact import ExactAnswer, Solves
+from service.metrics import NodeMetrics
 from service.models import ModelHost, ModelReplicas
 from service.plan import Answer, Plan, carry_out, plan_request, solver_key
 from service.schema import (
@@ -162,6 +163,7 @@ class Ingress:
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self._published: tuple[float, list[ModelCard]] | None = None
         self.metrics = _Metrics()
+        self.node_metrics = NodeMetrics()  # GET /metrics
         self.costs = CostModel()
         self._shared = Shared()  # readiness and calibrations: see service/tasks.py
         # Short solves run here (one Krylov thread); the exact deployment takes the rest.
@@ -271,6 +273,13 @@ class Ingress:
             raise http_error(503, ["default_model"], f"not ready: {what}") from None
         return {"status": "ready", "model": card.ref, "providers": providers}
 
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus(self) -> Response:
+        """Prometheus's text format: pdeserve's metrics (``ray_pdeserve_*``), Serve's and
+        Ray's, as Ray exports them on the node this replica runs on (``service/metrics.py``);
+        a request counts some seconds after its answer."""
+        return await self.node_metrics.response()
+
     async def _ready(self, ref: str) -> str:
         """The default model loaded where it runs: its execution providers."""
         return await asyncio.wait_for(self.models.ready(ref), self.settings.request_timeout_s)
@@ -332,6 +341,50 @@ class Ingress:
             "default_model": self.settings.default_model,
         }
 
+    @api.get("/v2/health/live")
+    async def v2_live(self) -> Response:
+        """200 while the ingress runs (as ``/healthz``)."""
+        return Response()
+
+    @api.get("/v2/health/ready")
+    async def v2_ready(self) -> Response:
+        """200 when ready, else 503 saying what it waits for (as ``/readyz``)."""
+        await self.readyz()
+        return Response()
+
+    @api.get("/v2/models/{name}")
+    async def v2_model(self, name: str) -> dict[str, Any]:
+        """The model's v2 metadata: its versions, inputs and outputs."""
+        card = v2_routes.known_card(self.card, self.registry.names, name)
+        return v2_routes.model_metadata(name, self.registry.versions(card.name))
+
+    @api.get("/v2/models/{name}/versions/{version}")
+    async def v2_model_version(self, name: str, version: str) -> dict[str, Any]:
+        """As ``/v2/models/{name}``, for one version of the model."""
+        card = v2_routes.known_card(self.card, self.registry.names, name, version)
+        return v2_routes.model_metadata(name, self.registry.versions(card.name))
+
+    @api.get("/v2/models/{name}/ready")
+    async def v2_model_ready(self, name: str) -> Response:
+        """200 once the model (its newest version) is loaded where it runs; 404 for an
+        unknown model, 400 while it loads or where it fails to."""
+        return await self._v2_model_ready(name, None)
+
+    @api.get("/v2/models/{name}/versions/{version}/ready")
+    async def v2_model_version_ready(self, name: str, version: str) -> Response:
+        """As ``/v2/models/{name}/ready``, for one version of the model."""
+        return await self._v2_model_ready(name, version)
+
+    async def _v2_model_ready(self, name: str, version: str | None) -> Response:
+        card = v2_routes.known_card(self.card, self.registry.names, name, version)
+        ready = self._shared.run(("ready", card.ref), lambda: self._ready(card.ref), keep=False)
+        try:
+            await asyncio.wait_for(ready, READY_WAIT_S)
+        except Exception as e:  # a time-out, or a load's error: its type, never its text
+            why = "loading" if isinstance(e, asyncio.TimeoutError) else type(e).__name__
+            raise http_error(400, ["path", "name"], f"{card.ref} is not ready ({why})") from None
+        return Response()
+
     @api.post("/v2/infer")
     async def v2_infer_routed(self, request: Request) -> Response:
         """As ``/v2/models/{name}/infer`` with no model named: each problem goes to the
@@ -376,12 +429,18 @@ class Ingress:
         return BatchResponse(items=await self._call(asyncio.gather(*runs)))
 
     async def _infer(self, ref: str | None, body: bytes, headers: Mapping[str, str]) -> Response:
+        if ref is not None:  # the URL's model, named as the URL does
+            v2_routes.known_card(self.card, self.registry.names, *ref.split("@", 1))
         binary = headers.get(v2.HEADER_LENGTH.lower()) is not None
         try:
+            body = v2.decompress(
+                body, headers.get("content-encoding"), self.settings.max_body_bytes
+            )
             header, tensors = v2.decode(body, headers.get(v2.HEADER_LENGTH.lower()), "inputs")
             items = v2.request_items(header, tensors, self.settings.max_batch_items)
+            requested = v2.Requested.parse(header, binary)
         except v2.WireError as e:
-            raise http_error(422, e.loc, str(e)) from None
+            raise http_error(e.status, e.loc, str(e)) from None
         wire = tensors["source"].dtype
         requests = [infer.solve_request(item, ref, wire, i) for i, item in enumerate(items)]
         deadline = time.time() + self.settings.request_timeout_s
@@ -397,7 +456,7 @@ class Ingress:
         head = {"model_name": name, "id": header.get("id", "")}
         if card is not None:
             head["model_version"] = str(card.version)
-        data, length = v2.encode(head, "outputs", outputs, binary)
+        data, length = v2.encode(head, "outputs", *requested.select(outputs))
         if length is None:
             return Response(data, media_type="application/json")
         return Response(data, media_type=v2.CONTENT_TYPE, headers={v2.HEADER_LENGTH: str(length)})

@@ -31,7 +31,9 @@ and ``warnings`` (JSON text) and ``timings_ms`` (JSON text).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import zlib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,12 +51,122 @@ DATATYPE_OF = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64", np.dtyp
 PARAMETERS = ("pde", "mode", "tolerance", "max_iterations", "out_of_envelope", "nonzero_mean")
 
 
-class WireError(ValueError):
-    """A body that does not follow the protocol; ``loc`` says where, as 422s do."""
+#: Every output an answer may have, in the order answered (``exact_solution`` and
+#: ``relative_l2`` where a problem was validated, ``routed`` where one was routed): its
+#: datatype and shape as the model metadata gives them (-1: a size that varies; the
+#: solutions come in the source's datatype, [n, n] for a single problem).
+OUTPUTS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "solution": ("FP32", (-1, -1, -1)),
+    "error_estimate": ("FP64", (-1,)),
+    "exact_solution": ("FP32", (-1, -1, -1)),
+    "relative_l2": ("FP64", (-1,)),
+    **dict.fromkeys(
+        ("mode", "reason", "model", "routed", "solver", "warnings", "timings_ms"), ("BYTES", (-1,))
+    ),
+}
+#: ``Content-Encoding`` of a request body -> zlib's wbits for it ("deflate" is the zlib
+#: format, as HTTP and tritonclient mean it).
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
-    def __init__(self, loc: list[Any], message: str):
+
+class WireError(ValueError):
+    """A body that does not follow the protocol; ``loc`` says where, as 422s do, and
+    ``status`` the HTTP status it is answered with."""
+
+    def __init__(self, loc: list[Any], message: str, status: int = 422):
         super().__init__(message)
         self.loc = loc
+        self.status = status
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """``body`` as sent with ``Content-Encoding: encoding`` (gzip, deflate, identity or
+    none), decompressed. Never more than ``limit`` + 1 bytes are inflated (a small body
+    may inflate to gigabytes): past ``limit`` a 413, as an uncompressed body over the cap.
+    A gzip body may hold several members (RFC 1952), each inflated in turn."""
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return body
+    if coding not in ENCODINGS:
+        raise WireError(
+            ["header", "content-encoding"],
+            f"Content-Encoding {encoding!r} is not supported; send gzip, deflate or identity",
+            status=415,
+        )
+    parts: list[bytes] = []
+    size, rest = 0, body
+    while True:
+        inflate = zlib.decompressobj(ENCODINGS[coding])
+        try:
+            parts.append(inflate.decompress(rest, limit + 1 - size))
+        except zlib.error:
+            raise WireError(["body"], f"the body is not valid {coding} data") from None
+        size += len(parts[-1])
+        if size > limit:
+            raise WireError(
+                ["body"], f"request body larger than {limit} bytes once decompressed", status=413
+            )
+        if not inflate.eof:
+            raise WireError(["body"], f"the {coding} body ends early (truncated?)")
+        rest = inflate.unused_data
+        if not rest or coding != "gzip":
+            break
+    if rest:
+        raise WireError(["body"], f"{len(rest)} bytes follow the end of the {coding} data")
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What a request asks of its answer: the outputs it lists under ``outputs`` (None: it
+    lists none, and gets all), in its order, and which of them come as binary data."""
+
+    names: tuple[str, ...] | None
+    binary: Mapping[str, bool]
+    default: bool
+
+    @classmethod
+    def parse(cls, header: dict, binary: bool) -> Requested:
+        """From the inference header: each output's ``parameters.binary_data``, else the
+        request's ``binary_data_output`` parameter, else ``binary`` (whether the request
+        had binary tensors). A 400 for an output no answer has, naming the known ones."""
+        default = (header.get("parameters") or {}).get("binary_data_output", binary)
+        if not isinstance(default, bool):
+            raise WireError(
+                ["body", "parameters", "binary_data_output"], "binary_data_output must be a bool"
+            )
+        listed = header.get("outputs")
+        if listed is None or listed == []:
+            return cls(None, {}, default)
+        if not isinstance(listed, list):
+            raise WireError(["body", "outputs"], "outputs must be a list of {name, parameters}")
+        flags: dict[str, bool] = {}
+        for i, entry in enumerate(listed):
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str):
+                raise WireError(["body", "outputs", i], "each requested output needs a name")
+            if name not in OUTPUTS:
+                raise WireError(
+                    ["body", "outputs", i, "name"],
+                    f"unknown output {name!r}; known: {', '.join(OUTPUTS)}",
+                    status=400,
+                )
+            flag = (entry.get("parameters") or {}).get("binary_data", default)
+            if not isinstance(flag, bool):
+                raise WireError(
+                    ["body", "outputs", i, "parameters", "binary_data"],
+                    f"{name}: binary_data must be a bool",
+                )
+            flags[name] = flag
+        return cls(tuple(flags), flags, default)
+
+    def select(self, outputs: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
+        """The outputs to answer, in the order asked (one the answer lacks, such as
+        ``exact_solution`` outside validate mode, is left out), and those sent as binary
+        data (BYTES outputs are always JSON)."""
+        names = list(outputs) if self.names is None else [n for n in self.names if n in outputs]
+        chosen = {name: outputs[name] for name in names}
+        return chosen, {name for name in names if self.binary.get(name, self.default)}
 
 
 def _tensor_entry(name: str, value: Any, binary: bool) -> tuple[dict, bytes | None]:
@@ -73,14 +185,16 @@ def _tensor_entry(name: str, value: Any, binary: bool) -> tuple[dict, bytes | No
 
 
 def encode(
-    header: dict, key: str, tensors: Mapping[str, Any], binary: bool
+    header: dict, key: str, tensors: Mapping[str, Any], binary: bool | Collection[str]
 ) -> tuple[bytes, int | None]:
     """A body: ``header`` with ``tensors`` as its ``key`` ("inputs" or "outputs"), the
-    numeric ones as binary data (``binary``) or inline. Returns (body, header length
-    for ``Inference-Header-Content-Length``, None for plain JSON)."""
+    numeric ones as binary data (``binary`` True, or the names it holds) or inline.
+    Returns (body, header length for ``Inference-Header-Content-Length``, None for plain
+    JSON)."""
     entries, blobs = [], []
     for name, value in tensors.items():
-        entry, raw = _tensor_entry(name, value, binary)
+        as_binary = binary if isinstance(binary, bool) else name in binary
+        entry, raw = _tensor_entry(name, value, as_binary)
         entries.append(entry)
         if raw is not None:
             blobs.append(raw)

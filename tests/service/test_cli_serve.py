@@ -105,6 +105,10 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["model"] == "default@1" and out["validation"]["relative_l2"] >= 0
+        # Ray's metrics, from the agent on the port the command chose (on loopback: below)
+        metrics = httpx.get(f"{url}/metrics", timeout=30)
+        assert metrics.status_code == 200, metrics.text[:500]
+        assert metrics.headers["content-type"].startswith("text/plain")
         tree = service.tree()
         names = {p.name() for p in tree}
         assert {"gcs_server", "raylet"} <= names  # its own instance
@@ -124,6 +128,7 @@ def test_serve_ignores_a_stale_cluster_and_stops_on_sigterm(registry_root):
     check_stopped(service, tree, signal.SIGTERM, seconds)
     output = service.output
     assert f"URL:  {url}" in output and f"{url}/docs" in output and "curl" in output
+    assert f"metrics: {url}/metrics" in output
     # The banner is the only URL shown, and no Ray log line follows it.
     assert output.count("http") == output[output.index("pdeserve is serving") :].count("http")
     after = output[output.index("pdeserve is serving") :].split("Ctrl-C stops it")[1]
