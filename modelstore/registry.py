@@ -88,6 +88,22 @@ class FieldEnvelope(BaseModel):
     length: tuple[float, float] | None = None
 
 
+class SourceEnvelope(BaseModel):
+    """Statistics of the training sources for one system: each a (min, max) over them
+    (defined in :mod:`modelstore.sources`: peak |f|, its RMS, and the shares of its
+    mean-free energy at wavenumbers |k| <= 2.5 and above 8, in cycles per unit length).
+    ``origin``: "law" where drawn from datagen's sampler of the training data's law (the
+    paper's Gaussian sources), "observed" where read from the training files,
+    "law+observed" for a mix."""
+
+    n_examples: int
+    peak: tuple[float, float]
+    rms: tuple[float, float]
+    large_scale: tuple[float, float]
+    fine_scale: tuple[float, float]
+    origin: Literal["law", "observed", "law+observed"] = "observed"
+
+
 class Envelope(BaseModel):
     """Coefficient ranges seen in training for one system (None where the term is absent).
 
@@ -100,6 +116,9 @@ class Envelope(BaseModel):
     psi: tuple[float, float] | None = None  # advection / diffusion ratio
     omega: tuple[float, float] | None = None  # Helmholtz w
     field: FieldEnvelope | None = None  # None: constant coefficients only
+    # The training sources' statistics; None on cards made before they were recorded
+    # (then the service checks no source).
+    source: SourceEnvelope | None = None
     # Per range (eig, psi, omega, contrast, variation, length): "law" where it is the
     # sampling law the training files record, "observed" where it is the span of the
     # examples, "law+observed" for a mix of files. Empty on cards made before it existed.

@@ -7,9 +7,15 @@ the field statistics (:class:`~modelstore.registry.FieldEnvelope`): the laws, th
 contrast of K, the relative variation of w and the correlation length. A
 field request is checked on its reference coefficients (the log-Euclidean mean
 of K, the mean of v and w: how the card records field examples) and on its
-field statistics. A request outside any of them, of a system the model never
-saw, or with fields (constants) where the model has no graph for them, gets the reasons back,
-one sentence each.
+field statistics. Where the card records them (:class:`~modelstore.registry.SourceEnvelope`),
+the source is checked too: its peak, RMS and the shares of its energy at large and fine
+scales (:mod:`modelstore.sources`). A request outside any of them, of a system the model
+never saw, or with fields (constants) where the model has no graph for them, gets the
+reasons back, one sentence each.
+
+The answer's own evidence comes after the model has run: :func:`estimate_reason` says
+when a surrogate answer's error estimate exceeds :data:`ESTIMATE_FACTOR` times the error
+the card measured on the problem's band.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import numpy as np
 from datagen.coefficients import K11, K12, K22, W, reference, variation, varying
 from datagen.sampling import advection_psi
 from datagen.systems import anisotropy
+from modelstore.bands import band_for
 from modelstore.registry import ModelCard
+from modelstore.sources import STATISTICS, source_statistics
 
 #: Relative slack on the trained ranges: the training data sample the open interval.
 SLACK = 0.01
@@ -32,6 +40,19 @@ LENGTH_SLACK = 0.3
 LENGTH_GRID = 128
 #: Values within this relative distance count as one phase (two-phase laws).
 PHASE_RTOL = 1e-6
+#: Relative slack on the training sources' ranges. Their amplitude: the bundled model's
+#: mean error on 32 training-law sources scaled by 0.9 / 1.1 was 0.90x / 1.5x its error
+#: at their own amplitude on Helmholtz (w = 4), 0.98x / 1.12x on Poisson; the ranges
+#: themselves are the extremes of 4,096 draws, a little inside the law's.
+SOURCE_SLACK = 0.1
+#: A surrogate answer whose error estimate exceeds this times the card's mean error on
+#: the problem's band is flagged (and replaced where the request falls back). Per-example
+#: errors spread log-normally about a band's mean (:data:`modelstore.bands.LOG_SPREAD`,
+#: 0.6): 1.7% of answers inside the training distribution exceed 3x the mean (5.5% on
+#: Helmholtz with a varying w, spread 1.0), while the answers the envelope missed came out
+#: at 3.4x (varying-w Helmholtz, 1.0 against 0.29) to 16x (a sin*cos Poisson source,
+#: 0.53 against 0.034): 3 catches all of them at a small false-alarm rate.
+ESTIMATE_FACTOR = 3.0
 
 
 def _outside(value: float, bounds: tuple[float, float], slack: float = SLACK) -> bool:
@@ -95,11 +116,12 @@ def envelope_reasons(
     coefficients: np.ndarray,
     stats: dict[str, float | str | None] | None = None,
     reference_: np.ndarray | None = None,
+    source_stats: dict[str, float | None] | None = None,
 ) -> list[str]:
-    """Why ``coefficients`` (unified: (6,), or (6, n, n) fields) lie outside ``card``'s
-    envelope; [] if inside. ``stats`` and ``reference_``: the fields'
-    :func:`field_statistics` and reference coefficients (1, 6) where the caller has them
-    already."""
+    """Why ``coefficients`` (unified: (6,), or (6, n, n) fields) or ``source`` lie outside
+    ``card``'s envelope; [] if inside. ``stats``, ``reference_`` and ``source_stats``: the
+    fields' :func:`field_statistics`, reference coefficients (1, 6) and the source's
+    :func:`~modelstore.sources.source_statistics` where the caller has them already."""
     fields = np.ndim(coefficients) == 3
     if fields and "fields" not in card.graphs:
         return [f"{card.ref} has no graph for coefficient fields (it takes constants only)"]
@@ -147,7 +169,47 @@ def envelope_reasons(
     reasons += [
         _sentence(name, value, bounds) for name, value, bounds in checks if _outside(value, bounds)
     ]
-    return reasons
+    return reasons + source_reasons(card, pde, source, source_stats)
+
+
+def source_reasons(
+    card: ModelCard,
+    pde: str,
+    source: np.ndarray,
+    stats: dict[str, float | None] | None = None,
+) -> list[str]:
+    """Why ``source`` (n, n; mean-projected where the system needs it) lies outside the
+    training sources ``card`` records for ``pde``; [] if inside or unrecorded. ``stats``:
+    its :func:`~modelstore.sources.source_statistics`, where the caller has them."""
+    env = card.envelope.get(pde)
+    if env is None or env.source is None:
+        return []
+    stats = source_statistics(source) if stats is None else stats
+    trained = env.source.model_dump()
+    return [
+        _sentence(f"the source's {words}", stats[key], trained[key])
+        for key, words in STATISTICS.items()
+        if stats[key] is not None and _outside(stats[key], trained[key], SOURCE_SLACK)
+    ]
+
+
+def estimate_reason(
+    card: ModelCard, pde: str, stats: dict[str, float | str | None] | None, estimate: float
+) -> str | None:
+    """Why a surrogate answer with error ``estimate`` is not to be trusted: the estimate
+    exceeds :data:`ESTIMATE_FACTOR` times the card's error on the problem's band (``stats``:
+    the fields' :func:`field_statistics`, None for constants); None where it does not, or
+    the card measured no error on the band."""
+    stats = stats or {}
+    measure = stats.get("contrast") if pde != "helmholtz" else stats.get("variation")
+    band = band_for(card, pde, stats.get("law"), measure)
+    if band is None or not estimate > ESTIMATE_FACTOR * band.error:
+        return None
+    return (
+        f"the surrogate's error estimate {estimate:.3g} is {estimate / band.error:.1f}x "
+        f"{card.ref}'s measured error on {band.key} ({band.error:.3g}; flagged above "
+        f"{ESTIMATE_FACTOR:g}x)"
+    )
 
 
 def _sentence(name: str, value: float, bounds: tuple[float, float]) -> str:

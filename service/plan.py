@@ -25,6 +25,18 @@ mode is a function and an entry there.
   source's, so it saved 1-3 of 17-52 iterations and cost the model's call besides; on
   bench/workload.py always-refine was the slowest strategy in every class.
   Outside the model's envelope: ``exact``.
+
+Outside the model's envelope (its coefficients, or its source where the card records
+the training sources: :mod:`service.envelope`) the request's ``out_of_envelope`` decides,
+before anything runs (:func:`plan_request`): ``fallback`` to the exact solver, answer
+with the ``surrogate`` anyway, or ``reject`` (422); either answer carries a warning that
+names what lies outside. After the model has run, its answer's own evidence is judged
+the same way (:func:`_judged`): an error estimate above
+:data:`~service.envelope.ESTIMATE_FACTOR` times the card's error on the problem's band
+is a warning, and under ``fallback`` the exact solver answers instead (a second step,
+``reason`` says so); ``reject`` is a 422. ``validate`` keeps its answer (its validation
+holds the exact solver's), with the warning; ``auto`` judges the estimate against the
+request's own tolerance instead.
 """
 
 from __future__ import annotations
@@ -42,8 +54,14 @@ from datagen.solver import MEAN_TOLERANCE
 from datagen.systems import get_system
 from modelstore.bands import Band, band_for
 from modelstore.registry import ModelCard
+from modelstore.sources import source_statistics
 from service.costs import SCALED, CostModel, kappa
-from service.envelope import envelope_reasons, field_statistics
+from service.envelope import (
+    envelope_reasons,
+    estimate_reason,
+    field_statistics,
+    source_reasons,
+)
 from service.errors import http_error
 from service.routing import route
 from service.schema import (
@@ -118,6 +136,8 @@ class Plan:
     decision: Decision | None = None  # auto on fields
     routed: str | None = None  # why this model, where the request named none
     planned_ms: float = 0.0  # how long checking and planning took (the answer's timings)
+    policy: str = "fallback"  # the request's out_of_envelope
+    source_stats: dict[str, Any] | None = None  # the source's (modelstore.sources), once
 
     @property
     def fields(self) -> bool:
@@ -182,6 +202,7 @@ def plan_request(
         max_iterations=request.max_iterations,
         warnings=warnings,
         deadline=deadline,
+        policy=request.out_of_envelope,
     )
     if plan.fields:  # the envelope checks the correlation length; exact needs none of it
         plan.stats = field_statistics(plan.coefficients, length=plan.mode != "exact")
@@ -205,6 +226,7 @@ def plan_request(
         return plan
     if plan.fields:  # the envelope, routing and the error estimate all need it
         plan.reference = reference(plan.coefficients[None])
+    plan.source_stats = source_statistics(source)
     plan.card = card(request.model, [*loc, "model"])
     if request.model is None and candidates is not None:
         routed = route(
@@ -215,22 +237,32 @@ def plan_request(
             plan.coefficients,
             plan.stats,
             plan.reference,
+            plan.source_stats,
         )
         plan.card, plan.routed = routed.card, routed.why
         if getattr(request.coefficients, "conductivity", None) is not None:
             # K = a(x) K0 with K0 constant (the schema's Darcy form): K11 / K11_ref is a / a_ref
             plan.scalar = plan.coefficients[0] / plan.reference[0, 0]
     reasons = envelope_reasons(
-        plan.card, request.pde, source, plan.coefficients, plan.stats, plan.reference
+        plan.card,
+        request.pde,
+        source,
+        plan.coefficients,
+        plan.stats,
+        plan.reference,
+        plan.source_stats,
     )
     if reasons:
         why = "; ".join(reasons)
         if request.out_of_envelope == "reject":
-            raise http_error(422, [*loc, "coefficients"], f"outside the model's envelope: {why}")
+            only = reasons == source_reasons(plan.card, request.pde, source, plan.source_stats)
+            where = [*loc, "source" if only else "coefficients"]
+            raise http_error(422, where, f"outside the model's envelope: {why}")
         if request.out_of_envelope == "fallback":
             plan.reason = f"fell back to the exact solver: {why}"
             if plan.mode == "auto":
                 plan.reason = f"auto: outside the model's envelope, so the exact solver: {why}"
+            warnings.append(f"outside the model's envelope, so the exact solver answered: {why}")
             plan.mode, plan.fallback = "exact", True
             return plan
         warnings.append(f"answered by the surrogate outside its envelope: {why}")
@@ -346,9 +378,30 @@ class Answer:
     mispredicted: str | None = None  # auto: "error" where the surrogate was tried in vain
 
 
+async def _judged(plan: Plan, s: Solvers, answer: Answer) -> Answer:
+    """The surrogate's answer judged by its own error estimate against the card's error on
+    the problem's band (:func:`service.envelope.estimate_reason`), under the request's
+    ``out_of_envelope``: a warning, and with ``fallback`` the exact solver's answer
+    (``validate`` keeps its own: its validation holds the exact answer already)."""
+    why = estimate_reason(plan.card, plan.pde, plan.stats, answer.estimate)
+    if why is None:
+        return answer
+    if answer.mode == "validate" or plan.policy == "surrogate":
+        plan.warnings.append(f"the surrogate answered, but {why}")
+        return answer
+    if plan.policy == "reject":
+        raise http_error(422, plan.loc, f"the surrogate's answer is not to be trusted: {why}")
+    exact = await s.exact(plan)
+    plan.warnings.append(f"the exact solver answered after the surrogate: {why}")
+    plan.fallback = True
+    reason = f"fell back to the exact solver after the surrogate ({plan.card.ref}): {why}"
+    return Answer(exact.solution, "exact", reason, exact=exact)
+
+
 async def _surrogate(plan: Plan, s: Solvers) -> Answer:
     u = await s.surrogate(plan)
-    return Answer(u, "surrogate", plan.reason, await s.estimate(plan, u), uses_model=True)
+    answer = Answer(u, "surrogate", plan.reason, await s.estimate(plan, u), uses_model=True)
+    return await _judged(plan, s, answer)
 
 
 async def _exact(plan: Plan, s: Solvers) -> Answer:
@@ -358,7 +411,7 @@ async def _exact(plan: Plan, s: Solvers) -> Answer:
 
 async def _validate(plan: Plan, s: Solvers) -> Answer:
     u, answer = await asyncio.gather(s.surrogate(plan), s.exact(plan))
-    return Answer(
+    validated = Answer(
         u,
         "validate",
         f"validate: solution is the surrogate's ({plan.card.ref}), "
@@ -369,6 +422,7 @@ async def _validate(plan: Plan, s: Solvers) -> Answer:
         validation_error=relative_l2(u, answer.solution),
         validated=True,
     )
+    return await _judged(plan, s, validated)
 
 
 async def _refine(plan: Plan, s: Solvers) -> Answer:

@@ -4,7 +4,8 @@ The paper's paradigm is one foundation model and specialists fine-tuned from it 
 regime. A request that names no model goes to the published model (the newest version
 of each name) that
 
-1. covers it: inside the card's envelope, with a graph for its kind of coefficients
+1. covers it: inside the card's envelope (its coefficients, and its source where the card
+   records the training sources), with a graph for its kind of coefficients
    (:func:`service.envelope.envelope_reasons` finds nothing), and
 2. has the lowest measured error on the request's band (:func:`modelstore.bands.band_for`:
    the card's mean relative L2 on held-out problems of the same system, field law and
@@ -47,15 +48,19 @@ def route(
     coefficients: np.ndarray,
     stats: dict | None,
     reference: np.ndarray | None = None,
+    source_stats: dict | None = None,
 ) -> Route:
     """The card that answers (see the module docstring). ``stats``: the fields'
     :func:`~service.envelope.field_statistics` (None for constant coefficients),
-    ``reference``: their reference coefficients, where the caller has them."""
+    ``reference``: their reference coefficients, ``source_stats``: the source's
+    :func:`~modelstore.sources.source_statistics`, where the caller has them."""
     stats = stats or {}
     covering = [
         c
         for c in cards
-        if not envelope_reasons(c, pde, source, coefficients, stats or None, reference)
+        if not envelope_reasons(
+            c, pde, source, coefficients, stats or None, reference, source_stats
+        )
     ]
     if not covering:
         return Route(default, f"no published model covers the request; {default.ref} by default")

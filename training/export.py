@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import torch
 
+from datagen.dataset import open_dataset
 from modelstore.modelcard import render as render_readme
 from modelstore.registry import (
     DEFAULT_REGISTRY,
@@ -37,6 +38,7 @@ from modelstore.registry import (
     Registry,
     RegistryError,
 )
+from modelstore.sources import LAW_EXAMPLES, law_sources, source_envelope
 from training.checkpoint import load_model, read_card, weights_bytes
 from training.models.surrogate import PDESurrogate
 
@@ -211,6 +213,40 @@ def card_from_checkpoint(directory: Path, parent: str | None) -> ModelCard:
     return card.model_copy(update={"parent": parent, "files": {}, "created": now})
 
 
+def with_source_envelopes(card: ModelCard) -> ModelCard:
+    """``card`` with each system's training-source statistics (:mod:`modelstore.sources`)
+    from the training data its lineage names: a datagen spec (``generate``) is the paper's
+    law, drawn afresh at the card's resolution (:data:`LAW_EXAMPLES` sources); a file is
+    read (its first :data:`LAW_EXAMPLES` sources). Where a training file cannot be read,
+    nobody can tell which system's sources it held: the card then records none, as a card
+    whose lineage names no training data (the service checks no source against it)."""
+    law: set[str] = set()
+    observed: dict[str, list[np.ndarray]] = {}
+    for entry in card.lineage.get("train") or []:
+        if "generate" in entry:
+            law.add(entry["generate"]["system"])
+        for path in entry.get("files") or []:
+            try:
+                with open_dataset(Path(path).expanduser()) as reader:
+                    sources = reader.fields[: min(len(reader), LAW_EXAMPLES), 0]
+                    observed.setdefault(reader.system.name, []).append(sources)
+            except (FileNotFoundError, ValueError) as e:
+                print(f"no source envelope: a training file cannot be read ({e})")
+                return card
+    envelope = dict(card.envelope)
+    for system, env in card.envelope.items():
+        if env.source is not None or (system not in law and system not in observed):
+            continue
+        parts = observed.get(system, [])
+        if system in law:
+            parts.append(law_sources(system, card.resolution, LAW_EXAMPLES))
+        kinds = (("law", system in law), ("observed", system in observed))
+        origin = "+".join(kind for kind, here in kinds if here)
+        source = source_envelope(np.concatenate(parts), origin)
+        envelope[system] = env.model_copy(update={"source": source})
+    return card.model_copy(update={"envelope": envelope})
+
+
 def onnx_runner(model: PDESurrogate, card: ModelCard, *, fields: bool, threads: int | None = None):
     """The model's exported graph in ONNX Runtime, as served (constant or fields input)."""
     from modelstore.runner import OnnxSurrogate
@@ -299,7 +335,7 @@ def export(
     if not isinstance(model, PDESurrogate):
         raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not a PDESurrogate")
     model.eval()
-    card = card_from_checkpoint(checkpoint, parent)
+    card = with_source_envelopes(card_from_checkpoint(checkpoint, parent))
     if notes:
         card.notes = notes
     weights = (checkpoint / WEIGHTS).read_bytes()

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from modelstore.sources import law_envelope
 from training.checkpoint import save_model
 from training.export import export
 from training.models import PDESurrogate
@@ -30,12 +31,19 @@ def publish_tiny(
     seed: int = 0,
     workdir: Path | None = None,
     metrics: dict[str, float] | None = None,
+    sources: bool = False,
 ) -> str:
     """An (untrained) small surrogate at 64^2 with the envelope above and the card
-    ``metrics`` given (errors per band: what auto's planner reads); returns its ref."""
+    ``metrics`` given (errors per band: what auto's planner reads); with ``sources`` the
+    envelope records the paper's sources too (the service then checks a request's);
+    returns its ref."""
     torch.manual_seed(seed)
     model = PDESurrogate(8, 6, n_layers=2, fc_dim=16, source_ref=1.0, solution_ref=0.05)
-    meta = {"data": {"resolution": RESOLUTION, "envelope": ENVELOPE}, "metrics": metrics or {}}
+    envelope = ENVELOPE
+    if sources:
+        law = {k: {"source": law_envelope(k, RESOLUTION).model_dump()} for k in ENVELOPE}
+        envelope = {k: v | law[k] for k, v in ENVELOPE.items()}
+    meta = {"data": {"resolution": RESOLUTION, "envelope": envelope}, "metrics": metrics or {}}
     ckpt = save_model(model, Path(workdir or root) / f".ckpt-{name}-{seed}", meta)
     return export(ckpt, name, str(root)).ref
 

@@ -9,6 +9,7 @@ import pytest
 
 from modelstore.bands import Band, band_for, band_key, bands
 from modelstore.registry import BUNDLED_REGISTRY, Registry
+from modelstore.sources import law_sources
 from service.costs import CostModel, iterations_formula
 from service.edge import SOLVE_REQUEST
 from service.plan import carry_out, plan_request
@@ -41,7 +42,7 @@ def darcy(contrast: float, law: str = "smooth", tolerance: float = 0.1, **extra)
     if law == "two-phase":
         s = np.where(s > 0, 1.0, -1.0)
     a = np.exp(0.5 * np.log(contrast) * s)
-    f = np.exp(-((gx - 0.4) ** 2 + (gy - 0.55) ** 2) / 0.005)
+    f = law_sources("poisson", N, 1)[0]  # the paper's: inside the card's source envelope
     return {
         "pde": "poisson",
         "source": (f - f.mean()).tolist(),
