@@ -126,12 +126,13 @@ def start(address: str | None = None, *, verbose: bool = False, **init: Any) -> 
         _STATE.cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
         ray_constants.ENABLE_RAY_CLUSTER = False  # ray was imported before the switch
         runtime_env = dict(init.pop("runtime_env", None) or {})
-        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.loopback_worker")
+        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.private_worker")
         init["runtime_env"] = runtime_env
         target = "local"
     else:
         init.pop("num_cpus", None)  # a cluster has its own
         target = address  # None in a job: Ray reads the job's RAY_ADDRESS
+        init["runtime_env"] = joined_runtime_env(address, init.get("runtime_env"))
     try:
         # Ray's notice that token authentication is on (its default since 2.60) names a
         # URL, and a private instance on loopback asks nothing of the user.
@@ -182,6 +183,45 @@ def ray_instance(address: str | None = None, **start_args: Any) -> Iterator[Any]
         yield ray
     finally:
         stop()
+
+
+#: What names a process's cluster to Ray's lookups (``ray.util.state``, ``ray.init()``).
+ADDRESS_VAR = "RAY_ADDRESS"
+
+
+def joined_runtime_env(address: str | None, runtime_env: dict | None) -> dict | None:
+    """The runtime environment for a cluster joined at ``address`` (None in a job: the
+    job's): its workers get the cluster's address as ``RAY_ADDRESS``.
+
+    Without it, Ray code in a worker that looks its cluster up (Ray Train's placement
+    group cleaner asks the state API every second) scans the machine's Ray instances and,
+    finding several, logs "Found multiple active Ray instances" each time. Left alone
+    where the address is unknown here (``auto`` outside a job, a ``ray://`` client) or
+    the job's own runtime environment names one."""
+    known = os.environ.get(ADDRESS_VAR) if address in (None, "auto") else address
+    if not known or "://" in known or ADDRESS_VAR in _job_env_vars():
+        return runtime_env
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {ADDRESS_VAR: known, **(runtime_env.get("env_vars") or {})}
+    return runtime_env
+
+
+def _job_env_vars() -> dict:
+    """The environment variables of a job's runtime environment (``ray job submit
+    --runtime-env``): ``ray.init`` refuses one of them named again."""
+    import json
+
+    config = json.loads(os.environ.get(JOB_MARKER) or "{}")
+    return (config.get("runtime_env") or {}).get("env_vars") or {}
+
+
+def private_worker() -> None:
+    """Worker set-up hook of a private instance: :func:`loopback_worker`, and the worker's
+    ``RAY_ADDRESS`` is its instance's (see :func:`joined_runtime_env`)."""
+    import ray
+
+    loopback_worker()
+    os.environ[ADDRESS_VAR] = ray.get_runtime_context().gcs_address  # not the shell's
 
 
 def loopback_worker() -> None:

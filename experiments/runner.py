@@ -191,6 +191,7 @@ class Runner:
             loss=curve.loss,
             use_ray=self.use_ray,
             storage=str(storage),
+            base_candidate=False,  # the paper's TL curve: fine-tuned models, best epoch
         )
         t0 = time.perf_counter()
         log = path.with_suffix(".log")

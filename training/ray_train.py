@@ -9,6 +9,8 @@ the last reported checkpoint.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,12 @@ from training.config import TrainConfig
 from training.context import RunContext
 from training.prepare import PreparedData
 from training.trainer import train
+
+#: Ray Train sends a worker's ``print`` to its logger as well as to the worker's stdout
+#: (replaced by Ray's log file: not ``sys.__stdout__``), and Ray forwards both: every epoch
+#: line came twice. Off, it is printed once. Read by Ray Train where ``fit`` is called and
+#: passed on to its controller and workers.
+PRINT_PATCH = "RAY_TRAIN_ENABLE_PRINT_PATCH"
 
 
 @dataclass
@@ -45,7 +53,16 @@ class RayContext(RunContext):
         ray.train.report(metrics, checkpoint=ckpt, delete_local_checkpoint_after_upload=True)
 
 
+def _quiet_train_console() -> None:
+    """Ray Train's per-report lines (checkpoint created, reporting result N) stay in its
+    log files, off the console: an epoch is the trainer's one line."""
+    for handler in logging.getLogger("ray.train").handlers:
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+
+
 def _worker_loop(payload: dict) -> None:
+    _quiet_train_console()
     context = ray.train.get_context()
     run = RayContext(
         device=ray.train.torch.get_device(),
@@ -75,6 +92,7 @@ def fit_on_ray(
     callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run the job; returns Ray's result (its ``checkpoint`` is the last one reported)."""
+    os.environ.setdefault(PRINT_PATCH, "0")
     marker = fault_marker(storage, run_name)
     trainer = ray.train.torch.TorchTrainer(
         _worker_loop,

@@ -146,6 +146,29 @@ def check_world(config: TrainConfig, data: PreparedData, world: int) -> None:
     data.val.eval_shard(0, world, config.data.chunk_size)
 
 
+def validation_loader(
+    config: TrainConfig, data: PreparedData, device: torch.device, rank: int = 0, world: int = 1
+) -> BatchLoader:
+    """This rank's share of the validation set, in order, every example once."""
+    return BatchLoader(
+        data.val.eval_shard(rank, world, config.data.chunk_size),
+        config.optim.batch_size // world,
+        device,
+        shuffle=False,
+        drop_last=False,
+        placement=config.data.placement,
+        chunk_size=config.data.chunk_size,
+    )
+
+
+def validate(config: TrainConfig, data: PreparedData, device: torch.device) -> dict[str, float]:
+    """The validation errors of the model the run starts from, before any step (epoch 0),
+    measured as every epoch's are: fine-tuning's base competes with its epochs on them."""
+    model = build_model(config, data, device)
+    loader = validation_loader(config, data, device)
+    return evaluate(model, loader, data.train.groups, use_bf16(config, device))
+
+
 def train(
     config: TrainConfig, data: PreparedData, context: RunContext, progress: bool = True
 ) -> TrainResult:
@@ -161,15 +184,7 @@ def train(
         placement=config.data.placement,
         chunk_size=config.data.chunk_size,
     )
-    val_loader = BatchLoader(
-        data.val.eval_shard(rank, world, config.data.chunk_size),
-        local_batch,
-        device,
-        shuffle=False,
-        drop_last=False,
-        placement=config.data.placement,
-        chunk_size=config.data.chunk_size,
-    )
+    val_loader = validation_loader(config, data, device, rank, world)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
@@ -333,7 +348,8 @@ def _epochs(
         if context.is_main:
             shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in val.items())
             loss = f"train_{config.optim.loss}={train_loss:.4g}"
-            print(f"epoch {epoch + 1}: {loss} val rel L2 {shown}", flush=True)
+            where = f"{config.name} epoch {epoch + 1}/{config.optim.epochs}"
+            print(f"{where}: {loss} val rel L2 {shown}", flush=True)
         context.report(record, checkpoint)
         _maybe_fail(config, context.rank, epoch + 1, context)
     return TrainResult(run.history, run.best_epoch, run.best_val)

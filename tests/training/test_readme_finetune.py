@@ -20,7 +20,8 @@ SMALLER = {
     "--resolution 64": "--resolution 32",
     "--n-train 64 --n-val 64 --n-test 256": "--n-train 8 --n-val 8 --n-test 8",
     "--n-examples 64": "--n-examples 8",
-    "--lrs 3e-4,1e-3,3e-3 --epochs 20": "--lrs 1e-3 --epochs 1",
+    # One epoch on 8 examples need not beat the base: publish it all the same.
+    "--lrs 3e-4,1e-3,3e-3 --epochs 20": "--lrs 1e-3 --epochs 1 --publish-anyway",
 }
 
 
@@ -69,7 +70,9 @@ def test_the_readme_finetuning_journey_runs_as_written():
     # Ray Train's and the export's chatter stay out of the job's log: no tracer warnings.
     assert "TracerWarning" not in output and "Constant folding" not in output
     results = json.loads((work / "runs" / "sys1-med.json").read_text())
-    assert results["chosen_lr"] == 1e-3 and results["published"] == "sys1-med@1"
+    assert [t["lr"] for t in results["trials"]] == [1e-3] and results["zero_shot_val"] > 0
+    assert results["published"] == "sys1-med@1"
+    assert re.search(r"^chosen: ", output, flags=re.M), output
     card = Registry(work / "registry").card("sys1-med")
     assert card.parent.startswith("default@")
     # The envelope is the law the data were drawn from, not the span of 8 examples.
