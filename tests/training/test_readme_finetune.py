@@ -69,6 +69,12 @@ def test_the_readme_finetuning_journey_runs_as_written():
     assert "succeeded" in output.lower()
     # Ray Train's and the export's chatter stay out of the job's log: no tracer warnings.
     assert "TracerWarning" not in output and "Constant folding" not in output
+    # One line per epoch per trial (Ray Train's copy of a worker's print doubled them),
+    # no worker-group time-outs, no lookups of the machine's other Ray instances.
+    epochs = re.findall(r"(tl-\S+ epoch \d+/\d+):", output)
+    assert epochs and len(epochs) == len(set(epochs)), epochs
+    for noise in ("worker group startup timed out", "Found multiple active Ray instances"):
+        assert noise not in output, noise
     results = json.loads((work / "runs" / "sys1-med.json").read_text())
     assert [t["lr"] for t in results["trials"]] == [1e-3] and results["zero_shot_val"] > 0
     assert results["published"] == "sys1-med@1"
