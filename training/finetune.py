@@ -260,6 +260,19 @@ def unfold_epoch_lines() -> None:
                 dedup.allow_re = re.compile(pattern)
 
 
+def quiet_trial_exit() -> None:
+    """A trial's process, stopped by Tune once its function returned, ends quietly: Ray's
+    SIGTERM handler raises SystemExit wherever the process is, and inside a weakref
+    callback Python prints that as 'Exception ignored ... Traceback' (nine lines in a
+    finished job's log). Other unraisable exceptions are reported as before."""
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            sys.__unraisablehook__(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def trials_at_once(resources: dict[str, float], num_workers: int, gpu: bool) -> int:
     """As many trials at once as the cluster holds Train workers for (each worker takes a
     CPU, and a GPU with ``gpu``): one more would wait for its workers (see
@@ -282,6 +295,7 @@ def sweep_ray(
     storage = str(root.resolve())
 
     def trial(params: dict) -> None:
+        quiet_trial_exit()
         run = by_lr[params["lr"]]
         result = fit_on_ray(
             run,

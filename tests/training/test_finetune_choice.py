@@ -189,3 +189,34 @@ def test_a_joined_clusters_workers_know_its_address(monkeypatch):
     job = '{"runtime_env": {"env_vars": {"RAY_ADDRESS": "elsewhere:1"}}}'
     monkeypatch.setenv(ray_instance.JOB_MARKER, job)  # ray.init would refuse a second one
     assert ray_instance.joined_runtime_env(None, None) is None
+
+
+def test_a_finished_trial_ends_without_a_traceback(monkeypatch, capsys):
+    """Ray's SIGTERM handler raises SystemExit wherever the trial's process is; inside a
+    weakref callback Python printed it as 'Exception ignored ... Traceback'."""
+    import gc
+    import sys
+    import weakref
+
+    from training.finetune import quiet_trial_exit
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    quiet_trial_exit()
+
+    class Thing:
+        pass
+
+    def raising(exc):
+        def callback(_):
+            raise exc
+
+        return callback
+
+    keep = []
+    for exc in (SystemExit(1), ValueError("still reported")):
+        thing = Thing()
+        keep.append(weakref.ref(thing, raising(exc)))
+        del thing
+        gc.collect()
+    err = capsys.readouterr().err
+    assert "SystemExit" not in err and "still reported" in err
