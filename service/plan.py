@@ -228,23 +228,8 @@ def plan_request(
         plan.reference = reference(plan.coefficients[None])
     plan.source_stats = source_statistics(source)
     plan.card = card(request.model, [*loc, "model"])
-    if request.model is None and candidates is not None:
-        routed = route(
-            candidates(),
-            plan.card,
-            request.pde,
-            source,
-            plan.coefficients,
-            plan.stats,
-            plan.reference,
-            plan.source_stats,
-        )
-        plan.card, plan.routed = routed.card, routed.why
-        if getattr(request.coefficients, "conductivity", None) is not None:
-            # K = a(x) K0 with K0 constant (the schema's Darcy form): K11 / K11_ref is a / a_ref
-            plan.scalar = plan.coefficients[0] / plan.reference[0, 0]
-    reasons = envelope_reasons(
-        plan.card,
+    # what the envelope checks, for routing's candidates and the chosen card alike
+    problem = (
         request.pde,
         source,
         plan.coefficients,
@@ -252,6 +237,13 @@ def plan_request(
         plan.reference,
         plan.source_stats,
     )
+    if request.model is None and candidates is not None:
+        routed = route(candidates(), plan.card, *problem)
+        plan.card, plan.routed = routed.card, routed.why
+        if getattr(request.coefficients, "conductivity", None) is not None:
+            # K = a(x) K0 with K0 constant (the schema's Darcy form): K11 / K11_ref is a / a_ref
+            plan.scalar = plan.coefficients[0] / plan.reference[0, 0]
+    reasons = envelope_reasons(plan.card, *problem)
     if reasons:
         why = "; ".join(reasons)
         if request.out_of_envelope == "reject":

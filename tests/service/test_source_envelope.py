@@ -8,6 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 from fastapi import HTTPException
+from test_plan import Counting
 
 from datagen.solver import error_estimate, relative_l2, solve
 from datagen.systems import unified_coefficients, unified_field
@@ -178,40 +179,17 @@ def test_auto_on_a_field_problem_with_a_source_outside_is_exact(card):
     assert p.mode == "exact" and p.reason.startswith("auto: outside the model's envelope")
 
 
-class Fixed:
-    """Solvers that answer at once, with a given error estimate, and count their calls."""
-
-    def __init__(self, estimate: float):
-        self.calls = {"surrogate": 0, "exact": 0}
-        self._estimate = estimate
-
-    async def surrogate(self, plan):
-        self.calls["surrogate"] += 1
-        return np.zeros_like(plan.source)
-
-    async def exact(self, plan, initial_guess=None):
-        self.calls["exact"] += 1
-
-        class Solved:
-            solution = np.ones_like(plan.source)
-            method, iterations = "fft", 0
-
-        return Solved()
-
-    async def estimate(self, plan, solution):
-        return self._estimate
-
-
 def answer(card, estimate: float, **extra):
     p = plan(card, request("poisson", law_source("poisson"), POISSON, **extra))
-    solvers = Fixed(estimate)
+    solvers = Counting(estimate)
     return p, asyncio.run(carry_out(p, solvers)), solvers.calls
 
 
 def test_an_estimate_past_the_factor_falls_back_after_the_surrogate(card):
     error = card.metrics["test_rel_l2/poisson"]  # 0.0337
     p, a, calls = answer(card, 0.2)  # 5.9x
-    assert a.mode == "exact" and not a.uses_model and calls == {"surrogate": 1, "exact": 1}
+    assert a.mode == "exact" and not a.uses_model
+    assert calls == {"surrogate": 1, "estimate": 1, "exact": 1}
     assert p.fallback and a.reason.startswith("fell back to the exact solver after the surrogate")
     assert f"error estimate 0.2 is {0.2 / error:.1f}x default@2's measured error on poisson" in (
         a.reason
