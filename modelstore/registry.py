@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 CARD = "card.json"
 ONNX = "model.onnx"
@@ -69,8 +69,10 @@ class Architecture(BaseModel):
 
 class Normalization(BaseModel):
     source_ref: float = Field(gt=0)
-    coefficient_ref: list[float] = Field(min_length=6, max_length=6)
+    # six per unified channel; the physical layout appends six of its own
+    coefficient_ref: list[float] = Field(min_length=6, max_length=12)
     solution_ref: float = Field(gt=0)
+    unit_ref: float | None = Field(None, gt=0)  # the physical layout's solution unit
 
 
 class FieldEnvelope(BaseModel):
@@ -125,6 +127,12 @@ class Envelope(BaseModel):
     sources: dict[str, str] = {}
 
 
+#: The models' input layouts by name and the version a card records (defined in
+#: training/layers/normalization.py): 1 ``values`` (cards before the field existed),
+#: 2 ``physical`` (log a, the tensor's shape, the physical unit).
+INPUT_LAYOUTS: dict[str, int] = {"values": 1, "physical": 2}
+
+
 class ModelCard(BaseModel):
     """Everything a replica needs to serve a model and a person needs to trust it."""
 
@@ -134,6 +142,8 @@ class ModelCard(BaseModel):
     version: int | None = None  # set at publish
     model: Architecture
     normalization: Normalization
+    # The input layout's version (INPUT_LAYOUTS): a runner refuses one it does not know.
+    inputs: int = 1
     resolution: int | None = None  # the grid it was trained on (None: not recorded)
     envelope: dict[str, Envelope] = {}
     lineage: dict[str, Any] = {}
@@ -147,6 +157,25 @@ class ModelCard(BaseModel):
     files: dict[str, str] = {}  # file name -> SHA-256
     # Which ONNX file takes which coefficients: "constant" (B, 6), "fields" (B, 6, n, n).
     graphs: dict[Literal["constant", "fields"], str] = {"constant": ONNX}
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_layout(cls, v: int) -> int:
+        if v not in INPUT_LAYOUTS.values():
+            raise ValueError(
+                f"input layout version {v} is not one this pdeserve knows "
+                f"({sorted(INPUT_LAYOUTS.values())}): a newer pdeserve published this model"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _layout_matches_model(self) -> ModelCard:
+        named = self.model.args.get("inputs", "values")
+        if INPUT_LAYOUTS.get(named) != self.inputs:
+            raise ValueError(
+                f"the model's input layout {named!r} is not the card's version {self.inputs}"
+            )
+        return self
 
     @property
     def ref(self) -> str:

@@ -19,6 +19,7 @@ from datagen.media import FIELD_KINDS
 from datagen.spec import SPLITS, FieldLaw, SamplingRanges, SplitSpec
 from datagen.systems import SYSTEMS
 from training.data import PLACEMENTS
+from training.layers.normalization import Layout
 from training.models.presets import MODEL_PRESETS, preset
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -133,6 +134,12 @@ class ModelConfig(Strict):
     n_layers: int = Field(4, ge=1)
     fc_dim: int = Field(128, ge=1)
     spectral: Literal["auto", "dft", "fft"] = "auto"
+    # The input layout (training/layers/normalization.py): "values" (default@2 and
+    # earlier), "physical" (log a, the tensor's shape, the physical unit).
+    inputs: Layout = "values"
+    # A model directory whose weights start every parameter of the same name and shape
+    # (the rest from the seed): a new input layout from a trained trunk.
+    warm_start: str | None = None
     # A model directory (card.json + weights.safetensors) whose architecture, weights and
     # normalisation start the run: fine-tuning. The fields above are then not used.
     init: str | None = None
@@ -154,7 +161,7 @@ class ModelConfig(Strict):
         for key in ("width", "modes"):
             if getattr(self, key) is not None:
                 args[key] = getattr(self, key)
-        return {**args, "n_layers": self.n_layers, "fc_dim": self.fc_dim}
+        return {**args, "n_layers": self.n_layers, "fc_dim": self.fc_dim, "inputs": self.inputs}
 
 
 #: Training losses (``OptimConfig.loss``).

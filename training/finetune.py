@@ -179,6 +179,7 @@ def prepared(config: TrainConfig, card: ModelCard | None, scratch: bool) -> Prep
         source_ref=norm.source_ref,
         coefficient_ref=list(norm.coefficient_ref),
         solution_ref=norm.solution_ref,
+        unit_ref=norm.unit_ref,
     )
     return dataclasses.replace(data, stats=stats)
 

@@ -17,6 +17,7 @@ from datagen.pipeline import write_split
 from datagen.systems import anisotropy
 from training.config import DataConfig, DataSource, GenerateSpec
 from training.data import FieldData
+from training.layers.normalization import Layout
 from training.normalization import NormalizationStats, compute_stats
 
 
@@ -150,7 +151,11 @@ def _field_statistics(reader, part) -> dict[str, np.ndarray]:
     return stats
 
 
-def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
+def prepare_data(
+    config: DataConfig, progress: bool = True, layout: Layout = "values"
+) -> PreparedData:
+    """The train and val data, their lineage and envelope, and the normalisation
+    statistics in the model's input ``layout``."""
     cache_dir = Path(config.cache_dir).expanduser()
     train = FieldData.concat([resolve_source(s, cache_dir, progress) for s in config.train])
     val = FieldData.concat([resolve_source(s, cache_dir, progress) for s in config.val])
@@ -169,4 +174,4 @@ def prepare_data(config: DataConfig, progress: bool = True) -> PreparedData:
         "groups": train.groups,
         "envelope": envelope(train),
     }
-    return PreparedData(train, val, compute_stats(train), lineage)
+    return PreparedData(train, val, compute_stats(train, layout=layout), lineage)

@@ -21,6 +21,7 @@ from datagen.ray_instance import ray_instance, stops_cleanly
 from training.checkpoint import replace_dir
 from training.config import ConfigError, Loss, TrainConfig, load_config
 from training.context import LocalContext, default_device
+from training.layers.normalization import Layout
 from training.metrics import MetricsLog, read_log
 from training.plots import plot_metrics
 from training.prepare import prepare_data
@@ -56,8 +57,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init", help="start from this model directory (RUN/model): its architecture, weights "
         "and normalisation (model.init)",
     )  # fmt: skip
+    p.add_argument(
+        "--warm-start", help="start every parameter of the same name and shape from this "
+        "model directory, the rest from the seed (model.warm_start: a new input layout)",
+    )  # fmt: skip
+    p.add_argument("--inputs", choices=get_args(Layout), help="override model.inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def _model_dir(option: str, given: str) -> str:
+    """An absolute model directory (Ray workers run elsewhere), checked to hold a card."""
+    path = Path(given).expanduser().resolve()
+    if not (path / "card.json").is_file():
+        raise ValueError(f"{option} {given}: no model directory (card.json) there")
+    return str(path)
 
 
 def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -72,11 +86,13 @@ def _with_overrides(config: TrainConfig, args: argparse.Namespace) -> TrainConfi
         model["preset"] = args.model
     if args.spectral is not None:
         model["spectral"] = args.spectral
-    if args.init is not None:  # absolute: Ray workers run elsewhere
-        init = Path(args.init).expanduser().resolve()
-        if not (init / "card.json").is_file():
-            raise ValueError(f"--init {args.init}: no model directory (card.json) there")
-        model["init"] = str(init)
+    if args.inputs is not None:
+        model["inputs"] = args.inputs
+    if args.init is not None:
+        model["init"] = _model_dir("--init", args.init)
+    warm = args.warm_start or config.model.warm_start
+    if warm is not None:
+        model["warm_start"] = _model_dir("--warm-start" if args.warm_start else "warm_start", warm)
     if model:
         update["model"] = config.model.model_copy(update=model)
     if args.num_workers is not None:
@@ -112,7 +128,7 @@ def pretrain(
     ``use_ray=False`` trains in this process; otherwise a Ray Train job on the cluster at
     ``address`` (or one started here). A rerun with the same run name resumes.
     """
-    data = prepare_data(config.data, progress=progress)
+    data = prepare_data(config.data, progress=progress, layout=config.model.inputs)
     check_world(config, data, config.num_workers if use_ray else 1)
     if not use_ray:
         if "://" in storage:

@@ -77,7 +77,37 @@ def build_model(config: TrainConfig, data: PreparedData, device: torch.device) -
         spectral=choose_spectral(config, device),
         **data.stats.as_dict(),
     )
+    if config.model.warm_start is not None:
+        warm_start(model, load_model(config.model.warm_start))
     return model.to(device)
+
+
+def warm_start(model: torch.nn.Module, source: torch.nn.Module) -> list[str]:
+    """Start ``model`` from ``source``'s parameters of the same names: equal shapes are
+    copied; a parameter that grew (a lifting layer with more input channels, a head with
+    more outputs) gets ``source``'s values in its leading block and zeros elsewhere, so
+    ``model`` computes what ``source`` did where the new inputs and outputs are zero-
+    weighted (layout 1 -> 2). Returns the names that grew; other shapes are an error."""
+    theirs, grown = source.state_dict(), []
+    with torch.no_grad():
+        for name, mine in model.state_dict().items():
+            if name not in theirs:
+                raise ValueError(f"warm_start: the source model has no {name}")
+            old = theirs[name]
+            if old.shape == mine.shape:
+                mine.copy_(old)
+                continue
+            if old.dim() != mine.dim() or any(
+                a > b for a, b in zip(old.shape, mine.shape, strict=True)
+            ):
+                raise ValueError(
+                    f"warm_start: {name} is {tuple(old.shape)} in the source and "
+                    f"{tuple(mine.shape)} here: only growing is supported"
+                )
+            mine.zero_()
+            mine[tuple(slice(0, n) for n in old.shape)] = old
+            grown.append(name)
+    return grown
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, min_ratio: float):

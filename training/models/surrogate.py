@@ -1,7 +1,9 @@
 """The served model: raw source and coefficients in, solution out.
 
-Normalisation, the mixed-operator encoding (source + 6 coefficient channels)
-and the FNO live in one module, so an exported graph needs nothing but its
+The input layout (``inputs``: ``values``, six coefficient channels over reference
+values, or ``physical``, log a, the tensor's shape and v, w in the diffusion's unit:
+training/layers/normalization.py), the mixed-operator encoding and the FNO live in
+one module, so an exported graph needs nothing but its
 card. Coefficients come as (B, 6) scalars or (B, 6, n, n) fields. Constant
 channels are never built as images: the lifting layer is linear, so their
 contribution is a per-example bias added on the device
@@ -18,14 +20,14 @@ from typing import ClassVar
 import torch
 
 from datagen.systems import COEFFICIENT_NAMES
-from training.layers.normalization import InputNormalization
+from modelstore.registry import INPUT_LAYOUTS
+from training.layers.normalization import ENCODINGS, Layout
 from training.layers.spectral import at_least_float32
 from training.layers.tracing import exporting
 from training.models.base import ModelBase
 from training.models.fno import FNO2d
 
 N_COEFFICIENTS = len(COEFFICIENT_NAMES)
-IN_CHANNELS = 1 + N_COEFFICIENTS
 
 
 class PDESurrogate(ModelBase):
@@ -41,13 +43,28 @@ class PDESurrogate(ModelBase):
         source_ref: float = 1.0,
         coefficient_ref: list[float] | None = None,
         solution_ref: float = 1.0,
+        inputs: Layout = "values",
+        unit_ref: float | None = None,
     ):
         super().__init__()
-        coefficient_ref = [1.0] * N_COEFFICIENTS if coefficient_ref is None else coefficient_ref
-        if len(coefficient_ref) != N_COEFFICIENTS:
-            raise ValueError(f"coefficient_ref needs {N_COEFFICIENTS} values")
-        self.normalize = InputNormalization(source_ref, list(coefficient_ref), solution_ref)
-        self.fno = FNO2d(IN_CHANNELS, width, modes, n_layers, fc_dim, 1, spectral)
+        if inputs not in ENCODINGS:
+            raise ValueError(f"unknown input layout {inputs!r}; known: {sorted(ENCODINGS)}")
+        encoding = ENCODINGS[inputs]
+        coefficient_ref = [1.0] * encoding.n_refs if coefficient_ref is None else coefficient_ref
+        if len(coefficient_ref) != encoding.n_refs:
+            raise ValueError(f"coefficient_ref needs {encoding.n_refs} values for {inputs!r}")
+        if encoding.outputs == 1 and unit_ref is not None:
+            raise ValueError("unit_ref belongs to the physical layout")
+        if encoding.outputs > 1 and unit_ref is None:
+            unit_ref = 1.0
+        self.normalize = encoding(source_ref, list(coefficient_ref), solution_ref, unit_ref)
+        in_channels = 1 + encoding.channels
+        self.fno = FNO2d(in_channels, width, modes, n_layers, fc_dim, encoding.outputs, spectral)
+
+    @property
+    def layout_version(self) -> int:
+        """The input layout's version (1: values, 2: physical), recorded in the card."""
+        return INPUT_LAYOUTS[self.init_args["inputs"]]
 
     def set_spectral_path(self, path: str) -> None:
         self.fno.set_spectral_path(path)
@@ -69,9 +86,9 @@ class PDESurrogate(ModelBase):
                 "expected source (B, n, n) and coefficients (B, 6) or (B, 6, n, n) on the "
                 f"source's grid, got {tuple(source.shape)} and {tuple(coefficients.shape)}"
             )
-        f, c, nonzero = self.normalize(source, coefficients)
+        f, c, units = self.normalize(source, coefficients)
         lift = self.fno.lift
-        if fields:  # all seven channels are images
+        if fields:  # every channel is an image
             u = self.fno.trunk(lift(torch.cat([f[:, None], c], dim=1)))
         else:
             # (B, 1, n, n) * (width, 1, 1) + (B, width, 1, 1): the constant channels as a bias.
@@ -81,5 +98,5 @@ class PDESurrogate(ModelBase):
             else:
                 h = f[:, None] * lift.weight[:, 0, None, None] + bias[:, :, None, None]
                 u = self.fno.trunk(h)
-        u = at_least_float32(u[:, 0])
-        return u * (self.normalize.solution_ref * nonzero[:, None, None])
+        # Each output channel in its unit (layout 2: the values unit and the physical one).
+        return (at_least_float32(u) * units[:, :, None, None]).sum(dim=1)
