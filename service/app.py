@@ -20,6 +20,11 @@ from service.surrogate import Surrogate
 def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     """The whole application, bound with ``settings`` (defaults: ServiceSettings())."""
     s = settings or ServiceSettings()
+    if s.require_api_keys and not s.api_keys:
+        raise ValueError(
+            "require_api_keys is set and no API key is configured: set PDESERVE_API_KEYS "
+            "(comma-separated) where the application is built, or api_keys in its args"
+        )
     common = {
         "logging_config": {"enable_access_log": s.access_log},
         "health_check_period_s": s.health_check_period_s,
@@ -27,6 +32,8 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
         "graceful_shutdown_timeout_s": s.drain_timeout_s,
         "graceful_shutdown_wait_loop_s": 0.5,
     }
+    if s.max_replicas_per_node is not None:
+        common["max_replicas_per_node"] = s.max_replicas_per_node
     surrogate = None
     ingress_cpus = s.ingress_cpus + s.surrogate_cpus  # the models run in the ingress
     if s.surrogate_deployment:
@@ -44,7 +51,9 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     exact = ExactSolver.options(
         ray_actor_options={"num_cpus": s.exact_cpus}, **scaling, **common
     ).bind(s)
-    return Ingress.options(ray_actor_options={"num_cpus": ingress_cpus}, **common).bind(
+    return Ingress.options(
+        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}, **common
+    ).bind(
         surrogate, exact, s
     )
 

@@ -1,6 +1,7 @@
 """The HTTP edge of the ingress: the FastAPI app, API keys, the body cap, and the direct
 routes that answer valid JSON bodies without FastAPI's machinery."""
 
+import functools
 import hmac
 import socket
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from service.docs_assets import DOCS_ROUTES, add_docs
 from service.schema import BatchRequest, SolveRequest
@@ -44,6 +47,7 @@ class _Guard:
         settings = active()
         if scope["type"] != "http" or settings is None:
             return await self.app(scope, receive, send)
+        send = _served_by(send)
         request = Request(scope)
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
@@ -85,6 +89,31 @@ class _Guard:
             return replay.pop() if replay else await receive()
 
         return await self.app(scope, replayed, send)
+
+
+@functools.cache
+def replica_tag() -> bytes:
+    """This ingress replica's id (Serve's), sent as ``X-Served-By`` on every answer: which
+    replica of several answered is what a client reporting a problem, and the cluster
+    tests, need to know. Empty outside a replica."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id.encode()
+    except RayServeException:
+        return b""
+
+
+def _served_by(send):
+    tag = replica_tag()
+    if not tag:
+        return send
+
+    async def tagged(message):
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"x-served-by", tag)]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return tagged
 
 
 def _route(scope) -> str:

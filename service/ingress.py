@@ -15,6 +15,7 @@ from fastapi import Body, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from datagen.resample import sample_coefficients
@@ -29,6 +30,7 @@ from service.exact import ExactAnswer, Solves
 from service.metrics import NodeMetrics
 from service.models import ModelHost, ModelReplicas
 from service.plan import Answer, Plan, carry_out, plan_request, solver_key
+from service.reload import ReloadSignal
 from service.schema import (
     BatchRequest,
     BatchResponse,
@@ -141,6 +143,14 @@ class _Solvers:
         return await self._timed("error_estimate", call)
 
 
+def _app_name() -> str:
+    """The Serve application this replica belongs to ("" outside a replica: a test's)."""
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:
+        return ""
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -162,6 +172,7 @@ class Ingress:
         )
         self._cards: dict[str, tuple[float, ModelCard]] = {}
         self._published: tuple[float, list[ModelCard]] | None = None
+        self._reloads = ReloadSignal(_app_name())  # /admin/reload on any replica
         self.metrics = _Metrics()
         self.node_metrics = NodeMetrics()  # GET /metrics
         self.costs = CostModel()
@@ -213,6 +224,7 @@ class Ingress:
     def card(self, ref: str | None, loc: list[Any]) -> ModelCard:
         """The card a reference names now; ``name`` / ``@latest`` re-resolved after a TTL."""
         ref = ref or self.settings.default_model
+        self._forget_if_reloaded()
         now = time.monotonic()
         hit = self._cards.get(ref)
         pinned = "@" in ref and not ref.endswith("@latest")
@@ -228,6 +240,7 @@ class Ingress:
     def published(self) -> list[ModelCard]:
         """The newest card of every published model (routing's candidates), re-read after
         the TTL of ``@latest``; a name whose card cannot be read is left out."""
+        self._forget_if_reloaded()
         now = time.monotonic()
         if self._published and now - self._published[0] < self.settings.latest_ttl_s:
             return self._published[1]
@@ -314,9 +327,16 @@ class Ingress:
         """The card of ``name`` (newest) or ``name@version``."""
         return self.card(ref, ["path", "ref"])
 
+    def _forget_if_reloaded(self) -> None:
+        if self._reloads.moved():
+            self._cards.clear()
+            self._published = None
+
     @api.post("/admin/reload")
     async def reload(self) -> dict[str, Any]:
-        """Forget resolved references: new versions are served from the next request on."""
+        """Forget resolved references, here at once and on every other ingress replica
+        within a second (service/reload.py): new versions are served from then on."""
+        self._reloads.bump()
         self._cards.clear()
         self._published = None
         names = self.registry.names()

@@ -60,6 +60,22 @@ class ServiceSettings(BaseModel):
         "of surrogate_cpus each: scaled apart from the ingress, on GPU nodes) instead of in "
         "the ingress (the default: no call to another replica, ~12 ms on 2 cores)",
     )
+    ingress_replicas: int = Field(
+        default=1,
+        ge=1,
+        description="ingress replicas (HTTP, checks, plans and, by default, the models): on "
+        "a cluster, one per node that serves; /admin/reload reaches them all",
+    )
+    max_replicas_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serve's cap on one deployment's replicas per node (1: spread over nodes)",
+    )
+    require_api_keys: bool = Field(
+        default=False,
+        description="refuse to build the application without API keys (serve_config.yaml "
+        "sets it: a cluster's port is reachable from its network)",
+    )
     surrogate_replicas: int = Field(default=1, ge=1)
     exact_replicas: int = Field(default=1, ge=1)
     exact_autoscaling: ExactAutoscaling | None = Field(

@@ -191,6 +191,7 @@ def test_serve_on_a_cluster_leaves_the_application_it_did_not_start_alone(regist
         port = free_port()
         config["http_options"] = {"host": "127.0.0.1", "port": port}  # loopback, free
         config["applications"][0]["args"]["registry"] = str(registry_root)
+        config["applications"][0]["args"]["api_keys"] = ["cluster-key"]  # required
         path = root / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config))
         deploy = [str(BIN / "serve"), "deploy", str(path), "--address", head.dashboard]

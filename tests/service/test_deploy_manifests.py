@@ -5,6 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
 
 from service.settings import ServiceSettings
@@ -95,3 +96,21 @@ def test_dockerfile_copies_what_exists_and_runs_pdeserve_serve():
     cmd = re.search(r"^CMD \[(.*)\]$", dockerfile, flags=re.M).group(1)
     assert cmd.replace('"', "").split(", ")[:2] == ["pdeserve", "serve"]
     assert (DEPLOY / "README.md").exists()
+
+
+def test_the_serve_config_is_safe_as_it_stands(monkeypatch):
+    """Loopback proxies, API keys required (the application refuses to build without
+    one), the exact deployment's replica bounds stated."""
+    from service.app import app_builder
+
+    config = _load("serve_config.yaml")
+    assert config["http_options"]["host"] == "127.0.0.1"
+    (app,) = config["applications"]
+    assert app["args"]["require_api_keys"] is True
+    bounds = app["args"]["exact_autoscaling"]
+    assert 1 <= bounds["min_replicas"] < bounds["max_replicas"]
+    monkeypatch.delenv("PDESERVE_API_KEYS", raising=False)
+    with pytest.raises(ValueError, match="no API key is configured: set PDESERVE_API_KEYS"):
+        app_builder(app["args"])
+    monkeypatch.setenv("PDESERVE_API_KEYS", "k1,k2")
+    assert app_builder(app["args"]) is not None
