@@ -53,9 +53,7 @@ def build_app(settings: ServiceSettings | None = None) -> serve.Application:
     ).bind(s)
     return Ingress.options(
         num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": ingress_cpus}, **common
-    ).bind(
-        surrogate, exact, s
-    )
+    ).bind(surrogate, exact, s)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -19,7 +19,10 @@ One cluster, in order; OUT gets what each step saw:
 5. ``node_loss``: a worker node's raylet killed while a load generator runs: every
    status and Retry-After (connections the lost node's proxy dropped are sent again and
    counted), answers compared with one from before, the remaining node's answers, then
-   a node added and the replica counts once they are back.
+   a node added and the replica counts once they are back;
+6. ``finetune``: a node for training joins, a fine-tuning ``ray job submit`` (Ray's job
+   API on the head's dashboard) publishes into the shared registry, one
+   ``POST /admin/reload``, and both ingress replicas answer with the new model.
 """
 
 from __future__ import annotations
@@ -127,6 +130,50 @@ def wait_for(predicate, seconds: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def finetune_job(dashboard: str, registry: Path, work: Path, url: str, headers: dict) -> dict:
+    """Data for a new regime, ``training.finetune`` submitted as a Ray job publishing
+    ``ft`` into ``registry``, one reload, then which replicas answer with ``ft@1``."""
+    import subprocess
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    data = work / "data"
+    subprocess.run(
+        [sys.executable, "-m", "pdeserve.cli", "datagen", "poisson", "--out", str(data),
+         "--eig", "5", "10", "--resolution", "64", "--n-train", "8", "--n-val", "8",
+         "--n-test", "8", "--quiet"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    entrypoint = " ".join([
+        sys.executable, "-m", "training.finetune", "--base", "default",
+        "--registry", str(registry), "--n-examples", "8", "--lrs", "1e-3", "--epochs", "1",
+        "--publish-anyway", "--train", str(data / "train.h5"), "--val", str(data / "val.h5"),
+        "--test", str(data / "test.h5"), "--storage", str(work / "runs"), "--publish", "ft",
+        "--publish-registry", str(registry), "--out", str(work / "ft.json"),
+    ])  # fmt: skip
+    client = JobSubmissionClient(f"http://{dashboard}")
+    start = time.monotonic()
+    job = client.submit_job(entrypoint=entrypoint)
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    wait_for(lambda: client.get_job_status(job) in terminal, 600, "the fine-tuning job")
+    status = str(client.get_job_status(job))
+    out: dict = {"status": status, "job_s": time.monotonic() - start}
+    if status != "SUCCEEDED":
+        out["logs"] = client.get_job_logs(job)[-3000:]
+        return out
+    # A Poisson problem outside ft's narrow envelope: answered by the model all the same.
+    request = body("poisson", 32, mode="surrogate", model="ft", out_of_envelope="surrogate")
+    before = httpx.post(f"{url}/solve", json=request, headers=headers, timeout=120)
+    r = httpx.post(f"{url}/admin/reload", headers=headers, timeout=60)
+    served: dict[str, str] = {}
+    for _ in range(24):
+        a = httpx.post(f"{url}/solve", json=request, headers=headers, timeout=120)
+        served[a.headers.get("x-served-by")] = a.json().get("model", str(a.status_code))
+    out |= {"before_reload": before.json().get("model", before.status_code),
+            "reload": r.status_code, "served": served}  # fmt: skip
+    return out
+
+
 def main(registry: str, out_file: str) -> None:
     import ray
     from ray import serve
@@ -142,7 +189,7 @@ def main(registry: str, out_file: str) -> None:
     system = {"worker_niceness": WORKER_NICENESS}
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": system},
+        head_node_args={"num_cpus": 0, "include_dashboard": True, "_system_config": system},
     )
     nodes = {}
     for label in ("node-a", "node-b"):
@@ -153,7 +200,7 @@ def main(registry: str, out_file: str) -> None:
         live = {"head": cluster.head_node, **nodes}
         return {n.all_processes["raylet"][0].process.pid: label for label, n in live.items()}
 
-    ray.init(address=cluster.address, log_to_driver=False)
+    context = ray.init(address=cluster.address, log_to_driver=False)
     port = free_port()
     config = yaml.safe_load(CONFIG.read_text())
     serve.start(http_options={"host": config["http_options"]["host"], "port": port})
@@ -250,6 +297,11 @@ def main(registry: str, out_file: str) -> None:
             "replicas_after": replica_nodes(raylets()),
         }  # fmt: skip
         results["reference_differs"] = bool(not np.allclose(reference, reference_v2))
+        # 6. a fine-tuning job on the cluster, published to the shared registry, served
+        cluster.add_node(num_cpus=1, resources={"training": 1})
+        results["finetune"] = finetune_job(
+            context.dashboard_url, shared, Path(out_file).parent, url, headers
+        )
         serve.delete(APP)
     finally:
         serve.shutdown()

@@ -69,3 +69,10 @@ def test_a_node_lost_under_load_loses_no_request(seen):
     assert {a["status"] for a in loss["after"]} == {200}  # the remaining node answers
     # A node joined: the ingress is back to two replicas, on the survivor and the newcomer.
     assert loss["replicas_after"]["Ingress"] == ["node-a", "node-c"]
+
+
+def test_a_finetuning_job_on_the_cluster_is_served_by_every_replica(seen):
+    job = seen["finetune"]
+    assert job["status"] == "SUCCEEDED", job.get("logs")
+    assert job["reload"] == 200
+    assert len(job["served"]) == 2 and set(job["served"].values()) == {"ft@1"}, job["served"]
