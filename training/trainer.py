@@ -72,14 +72,30 @@ def build_model(config: TrainConfig, data: PreparedData, device: torch.device) -
         modes = model.fno.blocks[0].spectral.modes
         model.set_spectral_path(choose_spectral(config, device, modes))
         return model.to(device)
-    model = PDESurrogate(
-        **config.model.constructor_args(),
-        spectral=choose_spectral(config, device),
-        **data.stats.as_dict(),
-    )
+    stats = data.stats.as_dict()
+    source = None
     if config.model.warm_start is not None:
-        warm_start(model, load_model(config.model.warm_start))
+        source = load_model(config.model.warm_start)
+        stats = warm_stats(stats, source.init_args)
+    model = PDESurrogate(
+        **config.model.constructor_args(), spectral=choose_spectral(config, device), **stats
+    )
+    if source is not None:
+        warm_start(model, source)
     return model.to(device)
+
+
+def warm_stats(stats: dict, source_args: dict) -> dict:
+    """The references a warm-started model keeps from its source: the channels and the
+    output they share were learnt in the source's units (the new channels' from the data),
+    so the grown model starts computing exactly what the source did."""
+    refs = list(stats["coefficient_ref"])
+    shared = list(source_args["coefficient_ref"] or [])[: len(refs)]
+    return stats | {
+        "source_ref": source_args["source_ref"],
+        "solution_ref": source_args["solution_ref"],
+        "coefficient_ref": shared + refs[len(shared) :],
+    }
 
 
 def warm_start(model: torch.nn.Module, source: torch.nn.Module) -> list[str]:
