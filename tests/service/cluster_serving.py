@@ -110,7 +110,9 @@ def replica_nodes(raylets: dict[int, str]) -> dict[str, list[str | None]]:
         for name in ("Ingress", "ExactSolver"):
             if cmd.startswith(f"ray::ServeReplica:{APP}:{name}"):
                 with contextlib.suppress(psutil.Error):  # a replica ending as we look
-                    out.setdefault(name, []).append(node_of(p.info["pid"], raylets))
+                    node = node_of(p.info["pid"], raylets)
+                    if node is not None:  # not another Ray instance's (the test run's own)
+                        out.setdefault(name, []).append(node)
     return {k: sorted(v, key=str) for k, v in out.items()}
 
 

@@ -218,7 +218,8 @@ def test_serve_on_a_cluster_leaves_the_application_it_did_not_start_alone(regist
             beside.stop(signal.SIGTERM)
         assert beside.process.returncode == 0, beside.output[-2000:]
         assert httpx.get(f"{theirs}/readyz", timeout=30).status_code == 200
-        assert httpx.get(f"{theirs}/beside/readyz", timeout=30).status_code == 404
+        keyed = {"X-API-Key": "cluster-key"}  # theirs, at /, answers what is not beside's
+        assert httpx.get(f"{theirs}/beside/readyz", headers=keyed, timeout=30).status_code == 404
 
 
 def test_the_banner_names_where_a_clusters_proxies_listen():

@@ -92,8 +92,11 @@ def test_the_bundled_cards_record_the_papers_law(card):
     for system in SYSTEMS:
         assert card.envelope[system].source == law_envelope(system, card.resolution)
     specialists = [Registry(BUNDLED_REGISTRY).card(n) for n in ("darcy-smooth", "darcy-two-phase")]
-    for c in specialists:
-        assert c.envelope["poisson"].source == card.envelope["poisson"].source
+    for c in specialists:  # the same law, computed again (to the last digit of float64)
+        theirs, ours = c.envelope["poisson"].source, card.envelope["poisson"].source
+        for key in ("peak", "rms", "large_scale", "fine_scale"):
+            assert getattr(theirs, key) == pytest.approx(getattr(ours, key), rel=1e-12)
+        assert (theirs.n_examples, theirs.origin) == (ours.n_examples, ours.origin)
     # as modelstore/sources.py's docstring says
     for system in SYSTEMS:
         source = card.envelope[system].source
@@ -237,8 +240,9 @@ def test_the_factor_flags_few_answers_inside_the_training_distribution():
 
 @pytest.fixture(scope="module")
 def models():
+    # default@2: the model SOURCE_SLACK and the amplitude ratios below were measured on
     return {
-        fields: OnnxSurrogate.load("default", str(BUNDLED_REGISTRY), threads=1, fields=fields)
+        fields: OnnxSurrogate.load("default@2", str(BUNDLED_REGISTRY), threads=1, fields=fields)
         for fields in (False, True)
     }
 
