@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.cluster
 SMOKE = HERE.parents[1] / "training" / "configs" / "smoke.yaml"
 
 
