@@ -137,8 +137,8 @@ class ModelConfig(Strict):
     # The input layout (training/layers/normalization.py): "values" (default@2 and
     # earlier), "physical" (log a, the tensor's shape, the physical unit).
     inputs: Layout = "values"
-    # A model directory whose weights start every parameter of the same name and shape
-    # (the rest from the seed): a new input layout from a trained trunk.
+    # A model directory whose weights and references start this model, grown into its
+    # input layout (training.trainer.warm_start: layout 1 -> 2 computes the same at first).
     warm_start: str | None = None
     # A model directory (card.json + weights.safetensors) whose architecture, weights and
     # normalisation start the run: fine-tuning. The fields above are then not used.

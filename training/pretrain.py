@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and normalisation (model.init)",
     )  # fmt: skip
     p.add_argument(
-        "--warm-start", help="start every parameter of the same name and shape from this "
-        "model directory, the rest from the seed (model.warm_start: a new input layout)",
+        "--warm-start", help="start from this model directory's weights and references, "
+        "grown into the config's input layout (model.warm_start: layout 1 -> 2 exactly)",
     )  # fmt: skip
     p.add_argument("--inputs", choices=get_args(Layout), help="override model.inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -28,7 +28,7 @@ from training.config import OptimConfig, TrainConfig
 from training.context import RunContext
 from training.data import BatchLoader
 from training.metrics import MetricsLog, read_log, relative_l2
-from training.models.surrogate import PDESurrogate
+from training.models.surrogate import N_COEFFICIENTS, PDESurrogate
 from training.prepare import PreparedData
 
 BEST = "best"
@@ -90,7 +90,8 @@ def warm_stats(stats: dict, source_args: dict) -> dict:
     output they share were learnt in the source's units (the new channels' from the data),
     so the grown model starts computing exactly what the source did."""
     refs = list(stats["coefficient_ref"])
-    shared = list(source_args["coefficient_ref"] or [])[: len(refs)]
+    # a model built without references has ones (PDESurrogate's default)
+    shared = list(source_args["coefficient_ref"] or [1.0] * N_COEFFICIENTS)[: len(refs)]
     return stats | {
         "source_ref": source_args["source_ref"],
         "solution_ref": source_args["solution_ref"],

@@ -27,7 +27,6 @@ One cluster, in order; OUT gets what each step saw:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -42,7 +41,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from several_nodes import node_of  # noqa: E402
+from several_nodes import replicas, serving_cluster  # noqa: E402
 from test_app import body, field  # noqa: E402
 from test_fields_http import darcy  # noqa: E402
 
@@ -99,21 +98,6 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=180)
-
-
-def replica_nodes(raylets: dict[int, str]) -> dict[str, list[str | None]]:
-    import psutil
-
-    out: dict[str, list[str | None]] = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        for name in ("Ingress", "ExactSolver"):
-            if cmd.startswith(f"ray::ServeReplica:{APP}:{name}"):
-                with contextlib.suppress(psutil.Error):  # a replica ending as we look
-                    node = node_of(p.info["pid"], raylets)
-                    if node is not None:  # not another Ray instance's (the test run's own)
-                        out.setdefault(name, []).append(node)
-    return {k: sorted(v, key=str) for k, v in out.items()}
 
 
 def running(deployment: str) -> int:
@@ -177,22 +161,23 @@ def finetune_job(dashboard: str, registry: Path, work: Path, url: str, headers: 
 
 
 def main(registry: str, out_file: str) -> None:
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-    from service_helpers import publish_tiny
-
-    from datagen.ray_instance import WORKER_NICENESS, free_port
-    from service.app import app_builder
-
     shared = Path(out_file).parent / "registry"
     shutil.copytree(registry, shared)
+    with serving_cluster(num_cpus=0, include_dashboard=True) as cluster:
+        results = scenarios(cluster, shared, Path(out_file).parent)
+    Path(out_file).write_text(json.dumps(results))
+
+
+def scenarios(cluster, shared: Path, work: Path) -> dict:
+    """Steps 1-6 of the module docstring on ``cluster`` (the head only, so far)."""
+    import ray
+    from ray import serve
+    from service_helpers import publish_tiny
+
+    from datagen.ray_instance import free_port
+    from service.app import app_builder
+
     results: dict = {}
-    system = {"worker_niceness": WORKER_NICENESS}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 0, "include_dashboard": True, "_system_config": system},
-    )
     nodes = {}
     for label in ("node-a", "node-b"):
         nodes[label] = cluster.add_node(num_cpus=1, resources={label: 1})
@@ -206,110 +191,103 @@ def main(registry: str, out_file: str) -> None:
     port = free_port()
     config = yaml.safe_load(CONFIG.read_text())
     serve.start(http_options={"host": config["http_options"]["host"], "port": port})
-    try:
-        (app,) = config["applications"]
-        args = dict(app["args"]) | {
-            "registry": shared.as_uri(),  # file://: an fsspec URL every node reads
-            "api_keys": [API_KEY],
-            "ingress_replicas": 2,
-            "max_replicas_per_node": 1,
-            "ingress_cpus": 0.3,
-            "surrogate_cpus": 0.2,
-            "exact_cpus": 0.5,
-            "local_solve_ms": 0.0,  # field solves go to the exact deployment
-            "latest_ttl_s": 3600.0,  # only /admin/reload makes a new version servable
-            "exact_autoscaling": {
-                "min_replicas": 1,
-                "max_replicas": 2,
-                "target_ongoing_requests": 1,
-                "upscale_delay_s": 1.0,
-                "downscale_delay_s": 3.0,
-            },
-        }
-        results["config_args"] = {k: v for k, v in args.items() if k != "api_keys"}
-        serve.run(app_builder(args), name=APP, route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=30).status_code == 200, 240, "ready")
-        headers = {"X-API-Key": API_KEY}
+    (app,) = config["applications"]
+    args = dict(app["args"]) | {
+        "registry": shared.as_uri(),  # file://: an fsspec URL every node reads
+        "api_keys": [API_KEY],
+        "ingress_replicas": 2,
+        "max_replicas_per_node": 1,
+        "ingress_cpus": 0.3,
+        "surrogate_cpus": 0.2,
+        "exact_cpus": 0.5,
+        "local_solve_ms": 0.0,  # field solves go to the exact deployment
+        "latest_ttl_s": 3600.0,  # only /admin/reload makes a new version servable
+        "exact_autoscaling": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": 1,
+            "upscale_delay_s": 1.0,
+            "downscale_delay_s": 3.0,
+        },
+    }
+    results["config_args"] = {k: v for k, v in args.items() if k != "api_keys"}
+    serve.run(app_builder(args), name=APP, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=30).status_code == 200, 240, "ready")
+    headers = {"X-API-Key": API_KEY}
 
-        def ask(request: dict, times: int) -> list[dict]:
-            out = []
-            for _ in range(times):
-                r = httpx.post(f"{url}/solve", json=request, headers=headers, timeout=120)
-                payload = r.json()
-                solution = payload.get("solution")
-                out.append(
-                    {
-                        "status": r.status_code,
-                        "by": r.headers.get("x-served-by"),
-                        "model": payload.get("model"),
-                        "solution": None if solution is None else field(solution),
-                    }
-                )
-            return out
+    def ask(request: dict, times: int) -> list[dict]:
+        out = []
+        for _ in range(times):
+            r = httpx.post(f"{url}/solve", json=request, headers=headers, timeout=120)
+            payload = r.json()
+            solution = payload.get("solution")
+            out.append(
+                {
+                    "status": r.status_code,
+                    "by": r.headers.get("x-served-by"),
+                    "model": payload.get("model"),
+                    "solution": None if solution is None else field(solution),
+                }
+            )
+        return out
 
-        # 2. both ingress replicas answer from the shared registry
-        answers = ask(SURROGATE, 24)
-        results["shared"] = [{k: a[k] for k in ("status", "by", "model")} for a in answers]
-        reference = answers[0]["solution"]
-        # 4. autoscaling (its second replica lands on the other node: placement, 1.)
-        with Load(url, EXACT, threads=6) as load:
-            grew = wait_for(lambda: running("ExactSolver") == 2, 120, "exact replicas grow")
-            time.sleep(1.0)
-        results["placement"] = replica_nodes(raylets())
-        shrank = wait_for(lambda: running("ExactSolver") == 1, 120, "exact replicas shrink")
-        results["autoscaling"] = {"grew_after_s": grew, "shrank_after_s": shrank,
-                                  "statuses": sorted({o["status"] for o in load.outcomes}, key=str),
-                                  "requests": len(load.outcomes)}  # fmt: skip
-        # 3. a new version, one reload, every replica serves it
-        publish_tiny(shared, "default", seed=7, workdir=Path(out_file).parent)
-        assert ask(SURROGATE, 1)[0]["model"] == "default@1"  # cached until the reload
-        r = httpx.post(f"{url}/admin/reload", headers=headers, timeout=60)
-        reloaded_by, sent = r.headers.get("x-served-by"), time.monotonic()
-        seen: dict[str, float] = {}
+    # 2. both ingress replicas answer from the shared registry
+    answers = ask(SURROGATE, 24)
+    results["shared"] = [{k: a[k] for k in ("status", "by", "model")} for a in answers]
+    reference = answers[0]["solution"]
+    # 4. autoscaling (its second replica lands on the other node: placement, 1.)
+    with Load(url, EXACT, threads=6) as load:
+        grew = wait_for(lambda: running("ExactSolver") == 2, 120, "exact replicas grow")
+        time.sleep(1.0)
+    results["placement"] = replicas(APP, raylets())
+    shrank = wait_for(lambda: running("ExactSolver") == 1, 120, "exact replicas shrink")
+    results["autoscaling"] = {"grew_after_s": grew, "shrank_after_s": shrank,
+                              "statuses": sorted({o["status"] for o in load.outcomes}, key=str),
+                              "requests": len(load.outcomes)}  # fmt: skip
+    # 3. a new version, one reload, every replica serves it
+    publish_tiny(shared, "default", seed=7, workdir=work)
+    assert ask(SURROGATE, 1)[0]["model"] == "default@1"  # cached until the reload
+    r = httpx.post(f"{url}/admin/reload", headers=headers, timeout=60)
+    reloaded_by, sent = r.headers.get("x-served-by"), time.monotonic()
+    seen: dict[str, float] = {}
 
-        def everyone_serves_v2() -> bool:
-            for a in ask(SURROGATE, 4):
-                if a["model"] == "default@2":
-                    seen.setdefault(a["by"], time.monotonic() - sent)
-            return len(seen) == 2
+    def everyone_serves_v2() -> bool:
+        for a in ask(SURROGATE, 4):
+            if a["model"] == "default@2":
+                seen.setdefault(a["by"], time.monotonic() - sent)
+        return len(seen) == 2
 
-        wait_for(everyone_serves_v2, 60, "every replica serves default@2")
-        results["reload"] = {"status": r.status_code, "by": reloaded_by, "seen": seen}
-        reference_v2 = ask(SURROGATE, 1)[0]["solution"]
-        # 5. a node lost under load, then a node added
-        with Load(url, SURROGATE, threads=4) as load:
-            time.sleep(2.0)
-            killed_at = time.monotonic()
-            cluster.remove_node(nodes.pop("node-b"), allow_graceful=False)
-            time.sleep(8.0)
-        after = ask(SURROGATE, 8)
-        nodes["node-c"] = cluster.add_node(num_cpus=1, resources={"node-c": 1})
-        back = wait_for(lambda: running("Ingress") == 2, 180, "the ingress replicas come back")
-        wrong = [
-            o for o in load.outcomes
-            if o["status"] == 200 and not np.allclose(o["solution"], reference_v2, atol=1e-6)
-        ]  # fmt: skip
-        results["node_loss"] = {
-            "outcomes": [{k: o.get(k) for k in ("status", "retry_after", "by", "error", "dropped")}
-                         | {"after_kill": o["t"] >= killed_at} for o in load.outcomes],
-            "wrong": len(wrong),
-            "after": [{k: a[k] for k in ("status", "by", "model")} for a in after],
-            "ingress_back_after_s": back,
-            "replicas_after": replica_nodes(raylets()),
-        }  # fmt: skip
-        results["reference_differs"] = bool(not np.allclose(reference, reference_v2))
-        # 6. a fine-tuning job on the cluster, published to the shared registry, served
-        cluster.add_node(num_cpus=1, resources={"training": 1})
-        results["finetune"] = finetune_job(
-            context.dashboard_url, shared, Path(out_file).parent, url, headers
-        )
-        serve.delete(APP)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
-    Path(out_file).write_text(json.dumps(results))
+    wait_for(everyone_serves_v2, 60, "every replica serves default@2")
+    results["reload"] = {"status": r.status_code, "by": reloaded_by, "seen": seen}
+    reference_v2 = ask(SURROGATE, 1)[0]["solution"]
+    # 5. a node lost under load, then a node added
+    with Load(url, SURROGATE, threads=4) as load:
+        time.sleep(2.0)
+        killed_at = time.monotonic()
+        cluster.remove_node(nodes.pop("node-b"), allow_graceful=False)
+        time.sleep(8.0)
+    after = ask(SURROGATE, 8)
+    nodes["node-c"] = cluster.add_node(num_cpus=1, resources={"node-c": 1})
+    back = wait_for(lambda: running("Ingress") == 2, 180, "the ingress replicas come back")
+    wrong = [
+        o for o in load.outcomes
+        if o["status"] == 200 and not np.allclose(o["solution"], reference_v2, atol=1e-6)
+    ]  # fmt: skip
+    results["node_loss"] = {
+        "outcomes": [{k: o.get(k) for k in ("status", "retry_after", "by", "error", "dropped")}
+                     | {"after_kill": o["t"] >= killed_at} for o in load.outcomes],
+        "wrong": len(wrong),
+        "after": [{k: a[k] for k in ("status", "by", "model")} for a in after],
+        "ingress_back_after_s": back,
+        "replicas_after": replicas(APP, raylets()),
+    }  # fmt: skip
+    results["reference_differs"] = bool(not np.allclose(reference, reference_v2))
+    # 6. a fine-tuning job on the cluster, published to the shared registry, served
+    cluster.add_node(num_cpus=1, resources={"training": 1})
+    results["finetune"] = finetune_job(context.dashboard_url, shared, work, url, headers)
+    serve.delete(APP)
+    return results
 
 
 if __name__ == "__main__":

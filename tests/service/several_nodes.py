@@ -12,6 +12,7 @@ node of every replica and the answers (status and JSON)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -38,42 +39,61 @@ def node_of(pid: int, raylets: dict[int, int]) -> int | None:
     return None
 
 
-def replicas(app: str, raylets: dict[int, int]) -> dict[str, list[int | None]]:
-    """Deployment -> the nodes of its replicas (Ray titles a worker after its actor)."""
-    out: dict[str, list[int | None]] = {}
+def replicas(app: str, raylets: dict[int, object]) -> dict[str, list]:
+    """Deployment -> the sorted nodes of its replicas on this cluster (Ray titles a worker
+    after its actor; a replica of another Ray instance, the test run's own, is left out)."""
+    out: dict[str, list] = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         for name in DEPLOYMENTS:
             if cmd.startswith(f"ray::ServeReplica:{app}:{name}"):
-                out.setdefault(name, []).append(node_of(p.info["pid"], raylets))
-    return out
+                with contextlib.suppress(psutil.Error):  # a replica ending as we look
+                    node = node_of(p.info["pid"], raylets)
+                    if node is not None:
+                        out.setdefault(name, []).append(node)
+    return {name: sorted(nodes) for name, nodes in out.items()}
+
+
+@contextlib.contextmanager
+def serving_cluster(**head_args):
+    """A ``ray.cluster_utils.Cluster`` (the head only: add nodes), this driver connected
+    to it; Serve, the driver and every node stopped on the way out."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from datagen.ray_instance import WORKER_NICENESS
+
+    system = {"worker_niceness": WORKER_NICENESS}
+    head = {"include_dashboard": False, "_system_config": system} | head_args
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        yield cluster
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def main(registry: str, requests_file: str, out_file: str) -> None:
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
-    from datagen.ray_instance import WORKER_NICENESS, free_port
+    from datagen.ray_instance import free_port
     from service.app import build_app
     from service.settings import ServiceSettings
 
     requests = json.loads(Path(requests_file).read_text())
-    system = {"worker_niceness": WORKER_NICENESS}
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": system},
-    )
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    nodes = [cluster.head_node, *cluster.worker_nodes]
-    raylets = {node.all_processes["raylet"][0].process.pid: i for i, node in enumerate(nodes)}
-    ray.init(address=cluster.address, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     results: dict = {}
-    try:
+    with serving_cluster(num_cpus=1) as cluster:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        nodes = [cluster.head_node, *cluster.worker_nodes]
+        raylets = {n.all_processes["raylet"][0].process.pid: i for i, n in enumerate(nodes)}
+        ray.init(address=cluster.address, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         for app, placement in PLACEMENTS.items():
             settings = ServiceSettings(
                 registry=registry,
@@ -101,10 +121,6 @@ def main(registry: str, requests_file: str, out_file: str) -> None:
                 "answers": answers,
             }
             serve.delete(app)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
     Path(out_file).write_text(json.dumps(results))
 
 
